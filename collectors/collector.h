@@ -1,0 +1,41 @@
+// The one interface every collector implements. The framework times each
+// call, exports success and duration, and keeps going when one fails.
+#pragma once
+
+#include <string_view>
+
+#include "daemon/metric.h"
+#include "daemon/result.h"
+#include "daemon/target.h"
+
+namespace memlens {
+
+struct Config;
+
+// Daemon-wide values a collector reports once per tick (drop counters,
+// map memory, "disabled because ..." flags).
+class GlobalSample : public Sample {};
+
+class Collector {
+ public:
+  virtual ~Collector() = default;
+  virtual std::string_view name() const = 0;
+
+  // Called once at start and after every successful reload. A collector that
+  // cannot run here (no CAP_BPF, missing kernel feature) returns an error: it
+  // is reported disabled, once, and the daemon goes on without it.
+  virtual Result<void> start(const Config& /*cfg*/) { return {}; }
+
+  // Target lifecycle, called on the collection thread before collect().
+  virtual void target_added(const Target& /*t*/) {}
+  virtual void target_removed(const Target& /*t*/) {}
+
+  // Read one target's values. Errors are counted per collector and reason;
+  // a target that vanished (Errc::not_found) is not an error worth logging.
+  virtual Result<void> collect(const Target& t, Sample& out) = 0;
+
+  // Once per tick, after every target's collect().
+  virtual void collect_global(GlobalSample& /*out*/) {}
+};
+
+}  // namespace memlens

@@ -1,0 +1,91 @@
+// The configuration: global settings, per-target selectors and policies.
+// Loaded from YAML (yaml-cpp); every error names file, line and field.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "daemon/result.h"
+
+namespace memlens {
+
+using Duration = std::chrono::milliseconds;
+
+// How allocation tracing runs for a target (see README, "Allocation tracing").
+enum class AllocMode { off, full, duty, on_leak };
+const char* alloc_mode_name(AllocMode m);
+
+// What selects processes. Every field that is set must match (AND); an entry
+// with `top_rss` picks the N largest remaining processes by RSS.
+struct Selector {
+  std::optional<pid_t> pid;
+  bool self = false;                      // memlensd itself
+  std::optional<std::string> comm;        // full-match regex on /proc/PID/comm
+  std::optional<std::string> exe;         // full-match regex on the exe path
+  std::optional<std::string> cmdline;     // search regex on the joined cmdline
+  std::optional<std::string> cgroup;      // prefix of the cgroup v2 path
+  std::optional<std::string> systemd_unit;  // unit name in the cgroup path
+  std::optional<int> top_rss;             // the N largest by RSS
+  // Compiled forms (shared so a Config stays copyable).
+  std::shared_ptr<const std::regex> comm_re, exe_re, cmdline_re;
+  std::string describe() const;
+};
+
+// Per-target policy: what the selector matches and how each is watched.
+struct TargetPolicy {
+  std::string name;  // the `target` label
+  Selector selector;
+  int max_targets = 0;  // 0: only the global cap applies
+  AllocMode alloc_mode = AllocMode::off;
+  double duty_fraction = 0.1;          // share of each duty period traced
+  Duration duty_period{10000};
+  bool leak_sites = false;             // keep stacks of outstanding blocks
+  double leak_budget_bytes_per_second = 0;  // 0: no budget (on-leak never fires)
+  Duration on_leak_duration{60000};    // how long on-leak tracing stays on
+  bool gc = true;                      // GC pause tracing for runtimes
+};
+
+// Bounds on kernel-side state; every map is sized up front.
+struct BpfLimits {
+  uint32_t max_targets = 1024;          // per-target counter maps
+  uint32_t max_tracked_allocs = 262144; // address -> size map (leak sites)
+  uint32_t max_stacks = 16384;          // stack trace map
+  uint32_t ringbuf_bytes = 1 << 20;
+};
+
+struct Config {
+  std::string source;  // file path, or "<embedded default>"
+  Duration tick_interval{1000};
+  Duration rescan_interval{2000};
+  Duration timeline_window{3600 * 1000};
+  Duration leak_window{60 * 1000};
+  int max_targets = 64;
+  std::string procfs = "/proc";
+  BpfLimits bpf;
+  std::vector<TargetPolicy> targets;
+
+  std::size_t timeline_points() const {
+    return static_cast<std::size_t>(timeline_window / tick_interval);
+  }
+};
+
+// Parses YAML text; `source` names it in error messages.
+Result<Config> parse_config(const std::string& yaml, const std::string& source);
+// Reads and parses a file.
+Result<Config> load_config_file(const std::string& path);
+// The embedded default (config/default.yaml compiled in).
+Result<Config> default_config();
+
+// "1s", "250ms", "5m", "1h" -> Duration.
+std::optional<Duration> parse_duration(const std::string& s);
+// 1024, "10KiB", "4MiB", "1GB" -> bytes.
+std::optional<uint64_t> parse_bytes(const std::string& s);
+
+}  // namespace memlens

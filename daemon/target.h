@@ -1,0 +1,30 @@
+// A target is one watched process. Its identity is pid + start time, so a
+// reused pid is a different target.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+namespace memlens {
+
+struct TargetId {
+  pid_t pid = 0;
+  uint64_t start_time = 0;  // /proc/PID/stat field 22, clock ticks since boot
+  auto operator<=>(const TargetId&) const = default;
+};
+
+struct TargetPolicy;  // per-selector settings (config.h)
+
+struct Target {
+  TargetId id;
+  std::string name;      // the configured selector name: the `target` label
+  std::string selector;  // human-readable description of what matched
+  std::string comm;
+  std::string exe;       // readlink of /proc/PID/exe, may be empty
+  const TargetPolicy* policy = nullptr;  // owned by the running config
+  pid_t pid() const { return id.pid; }
+};
+
+}  // namespace memlens
