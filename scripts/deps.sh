@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages memlens builds, runs and tests with, when any is
+# missing (apt-get update once, then one apt-get install).
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config git
+  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
+  prometheus-cpp-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libboost-dev
+  nlohmann-json3-dev libcurl4-openssl-dev
+  googletest libgtest-dev
+  prometheus libcap2-bin procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "memlens: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
