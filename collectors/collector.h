@@ -2,7 +2,10 @@
 // call, exports success and duration, and keeps going when one fails.
 #pragma once
 
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "daemon/metric.h"
 #include "daemon/result.h"
@@ -13,8 +16,17 @@ namespace memlens {
 struct Config;
 
 // Daemon-wide values a collector reports once per tick (drop counters,
-// map memory, "disabled because ..." flags).
-class GlobalSample : public Sample {};
+// map memory, "disabled because ..." flags), plus JSON documents served
+// under /api/v1/ (e.g. "/api/v1/targets/<name>/leaks"): prepared here, on the
+// collection thread, so the HTTP thread only copies them.
+class GlobalSample : public Sample {
+ public:
+  void document(std::string path, std::string json) { docs_.emplace_back(std::move(path), std::move(json)); }
+  const std::vector<std::pair<std::string, std::string>>& documents() const { return docs_; }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> docs_;
+};
 
 class Collector {
  public:

@@ -24,6 +24,10 @@ struct Target {
   std::string comm;
   std::string exe;       // readlink of /proc/PID/exe, may be empty
   const TargetPolicy* policy = nullptr;  // owned by the running config
+  // Leak slope of the previous tick (analysis), for collectors that switch
+  // on when it crosses a budget; valid == false until the window has data.
+  double leak_slope_bytes_per_second = 0;
+  bool leak_slope_valid = false;
   pid_t pid() const { return id.pid; }
 };
 

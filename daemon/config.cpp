@@ -1,0 +1,435 @@
+#include "daemon/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace memlens {
+
+extern const char* const kDefaultConfigYaml;
+
+const char* alloc_mode_name(AllocMode m) {
+  switch (m) {
+    case AllocMode::off: return "off";
+    case AllocMode::full: return "full";
+    case AllocMode::duty: return "duty";
+    case AllocMode::on_leak: return "on-leak";
+  }
+  return "off";
+}
+
+std::optional<Duration> parse_duration(const std::string& s) {
+  // A sequence of <number><unit>, e.g. "1h30m", as Prometheus writes them.
+  if (s.empty()) return std::nullopt;
+  double total_ms = 0;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    std::size_t j = i;
+    while (j < s.size() && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '.')) ++j;
+    if (j == i) return std::nullopt;
+    double n = 0;
+    try {
+      n = std::stod(s.substr(i, j - i));
+    } catch (...) {
+      return std::nullopt;
+    }
+    std::size_t k = j;
+    while (k < s.size() && std::isalpha(static_cast<unsigned char>(s[k]))) ++k;
+    const std::string unit = s.substr(j, k - j);
+    double mul = 0;
+    if (unit == "ms") mul = 1;
+    else if (unit == "s") mul = 1000;
+    else if (unit == "m") mul = 60'000;
+    else if (unit == "h") mul = 3'600'000;
+    else if (unit == "d") mul = 86'400'000;
+    else return std::nullopt;
+    total_ms += n * mul;
+    i = k;
+  }
+  if (total_ms <= 0 || total_ms > 1e12) return std::nullopt;
+  return Duration(static_cast<int64_t>(std::llround(total_ms)));
+}
+
+std::optional<uint64_t> parse_bytes(const std::string& s) {
+  std::size_t j = 0;
+  while (j < s.size() && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '.')) ++j;
+  if (j == 0) return std::nullopt;
+  double n = 0;
+  try {
+    n = std::stod(s.substr(0, j));
+  } catch (...) {
+    return std::nullopt;
+  }
+  std::string unit = s.substr(j);
+  while (!unit.empty() && unit.front() == ' ') unit.erase(0, 1);
+  double mul = 0;
+  if (unit.empty() || unit == "B") mul = 1;
+  else if (unit == "KiB") mul = 1024.0;
+  else if (unit == "MiB") mul = 1024.0 * 1024;
+  else if (unit == "GiB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "KB" || unit == "kB") mul = 1e3;
+  else if (unit == "MB") mul = 1e6;
+  else if (unit == "GB") mul = 1e9;
+  else return std::nullopt;
+  return static_cast<uint64_t>(std::llround(n * mul));
+}
+
+std::string Selector::describe() const {
+  std::ostringstream o;
+  const char* sep = "";
+  auto add = [&](const char* k, const std::string& v) {
+    o << sep << k << "=" << v;
+    sep = ",";
+  };
+  if (self) add("self", "true");
+  if (pid) add("pid", std::to_string(*pid));
+  if (comm) add("comm", *comm);
+  if (exe) add("exe", *exe);
+  if (cmdline) add("cmdline", *cmdline);
+  if (cgroup) add("cgroup", *cgroup);
+  if (systemd_unit) add("systemd_unit", *systemd_unit);
+  if (top_rss) add("top_rss", std::to_string(*top_rss));
+  return o.str();
+}
+
+namespace {
+
+// Carries the file name so every message reads "file:line:col: field: why".
+class Parser {
+ public:
+  explicit Parser(std::string source) : source_(std::move(source)) {}
+
+  Error err(const YAML::Node& n, const std::string& field, const std::string& why) const {
+    std::ostringstream o;
+    o << source_;
+    if (n.IsDefined() && n.Mark().line >= 0)
+      o << ":" << n.Mark().line + 1 << ":" << n.Mark().column + 1;
+    o << ": " << field << ": " << why;
+    return make_error(Errc::invalid, o.str());
+  }
+
+  Result<std::string> str(const YAML::Node& n, const std::string& field) const {
+    if (!n.IsScalar()) return err(n, field, "expected a string");
+    return n.Scalar();
+  }
+
+  Result<Duration> duration(const YAML::Node& n, const std::string& field) const {
+    if (!n.IsScalar()) return err(n, field, "expected a duration such as 1s, 500ms, 5m");
+    auto d = parse_duration(n.Scalar());
+    if (!d) return err(n, field, "invalid duration '" + n.Scalar() + "' (use e.g. 1s, 500ms, 5m, 1h)");
+    return *d;
+  }
+
+  Result<int64_t> integer(const YAML::Node& n, const std::string& field, int64_t lo, int64_t hi) const {
+    if (!n.IsScalar()) return err(n, field, "expected an integer");
+    const std::string& s = n.Scalar();
+    char* end = nullptr;
+    errno = 0;
+    long long v = std::strtoll(s.c_str(), &end, 10);
+    if (s.empty() || *end != '\0' || errno != 0)
+      return err(n, field, "expected an integer, got '" + s + "'");
+    if (v < lo || v > hi)
+      return err(n, field, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    return static_cast<int64_t>(v);
+  }
+
+  Result<double> number(const YAML::Node& n, const std::string& field, double lo, double hi) const {
+    if (!n.IsScalar()) return err(n, field, "expected a number");
+    const std::string& s = n.Scalar();
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || *end != '\0' || !std::isfinite(v))
+      return err(n, field, "expected a number, got '" + s + "'");
+    if (v < lo || v > hi) {
+      std::ostringstream o;
+      o << "must be between " << lo << " and " << hi;
+      return err(n, field, o.str());
+    }
+    return v;
+  }
+
+  Result<uint64_t> bytes(const YAML::Node& n, const std::string& field) const {
+    if (!n.IsScalar()) return err(n, field, "expected a size such as 4096 or 10KiB");
+    auto b = parse_bytes(n.Scalar());
+    if (!b) return err(n, field, "invalid size '" + n.Scalar() + "' (use e.g. 4096, 64KiB, 1MiB)");
+    return *b;
+  }
+
+  Result<bool> boolean(const YAML::Node& n, const std::string& field) const {
+    if (!n.IsScalar()) return err(n, field, "expected true or false");
+    const std::string& s = n.Scalar();
+    if (s == "true" || s == "yes" || s == "on") return true;
+    if (s == "false" || s == "no" || s == "off") return false;
+    return err(n, field, "expected true or false, got '" + s + "'");
+  }
+
+  Result<std::shared_ptr<const std::regex>> regex(const YAML::Node& n, const std::string& field) const {
+    auto s = str(n, field);
+    if (!s) return s.error();
+    try {
+      return std::make_shared<const std::regex>(*s, std::regex::ECMAScript | std::regex::optimize);
+    } catch (const std::regex_error& e) {
+      return err(n, field, "invalid regular expression '" + *s + "': " + e.what());
+    }
+  }
+
+  // Rejects keys outside `known`, so a typo is an error, not a silent default.
+  Result<void> known_keys(const YAML::Node& map, const std::string& where,
+                          const std::set<std::string>& known) const {
+    if (!map.IsMap()) return err(map, where, "expected a mapping");
+    for (const auto& kv : map) {
+      const std::string k = kv.first.as<std::string>();
+      if (!known.count(k)) {
+        std::string list;
+        for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
+        return err(kv.first, where.empty() ? k : where + "." + k,
+                   "unknown field (known: " + list + ")");
+      }
+    }
+    return {};
+  }
+
+  Result<void> parse_global(const YAML::Node& g, Config& c) const {
+    if (auto r = known_keys(g, "global", {"tick_interval", "rescan_interval", "timeline_window",
+                                          "leak_window", "max_targets", "path_procfs"});
+        !r)
+      return r;
+    if (g["tick_interval"]) {
+      auto d = duration(g["tick_interval"], "global.tick_interval");
+      if (!d) return d.error();
+      if (d->count() < 100) return err(g["tick_interval"], "global.tick_interval", "must be at least 100ms");
+      c.tick_interval = *d;
+    }
+    if (g["rescan_interval"]) {
+      auto d = duration(g["rescan_interval"], "global.rescan_interval");
+      if (!d) return d.error();
+      c.rescan_interval = *d;
+    }
+    if (g["timeline_window"]) {
+      auto d = duration(g["timeline_window"], "global.timeline_window");
+      if (!d) return d.error();
+      c.timeline_window = *d;
+    }
+    if (g["leak_window"]) {
+      auto d = duration(g["leak_window"], "global.leak_window");
+      if (!d) return d.error();
+      c.leak_window = *d;
+    }
+    if (g["max_targets"]) {
+      auto v = integer(g["max_targets"], "global.max_targets", 1, 100000);
+      if (!v) return v.error();
+      c.max_targets = static_cast<int>(*v);
+    }
+    if (g["path_procfs"]) {
+      auto s = str(g["path_procfs"], "global.path_procfs");
+      if (!s) return s.error();
+      c.procfs = *s;
+    }
+    if (c.timeline_window < c.tick_interval * 2)
+      return err(g, "global.timeline_window", "must hold at least two ticks");
+    if (c.leak_window > c.timeline_window)
+      return err(g["leak_window"] ? g["leak_window"] : g, "global.leak_window",
+                 "must not be longer than timeline_window");
+    if (c.leak_window < c.tick_interval * 4)
+      return err(g["leak_window"] ? g["leak_window"] : g, "global.leak_window",
+                 "must span at least 4 ticks");
+    return {};
+  }
+
+  Result<void> parse_bpf(const YAML::Node& b, Config& c) const {
+    if (auto r = known_keys(b, "bpf", {"max_targets", "max_tracked_allocs", "max_stacks", "ringbuf_bytes"}); !r)
+      return r;
+    auto u32 = [&](const char* key, uint32_t& out, int64_t lo, int64_t hi) -> Result<void> {
+      if (!b[key]) return {};
+      auto v = integer(b[key], std::string("bpf.") + key, lo, hi);
+      if (!v) return v.error();
+      out = static_cast<uint32_t>(*v);
+      return {};
+    };
+    if (auto r = u32("max_targets", c.bpf.max_targets, 1, 1 << 20); !r) return r;
+    if (auto r = u32("max_tracked_allocs", c.bpf.max_tracked_allocs, 1, 1 << 26); !r) return r;
+    if (auto r = u32("max_stacks", c.bpf.max_stacks, 1, 1 << 22); !r) return r;
+    if (b["ringbuf_bytes"]) {
+      auto v = bytes(b["ringbuf_bytes"], "bpf.ringbuf_bytes");
+      if (!v) return v.error();
+      // The kernel wants a power of two, at least one page.
+      if (*v < 4096 || *v > (1u << 30) || (*v & (*v - 1)) != 0)
+        return err(b["ringbuf_bytes"], "bpf.ringbuf_bytes", "must be a power of two between 4KiB and 1GiB");
+      c.bpf.ringbuf_bytes = static_cast<uint32_t>(*v);
+    }
+    return {};
+  }
+
+  Result<TargetPolicy> parse_target(const YAML::Node& t, std::size_t idx) const {
+    const std::string where = "targets[" + std::to_string(idx) + "]";
+    if (auto r = known_keys(t, where,
+                            {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
+                             "top_rss", "max_targets", "alloc", "gc"});
+        !r)
+      return r.error();
+    TargetPolicy p;
+    if (!t["name"]) return err(t, where + ".name", "is required");
+    auto name = str(t["name"], where + ".name");
+    if (!name) return name.error();
+    if (name->empty()) return err(t["name"], where + ".name", "must not be empty");
+    p.name = *name;
+    Selector& s = p.selector;
+    if (t["pid"]) {
+      auto v = integer(t["pid"], where + ".pid", 1, 1 << 22);
+      if (!v) return v.error();
+      s.pid = static_cast<pid_t>(*v);
+    }
+    if (t["self"]) {
+      auto v = boolean(t["self"], where + ".self");
+      if (!v) return v.error();
+      s.self = *v;
+    }
+    auto re_field = [&](const char* key, std::optional<std::string>& text,
+                        std::shared_ptr<const std::regex>& re) -> Result<void> {
+      if (!t[key]) return {};
+      auto r = regex(t[key], where + "." + key);
+      if (!r) return r.error();
+      text = t[key].Scalar();
+      re = *r;
+      return {};
+    };
+    if (auto r = re_field("comm", s.comm, s.comm_re); !r) return r.error();
+    if (auto r = re_field("exe", s.exe, s.exe_re); !r) return r.error();
+    if (auto r = re_field("cmdline", s.cmdline, s.cmdline_re); !r) return r.error();
+    if (t["cgroup"]) {
+      auto v = str(t["cgroup"], where + ".cgroup");
+      if (!v) return v.error();
+      s.cgroup = *v;
+    }
+    if (t["systemd_unit"]) {
+      auto v = str(t["systemd_unit"], where + ".systemd_unit");
+      if (!v) return v.error();
+      s.systemd_unit = *v;
+    }
+    if (t["top_rss"]) {
+      auto v = integer(t["top_rss"], where + ".top_rss", 1, 10000);
+      if (!v) return v.error();
+      s.top_rss = static_cast<int>(*v);
+    }
+    if (!s.self && !s.pid && !s.comm && !s.exe && !s.cmdline && !s.cgroup && !s.systemd_unit && !s.top_rss)
+      return err(t, where, "needs a selector: one of pid, self, comm, exe, cmdline, cgroup, systemd_unit, top_rss");
+    if (t["max_targets"]) {
+      auto v = integer(t["max_targets"], where + ".max_targets", 1, 100000);
+      if (!v) return v.error();
+      p.max_targets = static_cast<int>(*v);
+    }
+    if (t["alloc"]) {
+      if (auto r = parse_alloc(t["alloc"], where + ".alloc", p); !r) return r.error();
+    }
+    if (t["gc"]) {
+      auto v = boolean(t["gc"], where + ".gc");
+      if (!v) return v.error();
+      p.gc = *v;
+    }
+    return p;
+  }
+
+  Result<void> parse_alloc(const YAML::Node& a, const std::string& where, TargetPolicy& p) const {
+    if (auto r = known_keys(a, where, {"mode", "duty_fraction", "duty_period", "leak_sites",
+                                       "leak_budget", "on_leak_duration"});
+        !r)
+      return r;
+    if (a["mode"]) {
+      auto m = str(a["mode"], where + ".mode");
+      if (!m) return m.error();
+      if (*m == "off") p.alloc_mode = AllocMode::off;
+      else if (*m == "full") p.alloc_mode = AllocMode::full;
+      else if (*m == "duty") p.alloc_mode = AllocMode::duty;
+      else if (*m == "on-leak") p.alloc_mode = AllocMode::on_leak;
+      else return err(a["mode"], where + ".mode", "must be one of off, full, duty, on-leak; got '" + *m + "'");
+    }
+    if (a["duty_fraction"]) {
+      auto v = number(a["duty_fraction"], where + ".duty_fraction", 0.001, 1.0);
+      if (!v) return v.error();
+      p.duty_fraction = *v;
+    }
+    if (a["duty_period"]) {
+      auto d = duration(a["duty_period"], where + ".duty_period");
+      if (!d) return d.error();
+      p.duty_period = *d;
+    }
+    if (a["leak_sites"]) {
+      auto v = boolean(a["leak_sites"], where + ".leak_sites");
+      if (!v) return v.error();
+      p.leak_sites = *v;
+    }
+    if (a["leak_budget"]) {
+      // Bytes per second, e.g. "10KiB" (per second implied).
+      auto v = bytes(a["leak_budget"], where + ".leak_budget");
+      if (!v) return v.error();
+      p.leak_budget_bytes_per_second = static_cast<double>(*v);
+    }
+    if (a["on_leak_duration"]) {
+      auto d = duration(a["on_leak_duration"], where + ".on_leak_duration");
+      if (!d) return d.error();
+      p.on_leak_duration = *d;
+    }
+    if (p.alloc_mode == AllocMode::on_leak && p.leak_budget_bytes_per_second <= 0)
+      return err(a, where + ".leak_budget", "is required when mode is on-leak");
+    return {};
+  }
+
+  Result<Config> parse(const std::string& yaml) const {
+    YAML::Node root;
+    try {
+      root = YAML::Load(yaml);
+    } catch (const YAML::Exception& e) {
+      std::ostringstream o;
+      o << source_ << ":" << e.mark.line + 1 << ":" << e.mark.column + 1 << ": invalid YAML: " << e.msg;
+      return make_error(Errc::invalid, o.str());
+    }
+    Config c;
+    c.source = source_;
+    if (root.IsNull()) return err(root, "targets", "the file is empty; at least one target is required");
+    if (auto r = known_keys(root, "", {"global", "bpf", "targets"}); !r) return r.error();
+    if (root["global"]) {
+      if (auto r = parse_global(root["global"], c); !r) return r.error();
+    }
+    if (root["bpf"]) {
+      if (auto r = parse_bpf(root["bpf"], c); !r) return r.error();
+    }
+    const YAML::Node ts = root["targets"];
+    if (!ts || !ts.IsSequence() || ts.size() == 0)
+      return err(ts ? ts : root, "targets", "a non-empty list of targets is required");
+    std::set<std::string> names;
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      auto p = parse_target(ts[i], i);
+      if (!p) return p.error();
+      if (!names.insert(p->name).second)
+        return err(ts[i]["name"], "targets[" + std::to_string(i) + "].name", "duplicate name '" + p->name + "'");
+      c.targets.push_back(std::move(*p));
+    }
+    return c;
+  }
+
+ private:
+  std::string source_;
+};
+
+}  // namespace
+
+Result<Config> parse_config(const std::string& yaml, const std::string& source) {
+  return Parser(source).parse(yaml);
+}
+
+Result<Config> load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return make_error(Errc::invalid, path + ": cannot open: " + std::strerror(errno));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path);
+}
+
+Result<Config> default_config() { return parse_config(kDefaultConfigYaml, "<embedded default>"); }
+
+}  // namespace memlens

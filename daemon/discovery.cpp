@@ -1,0 +1,189 @@
+#include "daemon/discovery.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "collectors/proc_parse.h"
+
+namespace memlens {
+
+// One process seen during a scan; the expensive fields are read on demand.
+struct Discovery::Proc {
+  ProcStat stat;
+  TargetId id;
+  std::optional<std::string> exe, cmdline, cgroup;
+  bool claimed = false;
+};
+
+Discovery::Discovery(const Config& cfg, pid_t self_pid)
+    : cfg_(&cfg), proc_(cfg.procfs), self_pid_(self_pid) {}
+
+void Discovery::reconfigure(const Config& cfg) {
+  cfg_ = &cfg;
+  proc_ = ProcFs(cfg.procfs);
+  // Policies are owned by the config: re-point the kept targets at the new
+  // ones by name; targets whose entry vanished are dropped at the next scan.
+  for (auto& [id, t] : targets_) {
+    t.policy = nullptr;
+    for (const auto& p : cfg.targets)
+      if (p.name == t.name) t.policy = &p;
+  }
+}
+
+bool Discovery::matches(const Selector& s, Proc& p) {
+  if (s.self && p.id.pid != self_pid_) return false;
+  if (s.pid && p.id.pid != *s.pid) return false;
+  if (s.comm_re && !std::regex_match(p.stat.comm, *s.comm_re)) return false;
+  if (s.exe_re) {
+    if (!p.exe) {
+      auto e = read_link(proc_.path(p.id.pid, "exe"));
+      p.exe = e ? *e : std::string();
+    }
+    if (p.exe->empty() || !std::regex_match(*p.exe, *s.exe_re)) return false;
+  }
+  if (s.cmdline_re) {
+    if (!p.cmdline) {
+      auto c = read_file(proc_.path(p.id.pid, "cmdline"), 1 << 16);
+      std::string v = c ? *c : std::string();
+      std::replace(v.begin(), v.end(), '\0', ' ');
+      while (!v.empty() && v.back() == ' ') v.pop_back();
+      p.cmdline = v;
+    }
+    if (!std::regex_search(*p.cmdline, *s.cmdline_re)) return false;
+  }
+  if (s.cgroup || s.systemd_unit) {
+    if (!p.cgroup) {
+      // cgroup v2: the line "0::/path"; on v1 hosts take the systemd line.
+      auto c = read_file(proc_.path(p.id.pid, "cgroup"));
+      std::string path;
+      if (c) {
+        std::string_view text = *c;
+        while (!text.empty()) {
+          std::size_t nl = text.find('\n');
+          std::string_view line = text.substr(0, nl);
+          text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+          if (line.starts_with("0::")) path = std::string(line.substr(3));
+          else if (path.empty() && line.find(":name=systemd:") != std::string_view::npos)
+            path = std::string(line.substr(line.find(":name=systemd:") + 14));
+        }
+      }
+      p.cgroup = path;
+    }
+    if (s.cgroup && !p.cgroup->starts_with(*s.cgroup)) return false;
+    if (s.systemd_unit) {
+      const std::string needle = "/" + *s.systemd_unit;
+      const std::string& cg = *p.cgroup;
+      std::size_t at = cg.find(needle);
+      bool ok = false;
+      while (at != std::string::npos) {
+        std::size_t end = at + needle.size();
+        if (end == cg.size() || cg[end] == '/') {
+          ok = true;
+          break;
+        }
+        at = cg.find(needle, at + 1);
+      }
+      if (!ok) return false;
+    }
+  }
+  return true;
+}
+
+DiscoveryResult Discovery::scan() {
+  DiscoveryResult res;
+  std::vector<Proc> procs;
+  auto pids = proc_.pids();
+  if (pids) {
+    procs.reserve(pids->size());
+    for (pid_t pid : *pids) {
+      auto text = read_file(proc_.path(pid, "stat"));
+      if (!text) continue;  // exited since readdir: not an error
+      auto st = parse_stat(*text);
+      if (!st) {
+        ++res.scan_errors;
+        continue;
+      }
+      // Kernel threads (kthreadd and its children) have no user memory.
+      if (pid == 2 || st->ppid == 2 || st->state == 'Z') continue;
+      Proc p;
+      p.id = TargetId{pid, st->starttime};
+      p.stat = std::move(*st);
+      procs.push_back(std::move(p));
+    }
+  } else {
+    ++res.scan_errors;
+  }
+
+  std::map<TargetId, Target> next;
+  std::set<TargetId> capped;
+  int total = 0;
+  for (const TargetPolicy& pol : cfg_->targets) {
+    std::vector<Proc*> hits;
+    for (auto& p : procs)
+      if (!p.claimed && matches(pol.selector, p)) hits.push_back(&p);
+    // Keep targets already watched first, so caps do not churn series; then
+    // the largest by RSS (which is the whole point of top_rss).
+    std::stable_sort(hits.begin(), hits.end(), [&](const Proc* a, const Proc* b) {
+      bool ka = targets_.count(a->id) > 0, kb = targets_.count(b->id) > 0;
+      if (!pol.selector.top_rss && ka != kb) return ka;
+      if (a->stat.rss_pages != b->stat.rss_pages) return a->stat.rss_pages > b->stat.rss_pages;
+      return a->id.pid < b->id.pid;
+    });
+    int limit = pol.selector.top_rss ? *pol.selector.top_rss : static_cast<int>(hits.size());
+    if (pol.max_targets > 0) limit = std::min(limit, pol.max_targets);
+    int taken = 0;
+    for (Proc* p : hits) {
+      p->claimed = true;  // a process belongs to the first entry it matches
+      if (pol.selector.top_rss && taken >= limit) {
+        p->claimed = false;  // not in the top N: free for later entries
+        continue;
+      }
+      if (taken >= limit || total >= cfg_->max_targets) {
+        capped.insert(p->id);
+        continue;
+      }
+      ++taken;
+      ++total;
+      Target t;
+      auto old = targets_.find(p->id);
+      if (old != targets_.end() && old->second.name == pol.name) {
+        t = old->second;
+      } else {
+        t.id = p->id;
+        t.name = pol.name;
+        t.comm = p->stat.comm;
+        if (!p->exe) {
+          auto e = read_link(proc_.path(p->id.pid, "exe"));
+          p->exe = e ? *e : std::string();
+        }
+        t.exe = *p->exe;
+      }
+      t.selector = pol.selector.describe();
+      t.policy = &pol;
+      next.emplace(t.id, std::move(t));
+    }
+  }
+
+  std::set<TargetId> alive;
+  for (const auto& p : procs) alive.insert(p.id);
+  for (const auto& [id, t] : targets_) {
+    auto it = next.find(id);
+    if (it == next.end() || it->second.name != t.name) {
+      res.removed.push_back(t);
+      if (!alive.count(id)) ++res.exited;
+    }
+  }
+  for (const auto& [id, t] : next) {
+    auto it = targets_.find(id);
+    if (it == targets_.end() || it->second.name != t.name) res.added.push_back(t);
+  }
+  for (const auto& id : capped)
+    if (capped_seen_.insert(id).second) ++res.capped_new;
+  for (auto it = capped_seen_.begin(); it != capped_seen_.end();)
+    it = alive.count(*it) ? std::next(it) : capped_seen_.erase(it);
+  capped_now_ = capped.size();
+  targets_ = std::move(next);
+  return res;
+}
+
+}  // namespace memlens

@@ -1,0 +1,45 @@
+// Discovery: rescans procfs, applies the selectors in config order (first
+// match wins), enforces the caps, and diffs against the previous set.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "daemon/config.h"
+#include "daemon/procfs.h"
+#include "daemon/target.h"
+
+namespace memlens {
+
+struct DiscoveryResult {
+  std::vector<Target> added;
+  std::vector<Target> removed;   // no longer matched or exited
+  std::size_t exited = 0;        // of `removed`, those whose process is gone
+  std::size_t capped_new = 0;    // processes newly turned away by a cap
+  std::size_t scan_errors = 0;   // unreadable or malformed stat files
+};
+
+class Discovery {
+ public:
+  Discovery(const Config& cfg, pid_t self_pid);
+  // Swaps in a new config; current targets are re-matched on the next scan.
+  void reconfigure(const Config& cfg);
+  DiscoveryResult scan();
+  const std::map<TargetId, Target>& targets() const { return targets_; }
+  std::size_t capped_now() const { return capped_now_; }
+
+ private:
+  struct Proc;
+  bool matches(const Selector& s, Proc& p);
+
+  const Config* cfg_;
+  ProcFs proc_;
+  pid_t self_pid_;
+  std::map<TargetId, Target> targets_;
+  std::set<TargetId> capped_seen_;  // counted once each, pruned when gone
+  std::size_t capped_now_ = 0;
+};
+
+}  // namespace memlens

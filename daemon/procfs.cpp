@@ -1,0 +1,74 @@
+#include "daemon/procfs.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace memlens {
+
+std::string ProcFs::path(pid_t pid, std::string_view file) const {
+  std::string p = root_;
+  p += '/';
+  p += std::to_string(pid);
+  p += '/';
+  p += file;
+  return p;
+}
+
+std::string ProcFs::path(std::string_view file) const {
+  std::string p = root_;
+  p += '/';
+  p += file;
+  return p;
+}
+
+Result<std::vector<pid_t>> ProcFs::pids() const {
+  struct DirCloser {
+    void operator()(DIR* d) const { closedir(d); }
+  };
+  std::unique_ptr<DIR, DirCloser> d(opendir(root_.c_str()));
+  if (!d) return make_error(errc_from_errno(errno), root_ + ": " + std::strerror(errno));
+  std::vector<pid_t> out;
+  while (dirent* e = readdir(d.get())) {
+    const char* n = e->d_name;
+    if (*n < '1' || *n > '9') continue;
+    char* end = nullptr;
+    long v = std::strtol(n, &end, 10);
+    if (*end == '\0' && v > 0) out.push_back(static_cast<pid_t>(v));
+  }
+  return out;
+}
+
+Result<std::string> read_file(const std::string& path, std::size_t limit) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      return make_error(errc_from_errno(e), path + ": " + std::strerror(e));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    if (out.size() >= limit) break;
+  }
+  ::close(fd);
+  return out;
+}
+
+Result<std::string> read_link(const std::string& path) {
+  char buf[4096];
+  ssize_t n = ::readlink(path.c_str(), buf, sizeof buf - 1);
+  if (n < 0) return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+}  // namespace memlens

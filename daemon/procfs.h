@@ -1,0 +1,33 @@
+// Access to procfs under a configurable root (--path.procfs), so parsers run
+// on recorded fixtures and the daemon works from inside a container.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/result.h"
+
+namespace memlens {
+
+class ProcFs {
+ public:
+  explicit ProcFs(std::string root = "/proc") : root_(std::move(root)) {}
+  const std::string& root() const { return root_; }
+  std::string path(pid_t pid, std::string_view file) const;
+  std::string path(std::string_view file) const;  // e.g. "meminfo"
+  // Numeric entries of the root directory.
+  Result<std::vector<pid_t>> pids() const;
+
+ private:
+  std::string root_;
+};
+
+// Reads a whole (proc) file; errors map errno to Errc (ENOENT/ESRCH ->
+// not_found, EACCES -> permission). `limit` bounds what is read.
+Result<std::string> read_file(const std::string& path, std::size_t limit = 1 << 22);
+Result<std::string> read_link(const std::string& path);
+
+}  // namespace memlens

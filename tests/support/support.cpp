@@ -1,0 +1,282 @@
+#include "tests/support/support.h"
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace memlens::test {
+
+Child& Child::operator=(Child&& o) noexcept {
+  if (this != &o) {
+    this->~Child();
+    pid_ = o.pid_;
+    status_ = o.status_;
+    o.pid_ = -1;
+  }
+  return *this;
+}
+
+Child::~Child() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+}
+
+bool Child::running() {
+  if (pid_ <= 0) return false;
+  int st = 0;
+  pid_t r = ::waitpid(pid_, &st, WNOHANG);
+  if (r == pid_) {
+    status_ = st;
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+int Child::wait_exit(std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (!running()) return status_;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return -1;
+}
+
+int Child::stop(int sig, std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return status_;
+  ::kill(pid_, sig);
+  return wait_exit(timeout);
+}
+
+Child spawn(const std::vector<std::string>& argv, const std::string& log, const std::vector<std::string>& env) {
+  Child c;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!log.empty()) {
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+        ::close(fd);
+      }
+    }
+    for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  c.pid_ = pid;
+  return c;
+}
+
+int run(const std::string& shell_cmd, std::string* out) {
+  FILE* p = ::popen((shell_cmd + " 2>&1").c_str(), "r");
+  if (!p) return -1;
+  std::string o;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) o.append(buf, n);
+  int st = ::pclose(p);
+  if (out) *out = o;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+namespace {
+size_t write_cb(char* ptr, size_t size, size_t nmemb, void* user) {
+  static_cast<std::string*>(user)->append(ptr, size * nmemb);
+  return size * nmemb;
+}
+}  // namespace
+
+HttpResponse http_request(const std::string& method, const std::string& url, long timeout_ms) {
+  HttpResponse r;
+  CURL* c = curl_easy_init();
+  if (!c) return r;
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+  if (method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+  if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  curl_easy_cleanup(c);
+  return r;
+}
+
+HttpResponse http_get(const std::string& url, long timeout_ms) { return http_request("GET", url, timeout_ms); }
+
+std::vector<PromSample> parse_exposition(const std::string& text) {
+  std::vector<PromSample> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    PromSample s;
+    size_t i = 0;
+    while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+    s.name = line.substr(0, i);
+    if (i < line.size() && line[i] == '{') {
+      ++i;
+      while (i < line.size() && line[i] != '}') {
+        size_t eq = line.find('=', i);
+        if (eq == std::string::npos) break;
+        std::string k = line.substr(i, eq - i);
+        size_t j = eq + 2;  // skip ="
+        std::string v;
+        while (j < line.size() && line[j] != '"') {
+          if (line[j] == '\\' && j + 1 < line.size()) {
+            ++j;
+            v += line[j] == 'n' ? '\n' : line[j];
+          } else {
+            v += line[j];
+          }
+          ++j;
+        }
+        s.labels[k] = v;
+        i = j + 1;
+        if (i < line.size() && line[i] == ',') ++i;
+      }
+      ++i;  // '}'
+    }
+    while (i < line.size() && line[i] == ' ') ++i;
+    size_t end = line.find(' ', i);
+    std::string v = line.substr(i, end == std::string::npos ? std::string::npos : end - i);
+    if (v == "+Inf") s.value = INFINITY;
+    else if (v == "-Inf") s.value = -INFINITY;
+    else if (v == "NaN") s.value = NAN;
+    else s.value = std::strtod(v.c_str(), nullptr);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::optional<double> find_sample(const std::vector<PromSample>& all, const std::string& name,
+                                  const std::map<std::string, std::string>& labels) {
+  for (const auto& s : all) {
+    if (s.name != name) continue;
+    bool ok = true;
+    for (const auto& [k, v] : labels) {
+      auto it = s.labels.find(k);
+      if (it == s.labels.end() || it->second != v) {
+        ok = false;
+        break;
+      }
+    }
+    if (ok) return s.value;
+  }
+  return std::nullopt;
+}
+
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds step) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (pred()) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(step);
+  }
+}
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+std::string make_temp_dir(const std::string& prefix) {
+  std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (!::mkdtemp(buf.data())) return "/tmp";
+  return buf.data();
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+}
+
+std::string last_line(const std::string& path) {
+  std::string t = read_text(path);
+  if (t.empty()) return "";
+  if (t.back() != '\n') {  // a line being written: ignore it
+    auto nl = t.rfind('\n');
+    if (nl == std::string::npos) return "";
+    t.resize(nl + 1);
+  }
+  t.pop_back();
+  auto nl = t.rfind('\n');
+  return nl == std::string::npos ? t : t.substr(nl + 1);
+}
+
+std::string memlensd_path() { return std::string(MEMLENS_BINARY_DIR) + "/memlensd"; }
+std::string workload_path(const std::string& name) { return std::string(MEMLENS_WORKLOAD_DIR) + "/" + name; }
+
+std::string Daemon::url(const std::string& path) const {
+  return "http://127.0.0.1:" + std::to_string(port) + path;
+}
+
+std::vector<PromSample> Daemon::scrape() const { return parse_exposition(http_get(url("/metrics")).body); }
+
+std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<std::string>& extra_flags,
+                                   const std::vector<std::string>& wrapper) {
+  Daemon d;
+  d.dir = make_temp_dir("memlensd");
+  d.config_path = d.dir + "/memlens.yaml";
+  d.log_path = d.dir + "/memlensd.log";
+  write_text(d.config_path, yaml);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    d.port = free_port();
+    std::vector<std::string> argv = wrapper;
+    argv.push_back(memlensd_path());
+    argv.push_back("--config.file=" + d.config_path);
+    argv.push_back("--web.listen-address=127.0.0.1:" + std::to_string(d.port));
+    for (const auto& f : extra_flags) argv.push_back(f);
+    d.child = spawn(argv, d.log_path);
+    const bool up = wait_until(
+        [&] { return !d.child.running() ? true : http_get(d.url("/healthz"), 500).status == 200; },
+        std::chrono::seconds(20));
+    if (up && d.child.running()) return d;
+    d.child.stop(SIGKILL, std::chrono::seconds(2));
+  }
+  std::fprintf(stderr, "memlensd did not start; log:\n%s\n", read_text(d.log_path).c_str());
+  return std::nullopt;
+}
+
+bool is_root() { return ::geteuid() == 0; }
+
+}  // namespace memlens::test

@@ -1,0 +1,89 @@
+// Helpers shared by integration and end-to-end tests: real processes, real
+// HTTP, the Prometheus text format parsed back.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace memlens::test {
+
+// A child process, killed (SIGKILL) and reaped when the handle goes.
+class Child {
+ public:
+  Child() = default;
+  Child(Child&& o) noexcept : pid_(o.pid_) { o.pid_ = -1; }
+  Child& operator=(Child&& o) noexcept;
+  ~Child();
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Sends sig and waits up to `timeout` for exit; returns the wait status or -1.
+  int stop(int sig, std::chrono::milliseconds timeout);
+  int wait_exit(std::chrono::milliseconds timeout);
+
+ private:
+  friend Child spawn(const std::vector<std::string>&, const std::string&, const std::vector<std::string>&);
+  pid_t pid_ = -1;
+  int status_ = -1;
+};
+
+// Runs argv[0] (a path) with its output appended to `log` (if not empty).
+// `env` entries ("K=V") are added to the environment.
+Child spawn(const std::vector<std::string>& argv, const std::string& log = "",
+            const std::vector<std::string>& env = {});
+
+// Runs a command to completion; returns exit status, output into *out.
+int run(const std::string& shell_cmd, std::string* out = nullptr);
+
+struct HttpResponse {
+  long status = 0;  // 0: no connection
+  std::string body;
+};
+HttpResponse http_get(const std::string& url, long timeout_ms = 5000);
+HttpResponse http_request(const std::string& method, const std::string& url, long timeout_ms = 5000);
+
+// One sample of the Prometheus text format.
+struct PromSample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+std::vector<PromSample> parse_exposition(const std::string& text);
+// The value of the first sample named `name` whose labels include `labels`.
+std::optional<double> find_sample(const std::vector<PromSample>& s, const std::string& name,
+                                  const std::map<std::string, std::string>& labels = {});
+
+bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds step = std::chrono::milliseconds(100));
+
+int free_port();
+std::string make_temp_dir(const std::string& prefix = "memlens-test");
+std::string read_text(const std::string& path);
+void write_text(const std::string& path, const std::string& text);
+// The last complete line of a file the workload appends to (its ground truth).
+std::string last_line(const std::string& path);
+
+std::string memlensd_path();
+std::string workload_path(const std::string& name);
+
+// A memlensd running on a free port with the given YAML config.
+struct Daemon {
+  Child child;
+  int port = 0;
+  std::string dir, config_path, log_path;
+  std::string url(const std::string& path) const;
+  std::vector<PromSample> scrape() const;
+  std::string log() const { return read_text(log_path); }
+};
+// Starts memlensd and waits for /healthz (fails the test on timeout).
+std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<std::string>& extra_flags = {},
+                                   const std::vector<std::string>& wrapper = {});
+
+bool is_root();
+
+}  // namespace memlens::test
