@@ -1,0 +1,214 @@
+#include "collectors/bpf_support.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/capability.h>
+#include <spdlog/spdlog.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+
+#ifndef TRACEFS_MAGIC
+#define TRACEFS_MAGIC 0x74726163
+#endif
+
+namespace memlens::bpf {
+
+namespace {
+
+int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list args) {
+  char buf[1024];
+  int n = std::vsnprintf(buf, sizeof buf, fmt, args);
+  if (n <= 0) return 0;
+  std::string_view msg(buf, std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
+  while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+  switch (level) {
+    case LIBBPF_WARN: spdlog::warn("libbpf: {}", msg); break;
+    case LIBBPF_INFO: spdlog::debug("libbpf: {}", msg); break;
+    default: spdlog::trace("libbpf: {}", msg); break;
+  }
+  return n;
+}
+
+bool has_cap(const __user_cap_data_struct* d, int cap) {
+  return (d[cap / 32].effective & (1u << (cap % 32))) != 0;
+}
+
+}  // namespace
+
+void init_libbpf_logging() {
+  static std::once_flag once;
+  std::call_once(once, [] { libbpf_set_print(libbpf_print); });
+}
+
+Result<void> ensure_tracefs() {
+  struct statfs st {};
+  if (statfs("/sys/kernel/tracing", &st) == 0 &&
+      static_cast<unsigned long>(st.f_type) == TRACEFS_MAGIC)
+    return {};
+  // Older setups only have it under debugfs.
+  if (statfs("/sys/kernel/debug/tracing", &st) == 0 &&
+      static_cast<unsigned long>(st.f_type) == TRACEFS_MAGIC)
+    return {};
+  if (mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, nullptr) != 0) {
+    int err = errno;
+    return make_error(errc_from_errno(err),
+                      std::string("cannot mount tracefs at /sys/kernel/tracing: ") +
+                          std::strerror(err));
+  }
+  spdlog::info("mounted tracefs at /sys/kernel/tracing");
+  return {};
+}
+
+void bump_memlock_rlimit() {
+  rlimit r{RLIM_INFINITY, RLIM_INFINITY};
+  if (setrlimit(RLIMIT_MEMLOCK, &r) != 0 && errno != EPERM)
+    spdlog::debug("setrlimit(RLIMIT_MEMLOCK): {}", std::strerror(errno));
+}
+
+Result<void> check_capabilities() {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capget, &hdr, data) != 0)
+    return make_error(Errc::io, std::string("capget: ") + std::strerror(errno));
+  if (has_cap(data, CAP_SYS_ADMIN)) return {};
+  bool bpf = has_cap(data, CAP_BPF), perfmon = has_cap(data, CAP_PERFMON);
+  if (bpf && perfmon) return {};
+  std::string missing = !bpf && !perfmon ? "CAP_BPF and CAP_PERFMON"
+                        : !bpf           ? "CAP_BPF"
+                                         : "CAP_PERFMON";
+  return make_error(Errc::permission, "missing " + missing + " (or CAP_SYS_ADMIN)");
+}
+
+Result<void> prepare() {
+  static std::once_flag once;
+  static Result<void> result;
+  std::call_once(once, [] {
+    init_libbpf_logging();
+    if (auto c = check_capabilities(); !c) {
+      result = c;
+      return;
+    }
+    bump_memlock_rlimit();
+    if (auto t = ensure_tracefs(); !t)
+      spdlog::warn("{}; tracepoint programs will be unavailable", t.error().message);
+  });
+  return result;
+}
+
+const char* disabled_reason_label(Errc e) {
+  switch (e) {
+    case Errc::permission: return "capability";
+    case Errc::unavailable: return "kernel";
+    case Errc::invalid: return "config";
+    case Errc::not_found: return "attach";
+    default: return "load";
+  }
+}
+
+Link& Link::operator=(Link&& o) noexcept {
+  if (this != &o) {
+    reset();
+    l_ = o.l_;
+    o.l_ = nullptr;
+  }
+  return *this;
+}
+
+Link::~Link() { reset(); }
+
+void Link::reset() {
+  if (l_) bpf_link__destroy(l_);
+  l_ = nullptr;
+}
+
+Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
+                           uint64_t file_offset, bool retprobe) {
+  if (pid <= 0) return make_error(Errc::invalid, "uprobes are attached per pid");
+  LIBBPF_OPTS(bpf_uprobe_opts, opts, .retprobe = retprobe);
+  bpf_link* l = bpf_program__attach_uprobe_opts(prog, pid, binary.c_str(),
+                                                static_cast<size_t>(file_offset), &opts);
+  if (!l) {
+    int err = errno;
+    return make_error(errc_from_errno(err),
+                      fmt::format("{} {}+{:#x} pid {}: {}", retprobe ? "uretprobe" : "uprobe",
+                                  binary, file_offset, pid, std::strerror(err)));
+  }
+  return Link(l);
+}
+
+Result<Link> attach_usdt(bpf_program* prog, pid_t pid, const std::string& binary,
+                         const std::string& provider, const std::string& name,
+                         uint64_t cookie) {
+  if (pid <= 0) return make_error(Errc::invalid, "USDT probes are attached per pid");
+  LIBBPF_OPTS(bpf_usdt_opts, opts, .usdt_cookie = cookie);
+  bpf_link* l = bpf_program__attach_usdt(prog, pid, binary.c_str(), provider.c_str(),
+                                         name.c_str(), &opts);
+  if (!l) {
+    int err = errno;
+    return make_error(errc_from_errno(err), fmt::format("usdt {}:{} in {} pid {}: {}", provider,
+                                                        name, binary, pid, std::strerror(err)));
+  }
+  return Link(l);
+}
+
+int possible_cpus() {
+  static int n = [] {
+    int c = libbpf_num_possible_cpus();
+    return c > 0 ? c : 1;
+  }();
+  return n;
+}
+
+Result<std::vector<uint64_t>> sum_percpu_fields(int map_fd, const void* key,
+                                                std::size_t value_size) {
+  if (value_size % 8 != 0) return make_error(Errc::invalid, "per-CPU value size not a multiple of 8");
+  // Per-CPU values are rounded up to 8 bytes each by the kernel.
+  const std::size_t fields = value_size / 8;
+  const int ncpu = possible_cpus();
+  std::vector<uint64_t> raw(fields * static_cast<std::size_t>(ncpu));
+  std::vector<uint64_t> sum(fields, 0);
+  if (bpf_map_lookup_elem(map_fd, key, raw.data()) != 0) {
+    if (errno == ENOENT) return sum;
+    return make_error(errc_from_errno(errno), std::string("map lookup: ") + std::strerror(errno));
+  }
+  for (int c = 0; c < ncpu; ++c)
+    for (std::size_t f = 0; f < fields; ++f) sum[f] += raw[static_cast<std::size_t>(c) * fields + f];
+  return sum;
+}
+
+Result<uint64_t> sum_percpu_u64(int map_fd, const void* key) {
+  auto r = sum_percpu_fields(map_fd, key, 8);
+  if (!r) return r.error();
+  return (*r)[0];
+}
+
+uint64_t map_memory_bytes(int map_fd) {
+  if (map_fd < 0) return 0;
+  std::ifstream in("/proc/self/fdinfo/" + std::to_string(map_fd));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("memlock:", 0) == 0) return std::strtoull(line.c_str() + 8, nullptr, 10);
+  }
+  return 0;
+}
+
+uint64_t object_map_memory_bytes(const bpf_object* obj) {
+  if (!obj) return 0;
+  uint64_t total = 0;
+  bpf_map* m = nullptr;
+  bpf_object__for_each_map(m, obj) total += map_memory_bytes(bpf_map__fd(m));
+  return total;
+}
+
+}  // namespace memlens::bpf

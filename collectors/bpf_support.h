@@ -1,0 +1,99 @@
+// Shared helpers for every eBPF collector (alloc, faults, gc): the one-time
+// environment setup (libbpf logging into spdlog, tracefs, memlock rlimit),
+// the capability check that decides whether eBPF runs at all, RAII for links,
+// per-pid uprobe attachment, and reading counters and map memory back.
+//
+// Stable API: the GC collector (issue 4) depends on it. Extend, do not change.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/result.h"
+
+struct bpf_link;
+struct bpf_program;
+struct bpf_map;
+struct bpf_object;
+
+namespace memlens::bpf {
+
+// Routes libbpf's messages into spdlog (warn -> warn, info -> debug,
+// debug -> trace). Idempotent; prepare() calls it.
+void init_libbpf_logging();
+
+// Mounts tracefs at /sys/kernel/tracing when it is not mounted (SEC("tp/...")
+// programs need it to find event ids). Returns an error when mounting fails;
+// raw tracepoints and uprobes work without it.
+Result<void> ensure_tracefs();
+
+// Raises RLIMIT_MEMLOCK to infinity. EPERM is expected and ignored: kernels
+// >= 5.11 account BPF memory to the memory cgroup instead.
+void bump_memlock_rlimit();
+
+// Do we hold what loading tracing programs needs? CAP_BPF + CAP_PERFMON, or
+// CAP_SYS_ADMIN. On failure the message names what is missing, e.g.
+// "missing CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)". Errc::permission.
+Result<void> check_capabilities();
+
+// All of the above, once per process (later calls return the first result).
+// A collector calls this first in start(); on error it returns the error so
+// the framework reports it disabled.
+Result<void> prepare();
+
+// Why an eBPF collector is off, as a bounded label value ("capability",
+// "kernel", "load", "attach", "config"), for the disabled metric.
+const char* disabled_reason_label(Errc e);
+
+// Move-only owner of a bpf_link (detached on destruction).
+class Link {
+ public:
+  Link() = default;
+  explicit Link(bpf_link* l) : l_(l) {}
+  Link(Link&& o) noexcept : l_(o.l_) { o.l_ = nullptr; }
+  Link& operator=(Link&& o) noexcept;
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+  ~Link();
+  bpf_link* get() const { return l_; }
+  explicit operator bool() const { return l_ != nullptr; }
+  void reset();
+
+ private:
+  bpf_link* l_ = nullptr;
+};
+
+// Attaches `prog` as a uprobe (or uretprobe) at `file_offset` in `binary`,
+// for `pid` only (never pid -1: a uprobe for every process makes every
+// process that runs the code pay the trap).
+Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
+                           uint64_t file_offset, bool retprobe);
+
+// USDT probe `provider:name` in `binary` for `pid` (libbpf's usdt support).
+Result<Link> attach_usdt(bpf_program* prog, pid_t pid, const std::string& binary,
+                         const std::string& provider, const std::string& name,
+                         uint64_t cookie = 0);
+
+// Sum over CPUs of a u64 value at `key` in a per-CPU array or hash map.
+// A missing key gives 0.
+Result<uint64_t> sum_percpu_u64(int map_fd, const void* key);
+
+// Per-CPU values at `key`, `value_size` bytes each, summed field by field as
+// u64s (value_size must be a multiple of 8). A missing key gives zeros.
+Result<std::vector<uint64_t>> sum_percpu_fields(int map_fd, const void* key,
+                                                std::size_t value_size);
+
+// Kernel memory charged to a map ("memlock:" in /proc/self/fdinfo/FD).
+uint64_t map_memory_bytes(int map_fd);
+// Same for every map of a loaded object (bpf_object), for self-metrics.
+uint64_t object_map_memory_bytes(const bpf_object* obj);
+
+// Number of possible CPUs (size of per-CPU value arrays).
+int possible_cpus();
+
+}  // namespace memlens::bpf

@@ -1,0 +1,410 @@
+#include "collectors/elf_symbols.h"
+
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fmt/format.h>
+
+#include "daemon/procfs.h"
+
+namespace memlens::elf {
+
+namespace {
+
+// Closes the fd and the Elf handle of one parse.
+struct ElfHandle {
+  int fd = -1;
+  Elf* e = nullptr;
+  ~ElfHandle() {
+    if (e) elf_end(e);
+    if (fd >= 0) close(fd);
+  }
+};
+
+std::string hex(const uint8_t* p, std::size_t n) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  s.reserve(n * 2);
+  for (std::size_t i = 0; i < n; ++i) {
+    s.push_back(digits[p[i] >> 4]);
+    s.push_back(digits[p[i] & 15]);
+  }
+  return s;
+}
+
+std::string_view base_name(std::string_view sym) {
+  auto at = sym.find('@');
+  return at == std::string_view::npos ? sym : sym.substr(0, at);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
+  if (elf_version(EV_CURRENT) == EV_NONE) return make_error(Errc::unavailable, "libelf too old");
+  ElfHandle h;
+  h.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (h.fd < 0) {
+    int err = errno;
+    return make_error(errc_from_errno(err), path + ": " + std::strerror(err));
+  }
+  h.e = elf_begin(h.fd, ELF_C_READ_MMAP, nullptr);
+  if (!h.e || elf_kind(h.e) != ELF_K_ELF)
+    return make_error(Errc::malformed, path + ": not an ELF file");
+
+  std::shared_ptr<ElfFile> f(new ElfFile());
+  f->path_ = path;
+
+  std::size_t nphdr = 0;
+  if (elf_getphdrnum(h.e, &nphdr) != 0) return make_error(Errc::malformed, path + ": no program headers");
+  for (std::size_t i = 0; i < nphdr; ++i) {
+    GElf_Phdr ph;
+    if (!gelf_getphdr(h.e, static_cast<int>(i), &ph)) continue;
+    if (ph.p_type == PT_LOAD) f->segments_.push_back({ph.p_vaddr, ph.p_memsz, ph.p_offset, ph.p_filesz});
+  }
+
+  std::size_t shstrndx = 0;
+  elf_getshdrstrndx(h.e, &shstrndx);
+  Elf_Scn* scn = nullptr;
+  while ((scn = elf_nextscn(h.e, scn)) != nullptr) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh)) continue;
+    if (sh.sh_type == SHT_NOTE) {
+      Elf_Data* d = elf_getdata(scn, nullptr);
+      if (!d) continue;
+      std::size_t off = 0, name_off = 0, desc_off = 0;
+      GElf_Nhdr nh;
+      while ((off = gelf_getnote(d, off, &nh, &name_off, &desc_off)) > 0) {
+        if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 &&
+            std::memcmp(static_cast<const char*>(d->d_buf) + name_off, "GNU", 4) == 0)
+          f->build_id_ = hex(static_cast<const uint8_t*>(d->d_buf) + desc_off, nh.n_descsz);
+      }
+    } else if (sh.sh_type == SHT_DYNAMIC) {
+      Elf_Data* d = elf_getdata(scn, nullptr);
+      if (!d) continue;
+      std::size_t n = sh.sh_entsize ? sh.sh_size / sh.sh_entsize : 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        GElf_Dyn dyn;
+        if (!gelf_getdyn(d, static_cast<int>(i), &dyn)) break;
+        if (dyn.d_tag == DT_NEEDED) {
+          const char* s = elf_strptr(h.e, sh.sh_link, dyn.d_un.d_val);
+          if (s) f->needed_.emplace_back(s);
+        }
+      }
+    } else if (sh.sh_type == SHT_SYMTAB || sh.sh_type == SHT_DYNSYM) {
+      Elf_Data* d = elf_getdata(scn, nullptr);
+      if (!d || !sh.sh_entsize) continue;
+      std::size_t n = sh.sh_size / sh.sh_entsize;
+      for (std::size_t i = 0; i < n; ++i) {
+        GElf_Sym s;
+        if (!gelf_getsym(d, static_cast<int>(i), &s)) break;
+        int type = GELF_ST_TYPE(s.st_info);
+        if ((type != STT_FUNC && type != STT_GNU_IFUNC) || s.st_shndx == SHN_UNDEF || s.st_value == 0)
+          continue;
+        const char* name = elf_strptr(h.e, sh.sh_link, s.st_name);
+        if (!name || !*name) continue;
+        Symbol sym{name, s.st_value, s.st_size, 0};
+        f->syms_.push_back(std::move(sym));
+      }
+    }
+  }
+  (void)shstrndx;
+  for (auto& s : f->syms_) s.file_offset = f->vaddr_to_offset(s.vaddr).value_or(0);
+  std::sort(f->syms_.begin(), f->syms_.end(), [](const Symbol& a, const Symbol& b) {
+    return a.vaddr != b.vaddr ? a.vaddr < b.vaddr : a.size > b.size;
+  });
+  for (std::size_t i = 0; i < f->syms_.size(); ++i) {
+    f->by_name_.emplace(f->syms_[i].name, i);  // first (largest) wins
+    auto b = base_name(f->syms_[i].name);
+    if (b.size() != f->syms_[i].name.size()) f->by_name_.emplace(std::string(b), i);
+  }
+  return std::shared_ptr<const ElfFile>(std::move(f));
+}
+
+Result<Symbol> ElfFile::find(std::string_view name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) return make_error(Errc::not_found, fmt::format("{}: no symbol {}", path_, name));
+  const Symbol& s = syms_[it->second];
+  if (s.file_offset == 0 && !vaddr_to_offset(s.vaddr))
+    return make_error(Errc::malformed, fmt::format("{}: {} is outside every segment", path_, name));
+  return s;
+}
+
+std::optional<std::pair<const Symbol*, uint64_t>> ElfFile::symbolize(uint64_t vaddr) const {
+  auto it = std::upper_bound(syms_.begin(), syms_.end(), vaddr,
+                             [](uint64_t v, const Symbol& s) { return v < s.vaddr; });
+  if (it == syms_.begin()) return std::nullopt;
+  --it;
+  // Symbols without a size (hand-written asm) still name the code after them.
+  if (it->size && vaddr >= it->vaddr + it->size) return std::nullopt;
+  return std::make_pair(&*it, vaddr - it->vaddr);
+}
+
+std::optional<uint64_t> ElfFile::vaddr_to_offset(uint64_t vaddr) const {
+  for (const auto& s : segments_)
+    if (vaddr >= s.vaddr && vaddr < s.vaddr + s.filesz) return vaddr - s.vaddr + s.offset;
+  return std::nullopt;
+}
+
+std::optional<uint64_t> ElfFile::offset_to_vaddr(uint64_t offset) const {
+  for (const auto& s : segments_)
+    if (offset >= s.offset && offset < s.offset + s.filesz) return offset - s.offset + s.vaddr;
+  return std::nullopt;
+}
+
+Result<std::vector<uint8_t>> ElfFile::read_bytes(uint64_t file_offset, std::size_t n) const {
+  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(errc_from_errno(errno), path_ + ": " + std::strerror(errno));
+  std::vector<uint8_t> buf(n);
+  ssize_t got = pread(fd, buf.data(), n, static_cast<off_t>(file_offset));
+  int err = errno;
+  close(fd);
+  if (got < 0) return make_error(errc_from_errno(err), path_ + ": " + std::strerror(err));
+  buf.resize(static_cast<std::size_t>(got));
+  return buf;
+}
+
+Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path) {
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<const ElfFile>> by_key;  // build-id or file identity
+  static std::map<std::string, std::string> key_of_identity;            // identity -> key
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0)
+    return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));
+  std::string identity = fmt::format("{}:{}:{}", st.st_dev, st.st_ino, st.st_mtim.tv_sec);
+  {
+    std::lock_guard lock(mu);
+    if (auto it = key_of_identity.find(identity); it != key_of_identity.end())
+      return by_key.at(it->second);
+  }
+  auto f = ElfFile::open(path);
+  if (!f) return f.error();
+  std::lock_guard lock(mu);
+  std::string key = (*f)->build_id().empty() ? identity : (*f)->build_id();
+  auto [it, inserted] = by_key.emplace(key, *f);
+  key_of_identity.emplace(identity, key);
+  // Same build-id seen through another path: reuse the parsed copy but keep
+  // this path for reading bytes (the files are identical).
+  if (!inserted && it->second->path() != path) return *f;
+  return it->second;
+}
+
+// ---- prologue decoding -------------------------------------------------
+
+namespace {
+
+bool is_push(std::span<const uint8_t> c, std::size_t i, std::size_t* len) {
+  if (i < c.size() && c[i] >= 0x50 && c[i] <= 0x57) { *len = 1; return true; }
+  if (i + 1 < c.size() && c[i] == 0x41 && c[i + 1] >= 0x50 && c[i + 1] <= 0x57) { *len = 2; return true; }
+  return false;
+}
+
+bool is_jcc_or_jmp(std::span<const uint8_t> c, std::size_t i) {
+  if (i >= c.size()) return false;
+  if ((c[i] >= 0x70 && c[i] <= 0x7f) || c[i] == 0xeb || c[i] == 0xe9 || c[i] == 0xe8) return true;
+  return i + 1 < c.size() && c[i] == 0x0f && c[i + 1] >= 0x80 && c[i + 1] <= 0x8f;
+}
+
+bool is_nop5(std::span<const uint8_t> c, std::size_t i) {
+  static const uint8_t nop5[] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+  return i + 5 <= c.size() && std::equal(nop5, nop5 + 5, c.begin() + static_cast<long>(i));
+}
+
+// test r64,r64 with the same register (REX.W 85 /r, mod=11, reg==rm): reads
+// only, so every argument register survives it.
+bool is_self_test(std::span<const uint8_t> c, std::size_t i) {
+  if (i + 3 > c.size()) return false;
+  if (c[i] != 0x48 && c[i] != 0x4d) return false;  // REX.W, or REX.WRB for r8-r15
+  if (c[i + 1] != 0x85) return false;
+  uint8_t m = c[i + 2];
+  return (m >> 6) == 3 && ((m >> 3) & 7) == (m & 7);
+}
+
+bool is_endbr64(std::span<const uint8_t> c, std::size_t i) {
+  static const uint8_t e[] = {0xf3, 0x0f, 0x1e, 0xfa};
+  return i + 4 <= c.size() && std::equal(e, e + 4, c.begin() + static_cast<long>(i));
+}
+
+}  // namespace
+
+ProbeSite choose_probe_site(std::span<const uint8_t> code) {
+  std::size_t i = 0;
+  std::string note;
+  if (is_endbr64(code, i)) {
+    i += 4;
+    note = "endbr64; ";
+  }
+  std::size_t len = 0;
+  if (is_push(code, i, &len)) return {i, true, note + "push"};
+  if (is_nop5(code, i)) return {i, true, note + "nop5"};
+  if (is_jcc_or_jmp(code, i)) return {i, true, note + "branch"};
+  if (is_self_test(code, i) && is_jcc_or_jmp(code, i + 3))
+    return {i + 3, true, note + "test reg,reg; probe at the branch after it"};
+  return {0, false, note + (code.empty() ? "no bytes" : fmt::format("first byte {:#04x}: single-stepped", code[0]))};
+}
+
+Result<ProbeSite> probe_site(const ElfFile& f, const Symbol& s) {
+  auto bytes = f.read_bytes(s.file_offset, 16);
+  if (!bytes) return bytes.error();
+  std::size_t n = s.size ? std::min<std::size_t>(bytes->size(), s.size) : bytes->size();
+  return choose_probe_site(std::span<const uint8_t>(bytes->data(), n));
+}
+
+// ---- /proc/PID/maps ----------------------------------------------------
+
+std::vector<Mapping> parse_maps(std::string_view text) {
+  std::vector<Mapping> out;
+  while (!text.empty()) {
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    // start-end perms offset dev inode path
+    Mapping m;
+    const char* p = line.data();
+    const char* end = p + line.size();
+    auto r = std::from_chars(p, end, m.start, 16);
+    if (r.ec != std::errc{} || r.ptr == end || *r.ptr != '-') continue;
+    r = std::from_chars(r.ptr + 1, end, m.end, 16);
+    if (r.ec != std::errc{}) continue;
+    p = r.ptr;
+    auto skip_ws = [&] { while (p < end && *p == ' ') ++p; };
+    auto word = [&] {
+      skip_ws();
+      const char* b = p;
+      while (p < end && *p != ' ') ++p;
+      return std::string_view(b, static_cast<std::size_t>(p - b));
+    };
+    m.perms = std::string(word());
+    auto off = word();
+    std::from_chars(off.data(), off.data() + off.size(), m.offset, 16);
+    word();  // dev
+    auto ino = word();
+    std::from_chars(ino.data(), ino.data() + ino.size(), m.inode, 10);
+    skip_ws();
+    m.path = std::string(p, end);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+// ---- allocators --------------------------------------------------------
+
+const char* allocator_name(AllocatorKind k) {
+  switch (k) {
+    case AllocatorKind::glibc: return "glibc";
+    case AllocatorKind::jemalloc: return "jemalloc";
+    case AllocatorKind::tcmalloc: return "tcmalloc";
+    case AllocatorKind::mimalloc: return "mimalloc";
+    default: return "other";
+  }
+}
+
+namespace {
+
+AllocatorKind classify(const std::string& path, const ElfFile& f) {
+  auto has = [&](const char* s) { return path.find(s) != std::string::npos; };
+  if (has("jemalloc") || f.defines("mallctl") || f.defines("je_mallctl")) return AllocatorKind::jemalloc;
+  if (has("tcmalloc") || f.defines("tc_malloc")) return AllocatorKind::tcmalloc;
+  if (has("mimalloc") || f.defines("mi_malloc")) return AllocatorKind::mimalloc;
+  if (has("/libc.so") || has("/libc-")) return AllocatorKind::glibc;
+  return AllocatorKind::other;
+}
+
+}  // namespace
+
+Result<AllocatorLocation> find_allocator(const std::string& procfs, pid_t pid) {
+  ProcFs fs(procfs);
+  auto text = read_file(fs.path(pid, "maps"));
+  if (!text) return text.error();
+  auto exe = read_link(fs.path(pid, "exe"));
+  std::vector<std::string> files;  // executable file mappings, exe first
+  for (const auto& m : parse_maps(*text)) {
+    if (m.path.empty() || m.path[0] != '/' || m.perms.size() < 3 || m.perms[2] != 'x') continue;
+    if (std::find(files.begin(), files.end(), m.path) == files.end()) files.push_back(m.path);
+  }
+  if (exe) {
+    auto it = std::find(files.begin(), files.end(), *exe);
+    if (it != files.end()) std::rotate(files.begin(), it, it + 1);
+  }
+  std::optional<AllocatorLocation> libc;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    std::string open_path = fs.path(pid, "root") + files[i];
+    auto f = open_cached(open_path);
+    if (!f || !(*f)->defines("malloc") || !(*f)->defines("free")) continue;
+    AllocatorLocation loc{classify(files[i], **f), files[i], open_path, *f};
+    // The executable interposes on every library; among libraries a
+    // dedicated allocator wins over libc (it is usually preloaded/needed).
+    if (i == 0 && exe && files[0] == *exe) return loc;
+    if (loc.kind == AllocatorKind::glibc) {
+      if (!libc) libc = loc;
+      continue;
+    }
+    if (loc.kind != AllocatorKind::other) return loc;
+  }
+  if (libc) return *libc;
+  return make_error(Errc::not_found, fmt::format("pid {}: no mapped file defines malloc", pid));
+}
+
+Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path) {
+  auto exe = open_cached(exe_path);
+  if (!exe) return exe.error();
+  if ((*exe)->defines("malloc") && (*exe)->defines("free"))
+    return AllocatorLocation{classify(exe_path, **exe), exe_path, exe_path, *exe};
+  static const char* dirs[] = {"/lib/x86_64-linux-gnu/", "/usr/lib/x86_64-linux-gnu/", "/lib64/",
+                               "/usr/lib64/", "/lib/", "/usr/lib/", "/usr/local/lib/"};
+  std::optional<AllocatorLocation> libc;
+  for (const auto& lib : (*exe)->needed()) {
+    for (const char* d : dirs) {
+      std::string p = std::string(d) + lib;
+      if (access(p.c_str(), R_OK) != 0) continue;
+      auto f = open_cached(p);
+      if (!f || !(*f)->defines("malloc")) break;
+      AllocatorLocation loc{classify(p, **f), p, p, *f};
+      if (loc.kind == AllocatorKind::glibc) {
+        if (!libc) libc = loc;
+      } else {
+        return loc;
+      }
+      break;
+    }
+  }
+  if (libc) return *libc;
+  return make_error(Errc::not_found, exe_path + ": no allocator found (static or unusual layout)");
+}
+
+// ---- symbolisation -----------------------------------------------------
+
+Result<Symbolizer> Symbolizer::for_pid(const std::string& procfs, pid_t pid) {
+  ProcFs fs(procfs);
+  auto text = read_file(fs.path(pid, "maps"));
+  if (!text) return text.error();
+  Symbolizer s;
+  s.procfs_ = procfs;
+  s.pid_ = pid;
+  s.maps_ = parse_maps(*text);
+  return s;
+}
+
+std::string Symbolizer::symbolize(uint64_t addr) const {
+  for (const auto& m : maps_) {
+    if (addr < m.start || addr >= m.end) continue;
+    if (m.path.empty() || m.path[0] != '/') return fmt::format("{:#x} ({})", addr, m.path.empty() ? "anon" : m.path);
+    std::string base = m.path.substr(m.path.rfind('/') + 1);
+    auto f = open_cached(ProcFs(procfs_).path(pid_, "root") + m.path);
+    if (!f) return fmt::format("{:#x} ({})", addr, base);
+    auto vaddr = (*f)->offset_to_vaddr(addr - m.start + m.offset);
+    if (!vaddr) return fmt::format("{:#x} ({})", addr, base);
+    auto sym = (*f)->symbolize(*vaddr);
+    if (!sym) return fmt::format("{:#x} ({})", *vaddr, base);
+    return fmt::format("{}+{:#x} ({})", sym->first->name, sym->second, base);
+  }
+  return fmt::format("{:#x}", addr);
+}
+
+}  // namespace memlens::elf
