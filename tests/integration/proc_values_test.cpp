@@ -1,0 +1,134 @@
+// memlensd's /proc values for a real process match what the process itself
+// reports (its statm RSS, getrusage peak, glibc's arena).
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cmath>
+#include <thread>
+
+#include "tests/support/support.h"
+#include "tests/support/truth.h"
+
+using namespace memlens::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+void expect_within(double got, double want, double rel, const char* what) {
+  EXPECT_NEAR(got, want, std::abs(want) * rel) << what << ": memlens " << got << " vs truth " << want;
+}
+
+}  // namespace
+
+TEST(ProcValues, MatchWorkloadGroundTruth) {
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/truth.jsonl";
+  // 48 MiB held in 0.5-8 KiB blocks, churned at 20k replacements/s.
+  Child w = spawn({workload_path("heapload"), "--hold", std::to_string(48 << 20), "--truth", truth});
+  ASSERT_TRUE(wait_until([&] { return !latest_truth(truth).empty(); }, 20s)) << "workload wrote no truth";
+
+  auto d = start_daemon(
+      "global: {tick_interval: 500ms, rescan_interval: 1s}\n"
+      "targets:\n"
+      "  - name: work\n"
+      "    pid: " + std::to_string(w.pid()) + "\n");
+  ASSERT_TRUE(d);
+  const std::map<std::string, std::string> sel{{"target", "work"}, {"pid", std::to_string(w.pid())}};
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_rss_bytes", sel).has_value();
+  }, 15s)) << d->log();
+
+  // Compare a scrape with the truth line written closest to it: both are
+  // steady after warm-up, so a second apart they agree to well under 1%.
+  int checked = 0;
+  for (int round = 0; round < 5; ++round) {
+    std::this_thread::sleep_for(1s);
+    s = d->scrape();
+    auto t = latest_truth(truth);
+    ASSERT_FALSE(t.empty());
+    auto rss = find_sample(s, "memlens_rss_bytes", sel);
+    auto peak = find_sample(s, "memlens_rss_peak_bytes", sel);
+    auto heap = find_sample(s, "memlens_heap_mapping_bytes", sel);
+    auto anon = find_sample(s, "memlens_anon_bytes", sel);
+    auto uss = find_sample(s, "memlens_uss_bytes", sel);
+    ASSERT_TRUE(rss && peak && heap && anon && uss);
+    expect_within(*rss, t["rss_bytes"].get<double>(), 0.02, "rss");
+    expect_within(*peak, t["rss_peak_bytes"].get<double>(), 0.02, "peak rss");
+    // glibc's main arena is the [heap] mapping (all blocks < 128 KiB).
+    expect_within(*heap, t["arena"].get<double>(), 0.02, "heap mapping vs mallinfo2().arena");
+    // What it holds is resident anonymous memory.
+    EXPECT_GE(*anon, t["live_bytes"].get<double>());
+    EXPECT_LE(*uss, *rss);
+    auto minflt = find_sample(s, "memlens_page_faults_total", {{"target", "work"}, {"kind", "minor"}});
+    ASSERT_TRUE(minflt);
+    // Touching 48 MiB takes at least one fault per page.
+    EXPECT_GE(*minflt, (48 << 20) / 4096);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5);
+
+  // The JSON view has the same target.
+  auto api = http_get(d->url("/api/v1/targets"));
+  ASSERT_EQ(api.status, 200);
+  auto doc = nlohmann::json::parse(api.body);
+  bool found = false;
+  for (const auto& t : doc["targets"])
+    if (t["pid"] == w.pid() && t["name"] == "work") found = t["values"].contains("memlens_rss_bytes");
+  EXPECT_TRUE(found) << api.body;
+}
+
+TEST(ProcValues, ExitedTargetDisappearsAndIsCounted) {
+  const std::string dir = make_temp_dir();
+  Child a = spawn({workload_path("heapload"), "--hold", "1000000", "--churn", "100", "--truth", dir + "/a"});
+  Child b = spawn({workload_path("heapload"), "--hold", "1000000", "--churn", "100", "--truth", dir + "/b"});
+  auto d = start_daemon(
+      "global: {tick_interval: 200ms, rescan_interval: 500ms}\n"
+      "targets:\n"
+      "  - name: work\n"
+      "    cmdline: \"heapload .*" + dir + "/\"\n");
+  ASSERT_TRUE(d);
+  const std::string pa = std::to_string(a.pid()), pb = std::to_string(b.pid());
+  ASSERT_TRUE(wait_until([&] {
+    auto s = d->scrape();
+    return find_sample(s, "memlens_rss_bytes", {{"pid", pa}}) && find_sample(s, "memlens_rss_bytes", {{"pid", pb}});
+  }, 10s)) << d->log();
+  const double exited0 = *find_sample(d->scrape(), "memlens_targets_exited_total");
+
+  a.stop(SIGKILL, 2s);
+  // Gone at the next scrape after the next tick (no stale series), counted.
+  ASSERT_TRUE(wait_until([&] {
+    auto s = d->scrape();
+    return !find_sample(s, "memlens_rss_bytes", {{"pid", pa}}) &&
+           find_sample(s, "memlens_targets_exited_total").value_or(0) >= exited0 + 1;
+  }, 3s));
+  auto s = d->scrape();
+  EXPECT_FALSE(find_sample(s, "memlens_anon_bytes", {{"pid", pa}}));
+  EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"pid", pb}})) << "the other target is unaffected";
+
+  // A new matching process is picked up within one rescan.
+  Child c = spawn({workload_path("heapload"), "--hold", "1000000", "--churn", "100", "--truth", dir + "/c"});
+  EXPECT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_rss_bytes", {{"pid", std::to_string(c.pid())}}).has_value(); }, 3s));
+  EXPECT_TRUE(d->child.running()) << d->log();
+}
+
+TEST(ProcValues, CapTurnsAwayAndCounts) {
+  const std::string dir = make_temp_dir();
+  std::vector<Child> kids;
+  for (int i = 0; i < 4; ++i)
+    kids.push_back(spawn({workload_path("heapload"), "--hold", "100000", "--churn", "10", "--truth",
+                          dir + "/" + std::to_string(i)}));
+  auto d = start_daemon(
+      "global: {tick_interval: 200ms, rescan_interval: 500ms}\n"
+      "targets:\n"
+      "  - name: work\n"
+      "    cmdline: \"heapload .*" + dir + "/\"\n"
+      "    max_targets: 3\n");
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_targets_capped_total").value_or(0) >= 1; }, 10s));
+  auto s = d->scrape();
+  EXPECT_EQ(find_sample(s, "memlens_targets_watched", {{"target", "work"}}).value_or(-1), 3);
+  EXPECT_EQ(find_sample(s, "memlens_targets_over_cap").value_or(-1), 1);
+  EXPECT_EQ(find_sample(s, "memlens_targets_capped_total").value_or(-1), 1) << "each process counted once";
+}
