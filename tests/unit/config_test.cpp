@@ -1,11 +1,143 @@
+// Config validation: every error names the file, line and field.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "daemon/config.h"
+#include "tests/support/support.h"
 
 using namespace memlens;
+
+namespace {
+Error bad(const std::string& yaml) {
+  auto c = parse_config(yaml, "test.yaml");
+  EXPECT_FALSE(c.ok()) << "accepted:\n" << yaml;
+  return c.ok() ? Error{} : c.error();
+}
+}  // namespace
 
 TEST(Config, EmbeddedDefaultIsValid) {
   auto c = default_config();
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ(c->tick_interval, Duration(1000));
+  EXPECT_EQ(c->timeline_window, Duration(3600 * 1000));
+  ASSERT_FALSE(c->targets.empty());
+  EXPECT_TRUE(c->targets.front().selector.self) << "memlensd watches itself first";
+  bool top = false;
+  for (const auto& t : c->targets) top |= t.selector.top_rss.value_or(0) == 10;
+  EXPECT_TRUE(top);
+}
+
+TEST(Config, ExampleCoversEveryFieldAndIsValid) {
+  auto c = load_config_file(std::string(MEMLENS_SOURCE_DIR) + "/config/example.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->bpf.ringbuf_bytes, 1u << 20);
+  bool duty = false, on_leak = false, sites = false;
+  for (const auto& t : c->targets) {
+    duty |= t.alloc_mode == AllocMode::duty;
+    on_leak |= t.alloc_mode == AllocMode::on_leak && t.leak_budget_bytes_per_second == 65536;
+    sites |= t.leak_sites;
+  }
+  EXPECT_TRUE(duty && on_leak && sites);
+}
+
+TEST(Config, FullParse) {
+  auto c = parse_config(R"(
+global:
+  tick_interval: 500ms
+  rescan_interval: 5s
+  timeline_window: 30m
+  leak_window: 2m
+  max_targets: 7
+targets:
+  - name: web
+    comm: "nginx"
+    cgroup: /system.slice
+    max_targets: 2
+    alloc: {mode: duty, duty_fraction: 0.25, duty_period: 4s}
+  - name: db
+    systemd_unit: postgresql.service
+    gc: false
+)", "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  EXPECT_EQ(c->tick_interval, Duration(500));
+  EXPECT_EQ(c->timeline_points(), 3600u);
+  EXPECT_EQ(c->leak_window, Duration(120000));
+  EXPECT_EQ(c->max_targets, 7);
+  EXPECT_EQ(c->targets[0].alloc_mode, AllocMode::duty);
+  EXPECT_DOUBLE_EQ(c->targets[0].duty_fraction, 0.25);
+  EXPECT_TRUE(std::regex_match("nginx", *c->targets[0].selector.comm_re));
+  EXPECT_FALSE(std::regex_match("nginx-worker", *c->targets[0].selector.comm_re)) << "comm is a full match";
+  EXPECT_FALSE(c->targets[1].gc);
+}
+
+TEST(Config, InvalidYamlNamesFileAndLine) {
+  auto e = bad("targets:\n  - name: a\n    comm: [unclosed\n");
+  EXPECT_EQ(e.code, Errc::invalid);
+  EXPECT_NE(e.message.find("test.yaml:"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("invalid YAML"), std::string::npos) << e.message;
+}
+
+TEST(Config, UnknownFieldNamesLineAndField) {
+  auto e = bad("targets:\n  - name: a\n    comm: x\n    comn: y\n");
+  EXPECT_NE(e.message.find("test.yaml:4:"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("targets[0].comn"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("unknown field"), std::string::npos) << e.message;
+  auto g = bad("global:\n  tick: 1s\ntargets: [{name: a, self: true}]\n");
+  EXPECT_NE(g.message.find("global.tick"), std::string::npos) << g.message;
+}
+
+TEST(Config, BadRegex) {
+  auto e = bad("targets:\n  - name: a\n    cmdline: \"([a-\"\n");
+  EXPECT_NE(e.message.find("test.yaml:3:"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("targets[0].cmdline"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("regular expression"), std::string::npos) << e.message;
+}
+
+TEST(Config, WrongTypes) {
+  EXPECT_NE(bad("targets:\n  - name: a\n    pid: twelve\n").message.find("targets[0].pid: expected an integer"),
+            std::string::npos);
+  EXPECT_NE(bad("global:\n  tick_interval: fast\ntargets: [{name: a, self: true}]\n").message.find("invalid duration"),
+            std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    self: maybe\n").message.find("expected true or false"), std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    top_rss: [1]\n").message.find("expected an integer"), std::string::npos);
+  EXPECT_NE(bad("targets: {name: a}\n").message.find("targets"), std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    self: true\n    alloc: {mode: sometimes}\n").message.find("off, full, duty, on-leak"),
+            std::string::npos);
+}
+
+TEST(Config, SemanticChecks) {
+  EXPECT_NE(bad("targets:\n  - name: a\n").message.find("needs a selector"), std::string::npos);
+  EXPECT_NE(bad("targets:\n  - {name: a, self: true}\n  - {name: a, pid: 1}\n").message.find("duplicate name"),
+            std::string::npos);
+  EXPECT_NE(bad("global: {leak_window: 2h}\ntargets: [{name: a, self: true}]\n").message.find("timeline_window"),
+            std::string::npos);
+  EXPECT_NE(bad("global: {tick_interval: 10ms}\ntargets: [{name: a, self: true}]\n").message.find("at least 100ms"),
+            std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    self: true\n    alloc: {mode: on-leak}\n").message.find("leak_budget"),
+            std::string::npos);
+  EXPECT_NE(bad("bpf: {ringbuf_bytes: 5000}\ntargets: [{name: a, self: true}]\n").message.find("power of two"),
+            std::string::npos);
+  EXPECT_NE(bad("").message.find("empty"), std::string::npos);
+  EXPECT_NE(bad("targets: []\n").message.find("non-empty"), std::string::npos);
+}
+
+TEST(Config, MissingFile) {
+  auto c = load_config_file("/nonexistent/memlens.yaml");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().message.find("/nonexistent/memlens.yaml"), std::string::npos);
+}
+
+TEST(Units, DurationsAndSizes) {
+  EXPECT_EQ(parse_duration("1h30m"), Duration(5400000));
+  EXPECT_EQ(parse_duration("250ms"), Duration(250));
+  EXPECT_EQ(parse_duration("1.5s"), Duration(1500));
+  EXPECT_FALSE(parse_duration("5"));
+  EXPECT_FALSE(parse_duration("-1s"));
+  EXPECT_FALSE(parse_duration("1y"));
+  EXPECT_EQ(parse_bytes("10KiB"), 10240u);
+  EXPECT_EQ(parse_bytes("1MB"), 1000000u);
+  EXPECT_EQ(parse_bytes("4096"), 4096u);
+  EXPECT_FALSE(parse_bytes("lots"));
+  EXPECT_FALSE(parse_bytes("1 XB"));
 }

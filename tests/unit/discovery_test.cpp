@@ -1,0 +1,168 @@
+// Discovery on a synthetic procfs tree: selectors, first-match order, caps,
+// top-N by RSS, pid reuse and exits.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "daemon/discovery.h"
+#include "tests/support/support.h"
+
+using namespace memlens;
+namespace fs = std::filesystem;
+
+namespace {
+
+class FakeProc {
+ public:
+  FakeProc() : root_(test::make_temp_dir("fakeproc")) {}
+  ~FakeProc() { fs::remove_all(root_); }
+  const std::string& root() const { return root_; }
+
+  void add(pid_t pid, const std::string& comm, uint64_t rss_pages, uint64_t start = 1000,
+           const std::string& cmdline = "", const std::string& cgroup = "/user.slice", pid_t ppid = 1,
+           char state = 'S') {
+    const std::string d = root_ + "/" + std::to_string(pid);
+    fs::create_directories(d);
+    // Fields 3..24 of proc(5); the rest does not matter to discovery.
+    std::string stat = std::to_string(pid) + " (" + comm + ") " + state + " " + std::to_string(ppid) +
+                       " 1 1 0 -1 4194304 100 0 2 0 5 6 0 0 20 0 1 0 " + std::to_string(start) + " 1000000 " +
+                       std::to_string(rss_pages) + " 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n";
+    test::write_text(d + "/stat", stat);
+    std::string cl = cmdline.empty() ? comm : cmdline;
+    for (auto& c : cl)
+      if (c == ' ') c = '\0';
+    test::write_text(d + "/cmdline", cl + std::string(1, '\0'));
+    test::write_text(d + "/cgroup", "0::" + cgroup + "\n");
+    fs::create_symlink("/usr/bin/" + comm, d + "/exe");
+  }
+  void remove(pid_t pid) { fs::remove_all(root_ + "/" + std::to_string(pid)); }
+
+ private:
+  std::string root_;
+};
+
+Config config(const FakeProc& p, const std::string& targets_yaml, int max_targets = 64) {
+  auto c = parse_config("global: {max_targets: " + std::to_string(max_targets) + "}\ntargets:\n" + targets_yaml, "t");
+  EXPECT_TRUE(c.ok()) << c.error().message;
+  c->procfs = p.root();
+  return *c;
+}
+
+std::map<pid_t, std::string> watched(const Discovery& d) {
+  std::map<pid_t, std::string> m;
+  for (const auto& [id, t] : d.targets()) m[id.pid] = t.name;
+  return m;
+}
+
+}  // namespace
+
+TEST(Discovery, SelectorsFirstMatchWins) {
+  FakeProc p;
+  p.add(100, "java", 5000, 1000, "java -jar app.jar", "/system.slice/app.service");
+  p.add(101, "python3.11", 100, 1000, "python3.11 worker.py --role=worker");
+  p.add(102, "bash", 9000);
+  p.add(103, "kworker/0:1", 0, 1000, "", "/", 2);  // kernel thread
+  p.add(104, "defunct", 0, 1000, "", "/", 1, 'Z');
+  p.add(105, "postgres", 3000, 1000, "postgres: checkpointer", "/system.slice/postgresql@15-main.service");
+  Config c = config(p, R"(
+  - {name: app, systemd_unit: app.service}
+  - {name: workers, cmdline: "--role=worker"}
+  - {name: pg, cgroup: /system.slice/postgresql, exe: "/usr/bin/postgres"}
+  - {name: java-any, comm: java}
+  - {name: big, top_rss: 1}
+)");
+  Discovery d(c, 99999);
+  auto r = d.scan();
+  EXPECT_EQ(r.added.size(), 4u);
+  auto w = watched(d);
+  EXPECT_EQ(w[100], "app") << "first matching entry wins over java-any";
+  EXPECT_EQ(w[101], "workers");
+  EXPECT_EQ(w[105], "pg");
+  EXPECT_EQ(w[102], "big") << "the largest remaining process";
+  EXPECT_FALSE(w.count(103)) << "kernel threads are never targets";
+  EXPECT_FALSE(w.count(104)) << "zombies are never targets";
+}
+
+TEST(Discovery, PidAndSelf) {
+  FakeProc p;
+  p.add(200, "a", 10);
+  p.add(201, "b", 10);
+  Config c = config(p, "  - {name: me, self: true}\n  - {name: one, pid: 200}\n");
+  Discovery d(c, 201);
+  d.scan();
+  auto w = watched(d);
+  EXPECT_EQ(w[201], "me");
+  EXPECT_EQ(w[200], "one");
+}
+
+TEST(Discovery, ExitAndPidReuseAreNewTargets) {
+  FakeProc p;
+  p.add(300, "svc", 10, 1000);
+  Config c = config(p, "  - {name: svc, comm: svc}\n");
+  Discovery d(c, 1);
+  ASSERT_EQ(d.scan().added.size(), 1u);
+  EXPECT_TRUE(d.scan().added.empty()) << "nothing changes, nothing added";
+  // The process exits and the pid is reused by another "svc" started later.
+  p.remove(300);
+  p.add(300, "svc", 10, 2000);
+  auto r = d.scan();
+  ASSERT_EQ(r.removed.size(), 1u);
+  ASSERT_EQ(r.added.size(), 1u);
+  EXPECT_EQ(r.exited, 1u);
+  EXPECT_EQ(r.removed[0].id.start_time, 1000u);
+  EXPECT_EQ(r.added[0].id.start_time, 2000u);
+  p.remove(300);
+  r = d.scan();
+  EXPECT_EQ(r.exited, 1u);
+  EXPECT_TRUE(d.targets().empty());
+}
+
+TEST(Discovery, CapsCountEachProcessOnceAndKeepWatchedOnes) {
+  FakeProc p;
+  for (int i = 0; i < 5; ++i) p.add(400 + i, "w", 10 + i);
+  Config c = config(p, "  - {name: w, comm: w, max_targets: 3}\n", 64);
+  Discovery d(c, 1);
+  auto r = d.scan();
+  EXPECT_EQ(r.added.size(), 3u);
+  EXPECT_EQ(r.capped_new, 2u);
+  EXPECT_EQ(d.capped_now(), 2u);
+  auto before = watched(d);
+  // A larger newcomer does not displace a watched target (no churn).
+  p.add(499, "w", 100000);
+  r = d.scan();
+  EXPECT_EQ(r.capped_new, 1u) << "only the newcomer is new";
+  EXPECT_EQ(watched(d), before);
+  // The global cap applies across entries.
+  Config g = config(p, "  - {name: w, comm: w}\n", 2);
+  Discovery d2(g, 1);
+  d2.scan();
+  EXPECT_EQ(d2.targets().size(), 2u);
+  EXPECT_EQ(d2.capped_now(), 4u);
+}
+
+TEST(Discovery, TopRssLeavesTheRestForLaterEntries) {
+  FakeProc p;
+  p.add(500, "a", 50);
+  p.add(501, "b", 500);
+  p.add(502, "c", 5);
+  Config c = config(p, "  - {name: top, top_rss: 1}\n  - {name: rest, cmdline: \".\"}\n");
+  Discovery d(c, 1);
+  d.scan();
+  auto w = watched(d);
+  EXPECT_EQ(w[501], "top");
+  EXPECT_EQ(w[500], "rest");
+  EXPECT_EQ(w[502], "rest");
+}
+
+TEST(Discovery, MalformedStatIsCountedAndSkipped) {
+  FakeProc p;
+  p.add(600, "ok", 10);
+  fs::create_directories(p.root() + "/601");
+  test::write_text(p.root() + "/601/stat", "601 (broken\n");
+  Config c = config(p, "  - {name: any, cmdline: \".\"}\n");
+  Discovery d(c, 1);
+  auto r = d.scan();
+  EXPECT_EQ(r.scan_errors, 1u);
+  EXPECT_EQ(d.targets().size(), 1u);
+}
