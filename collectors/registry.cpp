@@ -2,6 +2,8 @@
 // initialisers could be dropped by the linker from a static library).
 #include "collectors/registry.h"
 
+#include "collectors/alloc_collector.h"
+#include "collectors/faults_collector.h"
 #include "collectors/proc_collector.h"
 
 namespace memlens {
@@ -9,6 +11,8 @@ namespace memlens {
 std::vector<std::unique_ptr<Collector>> make_collectors() {
   std::vector<std::unique_ptr<Collector>> c;
   c.push_back(std::make_unique<ProcCollector>());
+  c.push_back(std::make_unique<FaultsCollector>());
+  c.push_back(std::make_unique<AllocCollector>());
   return c;
 }
 

@@ -1,0 +1,123 @@
+/* Shared between bpf/alloc.bpf.c and collectors/alloc_collector.cpp:
+ * per-target allocation counters kept in the kernel, the address map used
+ * for leak sites and allocators without a size header, and the exec-hold
+ * handshake. Plain C, fixed-width types only. */
+#ifndef MEMLENS_BPF_ALLOC_H
+#define MEMLENS_BPF_ALLOC_H
+
+#ifdef __BPF__
+#include "vmlinux.h"
+#else
+#include <linux/types.h>
+#endif
+
+/* Size histogram: bucket i counts blocks of at most 16 << i bytes, the last
+ * bucket everything larger (16 B .. 128 MiB, then +Inf). */
+#define ALLOC_HIST_BUCKETS 25
+
+/* Per target (tgid) and CPU; user space sums the CPUs. Sizes are glibc chunk
+ * bytes (header included, what the block takes from the heap) where the
+ * allocator has a size header, else the requested bytes. */
+struct alloc_stats {
+  __u64 alloc_bytes;
+  __u64 free_bytes;
+  __u64 allocs;
+  __u64 frees;
+  __u64 mmap_alloc_bytes; /* glibc chunks served by mmap (not in the arenas) */
+  __u64 mmap_free_bytes;
+  __u64 unknown_frees;    /* address mode: blocks from before attach (ignored) */
+  __u64 drops;            /* address map full, header unreadable, stash full */
+  __u64 hist[ALLOC_HIST_BUCKETS];
+};
+
+/* How sizes are learnt (rodata-free: chosen per program attached). */
+enum alloc_size_source {
+  ALLOC_SIZE_HEADER = 0,  /* glibc: read the chunk header at ptr - 8 */
+  ALLOC_SIZE_REQUEST = 1, /* any allocator: the size asked for */
+};
+
+/* Per-target settings written by user space when the target is added. */
+struct alloc_target_cfg {
+  __u32 size_source;   /* enum alloc_size_source */
+  __u32 track_addrs;   /* keep ptr -> size (and stack) for leak sites */
+  __u32 capture_stacks;
+  __u32 pad;
+};
+
+/* Address map key/value (address mode). */
+struct alloc_addr_key {
+  __u32 pid;
+  __u32 pad;
+  __u64 ptr;
+};
+
+struct alloc_addr_val {
+  __u64 size;
+  __s64 stack_id; /* < 0: none */
+};
+
+/* Per-thread stash between an entry probe and its return probe. */
+struct alloc_stash {
+  __u64 size;    /* requested size */
+  __u64 old_ptr; /* realloc: the block being resized */
+  __u64 memptr;  /* posix_memalign: where the result is stored */
+  __u64 old_size;
+  __u32 old_mmapped;
+  __u32 kind;
+};
+
+enum alloc_stash_kind { STASH_MALLOC = 1, STASH_REALLOC = 2, STASH_MEMALIGN = 3 };
+
+/* Exec hold: a process whose new comm is in hold_comms is stopped at exec
+ * (SIGSTOP from BPF) until memlensd has attached its probes; a slot in
+ * hold_slots records it so a watchdog can release it after a bound even if
+ * memlensd dies. */
+#define ALLOC_HOLD_SLOTS 64
+#define ALLOC_COMM_LEN 16
+
+struct hold_slot {
+  __u64 since_ns; /* bpf_ktime_get_ns() when stopped */
+  __u32 pid;      /* 0: free */
+  __u32 pad;
+};
+
+struct hold_event {
+  __u32 pid;
+  __u32 policy; /* value stored in hold_comms for this comm */
+  char comm[ALLOC_COMM_LEN];
+};
+
+/* Global drop counters (per-CPU array). */
+enum alloc_drop_reason {
+  DROP_ADDR_MAP_FULL = 0,
+  DROP_HEADER_READ = 1,
+  DROP_STASH = 2,
+  DROP_RINGBUF = 3,
+  DROP_HOLD_SLOT = 4,
+  DROP_STACK = 5,
+  DROP_REASONS = 6,
+};
+
+/* Returns the histogram bucket of a block size: smallest i with
+ * size <= 16 << i, capped at the last bucket. */
+static inline __u32 alloc_hist_bucket(__u64 size) {
+  __u32 b = 0;
+  __u64 bound = 16;
+  /* Bounded: at most ALLOC_HIST_BUCKETS - 1 steps. */
+  for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; i++) {
+    if (size > bound) {
+      b++;
+      bound <<= 1;
+    }
+  }
+  return b;
+}
+
+/* glibc 2.36 request2size on x86_64: chunk = request + 8 (size field),
+ * aligned up to 16, at least MINSIZE (32). Used by the entry-only variant. */
+static inline __u64 glibc_chunk_size(__u64 req) {
+  __u64 n = (req + 8 + 15) & ~(__u64)15;
+  return n < 32 ? 32 : n;
+}
+
+#endif /* MEMLENS_BPF_ALLOC_H */

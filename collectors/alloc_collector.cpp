@@ -1,0 +1,855 @@
+#include "collectors/alloc_collector.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <set>
+
+#include "alloc.skel.h"
+#include "bpf/alloc.h"
+#include "collectors/bpf_support.h"
+#include "collectors/elf_symbols.h"
+#include "collectors/proc_parse.h"
+#include "daemon/procfs.h"
+
+namespace memlens {
+
+static_assert(sizeof(alloc_stats) == 8 * (8 + ALLOC_HIST_BUCKETS));
+static_assert(sizeof(alloc_addr_key) == 16 && sizeof(alloc_addr_val) == 16);
+static_assert(sizeof(hold_slot) == 16 && sizeof(hold_event) == 24);
+
+namespace {
+
+struct AllocMetrics {
+  MetricDesc live = metric(
+      "heap_live", "bytes", MetricKind::gauge,
+      "Bytes in live allocator blocks (glibc: chunk bytes incl. the 8-byte size field; other allocators: "
+      "requested bytes). Exported only for targets traced since their first allocation (started after "
+      "memlensd, held at exec until probes were attached), where it is exact.");
+  MetricDesc net = metric(
+      "heap_net_since_attach", "bytes", MetricKind::gauge,
+      "Bytes allocated minus bytes freed since the probes were attached (may be negative for a target "
+      "already running at attach: it frees blocks allocated before). Its slope is the live heap's slope.");
+  MetricDesc alloc_bytes = metric("alloc", "bytes", MetricKind::counter,
+                                  "Bytes allocated since attach (same units as heap_live). Estimated "
+                                  "(observed / duty fraction) in duty mode.");
+  MetricDesc free_bytes = metric("freed", "bytes", MetricKind::counter,
+                                 "Bytes freed since attach, including blocks allocated before attach "
+                                 "(header mode). Estimated in duty mode.");
+  MetricDesc allocs = metric("allocs", "", MetricKind::counter,
+                             "Allocations (malloc, calloc, realloc, memalign family) since attach.");
+  MetricDesc frees = metric("frees", "", MetricKind::counter,
+                            "Frees (free, realloc of a block) since attach; in address mode only frees "
+                            "of blocks allocated since attach.");
+  MetricDesc unknown_frees = metric("alloc_untracked_frees", "", MetricKind::counter,
+                                    "Address mode: frees of blocks allocated before attach (ignored).");
+  MetricDesc drops = metric("alloc_target_drops", "", MetricKind::counter,
+                            "Blocks this target's probes could not account (address map full, header "
+                            "unreadable); heap_live excludes them.");
+  MetricDesc hist = metric("alloc_size", "bytes", MetricKind::histogram,
+                           "Sizes of allocated blocks since attach (glibc: chunk bytes).");
+  MetricDesc frag = metric(
+      "heap_fragmentation_ratio", "", MetricKind::gauge,
+      "1 - live bytes in arena chunks / resident bytes of the allocator's heap mappings ([heap] and "
+      "glibc arenas; mmapped chunks excluded). Only when heap_live is exact and the allocator is glibc.");
+  MetricDesc heap_resident = metric("heap_resident", "bytes", MetricKind::gauge,
+                                    "Resident bytes of the allocator's heap mappings ([heap] and glibc arenas).");
+  MetricDesc tracing = metric("alloc_tracing", "", MetricKind::gauge,
+                              "1 while allocation probes are attached to this target, 0 while off "
+                              "(duty off-phase, on_leak waiting); labels give mode and coverage.");
+  // Global.
+  MetricDesc dropped = metric("bpf_events_dropped", "", MetricKind::counter,
+                              "Events the eBPF programs could not record, by collector and reason.");
+  MetricDesc map_mem = metric("bpf_map_memory", "bytes", MetricKind::gauge,
+                              "Kernel memory charged to the eBPF maps of a collector.");
+  MetricDesc map_entries = metric("bpf_map_entries", "", MetricKind::gauge,
+                                  "Entries in a per-target eBPF map (bounded by config.bpf limits).");
+  MetricDesc held = metric("exec_holds", "", MetricKind::counter,
+                           "Processes stopped at exec until their allocation probes were attached, by "
+                           "outcome (attached, failed, released_by_bound).");
+};
+
+const AllocMetrics& m() {
+  static const AllocMetrics metrics;
+  return metrics;
+}
+
+const char* drop_reason_name(int r) {
+  switch (r) {
+    case DROP_ADDR_MAP_FULL: return "addr_map_full";
+    case DROP_HEADER_READ: return "header_read";
+    case DROP_STASH: return "stash";
+    case DROP_RINGBUF: return "ringbuf";
+    case DROP_HOLD_SLOT: return "hold_slot";
+    case DROP_STACK: return "stack";
+    default: return "other";
+  }
+}
+
+double mono_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+uint64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// A regex that matches one fixed string (escaped dots allowed; a bare '.'
+// is taken literally too: holding is an optimisation, a process it misses
+// is still traced, only "since attach").
+std::optional<std::string> literal(const std::string& re) {
+  std::string out;
+  for (std::size_t i = 0; i < re.size(); ++i) {
+    char c = re[i];
+    if (c == '\\' && i + 1 < re.size() && re[i + 1] == '.') {
+      out.push_back('.');
+      ++i;
+      continue;
+    }
+    if (std::strchr("\\^$|?*+()[]{}", c)) return std::nullopt;
+    out.push_back(c);
+  }
+  if (out.empty()) return std::nullopt;
+  return out;
+}
+
+// The comm a selector's processes get at exec (the executable's base name,
+// 15 bytes at most), when it is known before the process runs.
+std::optional<std::string> hold_comm(const Selector& s) {
+  std::optional<std::string> c;
+  if (s.comm) c = literal(*s.comm);
+  if (!c && s.exe) {
+    std::string e = *s.exe;
+    if (e.rfind(".*/", 0) == 0) e = e.substr(2);
+    auto whole = literal(e);
+    if (whole && whole->find('/') != std::string::npos) c = whole->substr(whole->rfind('/') + 1);
+  }
+  if (c && c->size() > ALLOC_COMM_LEN - 1) c = c->substr(0, ALLOC_COMM_LEN - 1);
+  return c;
+}
+
+uint64_t read_start_time(const ProcFs& fs, pid_t pid) {
+  auto text = read_file(fs.path(pid, "stat"));
+  if (!text) return 0;
+  auto st = parse_stat(*text);
+  return st ? st->starttime : 0;
+}
+
+// ---- the exec-hold watchdog ----
+// A forked child that only makes system calls (no allocation: the parent
+// is multi-threaded). It releases (SIGCONT) every process held longer than
+// the bound, and all of them when memlensd goes away, so a held process is
+// never left stopped.
+[[noreturn]] void watchdog_main(int slots_fd, int pipe_rd, pid_t parent, uint64_t bound_ns) {
+  prctl(PR_SET_NAME, "memlens-hold", 0, 0, 0);
+  for (;;) {
+    pollfd p{pipe_rd, POLLIN, 0};
+    int r = poll(&p, 1, 20);
+    bool parent_gone = (r > 0) || getppid() != parent;
+    uint64_t now = mono_ns();
+    for (uint32_t i = 0; i < ALLOC_HOLD_SLOTS; ++i) {
+      hold_slot s{};
+      if (bpf_map_lookup_elem(slots_fd, &i, &s) != 0 || s.pid == 0) continue;
+      if (parent_gone || now - s.since_ns > bound_ns) {
+        kill(static_cast<pid_t>(s.pid), SIGCONT);
+        hold_slot zero{};
+        bpf_map_update_elem(slots_fd, &i, &zero, BPF_ANY);
+      }
+    }
+    if (parent_gone) _exit(0);
+  }
+}
+
+struct Counters {
+  double alloc_bytes = 0, free_bytes = 0, allocs = 0, frees = 0, unknown_frees = 0, drops = 0;
+  std::vector<double> hist = std::vector<double>(ALLOC_HIST_BUCKETS, 0.0);
+};
+
+}  // namespace
+
+// One process being traced (or held, waiting to be adopted by discovery).
+struct AllocTrace {
+  pid_t pid = 0;
+  uint64_t start_time = 0;
+  const TargetPolicy* policy = nullptr;
+  std::string target_name;
+  bool adopted = false;     // discovery reported it (target_added)
+  bool from_start = false;  // probes in place before its first instruction
+  double created_at = 0;
+  elf::AllocatorLocation alloc;
+  bool have_alloc = false;
+  std::vector<bpf::Link> links;
+  bool track_addrs = false, stacks = false;
+  // Modes.
+  double phase_start = 0;     // duty: start of the current period
+  double on_leak_until = 0;   // on_leak: tracing until then
+  std::deque<std::pair<double, double>> anon;  // (t, bytes) for the on_leak slope
+  // Counters: raw kernel totals at the last read, and the exported ones.
+  alloc_stats last{};
+  Counters out;
+  double last_leak_scan = -1e18;
+  bool attached() const { return !links.empty(); }
+};
+
+struct AllocState {
+  std::mutex mu;
+  Config cfg;
+  std::unique_ptr<alloc_bpf, decltype(&alloc_bpf__destroy)> skel{nullptr, alloc_bpf__destroy};
+  bpf::Link hold_link;
+  ring_buffer* rb = nullptr;
+  std::map<pid_t, AllocTrace> traces;
+  std::vector<const TargetPolicy*> hold_policies;  // index = value in hold_comms
+  std::thread poller;
+  std::atomic<bool> stop{false};
+  pid_t watchdog = -1;
+  int watchdog_pipe = -1;
+  uint64_t holds_attached = 0, holds_failed = 0;
+  ProcFs fs;
+  bool started = false;
+};
+
+namespace {
+
+std::mutex g_leaks_mu;
+std::map<std::string, nlohmann::json> g_leaks;  // target name -> json
+
+void init_target_maps(AllocState& s, AllocTrace& tr) {
+  alloc_stats zero{};
+  std::vector<alloc_stats> percpu(static_cast<std::size_t>(bpf::possible_cpus()), zero);
+  __u32 key = static_cast<__u32>(tr.pid);
+  // BPF_NOEXIST: a held process's entry already counts from exec.
+  bpf_map_update_elem(bpf_map__fd(s.skel->maps.stats), &key, percpu.data(), BPF_NOEXIST);
+  alloc_target_cfg c{};
+  c.size_source = tr.alloc.kind == elf::AllocatorKind::glibc ? ALLOC_SIZE_HEADER : ALLOC_SIZE_REQUEST;
+  c.track_addrs = tr.track_addrs;
+  c.capture_stacks = tr.stacks;
+  bpf_map_update_elem(bpf_map__fd(s.skel->maps.target_cfg), &key, &c, BPF_ANY);
+}
+
+void delete_addrs_of(AllocState& s, pid_t pid) {
+  int fd = bpf_map__fd(s.skel->maps.addrs);
+  alloc_addr_key k{}, next{};
+  std::vector<alloc_addr_key> mine;
+  const void* prev = nullptr;
+  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+    if (next.pid == static_cast<__u32>(pid)) mine.push_back(next);
+    k = next;
+    prev = &k;
+  }
+  for (auto& key : mine) bpf_map_delete_elem(fd, &key);
+}
+
+void forget_maps(AllocState& s, pid_t pid) {
+  __u32 key = static_cast<__u32>(pid);
+  bpf_map_delete_elem(bpf_map__fd(s.skel->maps.stats), &key);
+  bpf_map_delete_elem(bpf_map__fd(s.skel->maps.target_cfg), &key);
+  delete_addrs_of(s, pid);
+}
+
+// Attaches the probe set for the trace's allocator and mode.
+Result<void> attach(AllocState& s, AllocTrace& tr) {
+  if (tr.attached()) return {};
+  const auto& f = *tr.alloc.elf;
+  const bool glibc = tr.alloc.kind == elf::AllocatorKind::glibc;
+  // Request sizes come from entry probes; glibc's header gives the size at
+  // return, so header mode needs no entry program on the malloc family.
+  const bool entries = tr.track_addrs || !glibc;
+  auto& p = s.skel->progs;
+  struct Want {
+    const char* sym;
+    bpf_program* prog;
+    bool ret;
+    bool decode;  // place at the first emulated instruction (entry-only probes)
+  };
+  std::vector<Want> want = {
+      {"malloc", p.malloc_return, true, false},
+      {"calloc", p.malloc_return, true, false},
+      {"memalign", p.malloc_return, true, false},
+      {"aligned_alloc", p.malloc_return, true, false},
+      {"valloc", p.malloc_return, true, false},
+      {"pvalloc", p.malloc_return, true, false},
+      {"posix_memalign", p.posix_memalign_entry, false, false},
+      {"posix_memalign", p.posix_memalign_return, true, false},
+      {"realloc", glibc && !tr.track_addrs ? p.realloc_entry_hdr : p.realloc_entry, false, false},
+      {"realloc", p.realloc_return, true, false},
+      {"free", p.free_entry, false, true},
+  };
+  if (entries) {
+    want.push_back({"malloc", p.malloc_entry, false, false});
+    want.push_back({"valloc", p.malloc_entry, false, false});
+    want.push_back({"pvalloc", p.malloc_entry, false, false});
+    want.push_back({"calloc", p.calloc_entry, false, false});
+    want.push_back({"memalign", p.memalign_entry, false, false});
+    want.push_back({"aligned_alloc", p.memalign_entry, false, false});
+  }
+  // Aliases (glibc's aligned_alloc is memalign) must be probed once.
+  std::set<std::pair<uint64_t, bpf_program*>> done;
+  std::vector<bpf::Link> links;
+  for (const auto& w : want) {
+    auto sym = f.find(w.sym);
+    if (!sym) {
+      if (std::string_view(w.sym) == "malloc" || std::string_view(w.sym) == "free")
+        return make_error(Errc::not_found, fmt::format("{}: no {}", tr.alloc.path, w.sym));
+      continue;
+    }
+    uint64_t off = sym->file_offset;
+    if (w.decode) {
+      auto site = elf::probe_site(f, *sym);
+      if (site) {
+        off += site->offset;
+        if (!site->emulated)
+          spdlog::debug("alloc: {} in {}: {} (probe will be single-stepped)", w.sym, tr.alloc.path, site->note);
+      }
+    }
+    if (!done.insert({off, w.prog}).second) continue;
+    auto l = bpf::attach_uprobe(w.prog, tr.pid, tr.alloc.open_path, off, w.ret);
+    if (!l) return l.error();
+    links.push_back(std::move(*l));
+  }
+  tr.links = std::move(links);
+  return {};
+}
+
+void detach(AllocTrace& tr) { tr.links.clear(); }
+
+bool configure_trace(AllocState& s, AllocTrace& tr, const TargetPolicy* pol) {
+  tr.policy = pol;
+  tr.target_name = pol ? pol->name : "";
+  tr.track_addrs = pol && (pol->leak_sites || pol->alloc_mode == AllocMode::on_leak);
+  tr.stacks = tr.track_addrs;
+  if (tr.have_alloc && tr.alloc.kind != elf::AllocatorKind::glibc) tr.track_addrs = true;
+  if (s.skel) init_target_maps(s, tr);
+  return true;
+}
+
+// Whether the mode wants the probes on now.
+bool wants_on(const AllocTrace& tr, double now) {
+  if (!tr.policy) return true;  // held, not yet adopted: trace from start
+  switch (tr.policy->alloc_mode) {
+    case AllocMode::off: return false;
+    case AllocMode::full: return true;
+    case AllocMode::duty: {
+      double period = std::max(0.1, std::chrono::duration<double>(tr.policy->duty_period).count());
+      double into = std::fmod(now - tr.phase_start, period);
+      return into < period * std::clamp(tr.policy->duty_fraction, 0.0, 1.0);
+    }
+    case AllocMode::on_leak: return now < tr.on_leak_until;
+  }
+  return false;
+}
+
+void apply_mode(AllocState& s, AllocTrace& tr, double now) {
+  if (!tr.have_alloc) return;
+  bool on = wants_on(tr, now);
+  if (on && !tr.attached()) {
+    if (auto r = attach(s, tr); !r) {
+      spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
+      detach(tr);
+    }
+  } else if (!on && tr.attached()) {
+    detach(tr);
+  }
+}
+
+void on_hold_event(AllocState& s, const hold_event& e) {
+  pid_t pid = static_cast<pid_t>(e.pid);
+  const TargetPolicy* pol = e.policy < s.hold_policies.size() ? s.hold_policies[e.policy] : nullptr;
+  AllocTrace tr;
+  tr.pid = pid;
+  tr.start_time = read_start_time(s.fs, pid);
+  tr.created_at = mono_now();
+  tr.phase_start = tr.created_at;
+  tr.from_start = true;
+  bool ok = false;
+  auto exe = read_link(s.fs.path(pid, "exe"));
+  if (exe) {
+    auto loc = elf::find_allocator_for_exe(s.fs.path(pid, "root") + *exe);
+    if (loc) {
+      tr.alloc = *loc;
+      tr.have_alloc = true;
+      configure_trace(s, tr, nullptr);
+      tr.track_addrs = tr.alloc.kind != elf::AllocatorKind::glibc || (pol && (pol->leak_sites));
+      tr.stacks = pol && pol->leak_sites;
+      init_target_maps(s, tr);
+      auto r = attach(s, tr);
+      ok = r.ok();
+      if (!ok) spdlog::warn("alloc: exec hold of pid {} ({}): {}", pid, e.comm, r.error().message);
+    }
+  }
+  // Release now; the watchdog also would after the bound.
+  kill(pid, SIGCONT);
+  __u32 idx = e.pid % ALLOC_HOLD_SLOTS;
+  hold_slot zero{};
+  bpf_map_update_elem(bpf_map__fd(s.skel->maps.hold_slots), &idx, &zero, BPF_ANY);
+  if (ok) {
+    ++s.holds_attached;
+    s.traces[pid] = std::move(tr);
+  } else {
+    ++s.holds_failed;
+    forget_maps(s, pid);
+  }
+}
+
+int ringbuf_cb(void* ctx, void* data, size_t size) {
+  if (size < sizeof(hold_event)) return 0;
+  auto* s = static_cast<AllocState*>(ctx);
+  hold_event e;
+  std::memcpy(&e, data, sizeof e);
+  std::lock_guard lock(s->mu);
+  on_hold_event(*s, e);
+  return 0;
+}
+
+// Poller thread: exec holds (must be fast: the process is stopped), duty
+// phases (finer than the tick), and held processes never adopted.
+void poll_loop(AllocState* s) {
+  while (!s->stop.load()) {
+    if (s->rb) {
+      int n = ring_buffer__poll(s->rb, 50);
+      if (n < 0 && n != -EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::lock_guard lock(s->mu);
+    double now = mono_now();
+    for (auto it = s->traces.begin(); it != s->traces.end();) {
+      AllocTrace& tr = it->second;
+      // A held process discovery never adopted (exited, or the selector's
+      // other fields did not match): drop it after a grace period.
+      if (!tr.adopted && now - tr.created_at > 15.0) {
+        forget_maps(*s, tr.pid);
+        it = s->traces.erase(it);
+        continue;
+      }
+      if (!tr.adopted && kill(tr.pid, 0) != 0 && errno == ESRCH) {
+        forget_maps(*s, tr.pid);
+        it = s->traces.erase(it);
+        continue;
+      }
+      if (tr.adopted && tr.policy && tr.policy->alloc_mode == AllocMode::duty) apply_mode(*s, tr, now);
+      ++it;
+    }
+  }
+}
+
+// Resident bytes of glibc's heap mappings: [heap] plus non-main arenas
+// (anonymous rw mappings aligned to HEAP_MAX_SIZE, 64 MiB on 64-bit).
+Result<uint64_t> heap_resident(const ProcFs& fs, pid_t pid) {
+  auto text = read_file(fs.path(pid, "smaps"), 64u << 20);
+  if (!text) return text.error();
+  constexpr uint64_t kHeapMax = 64ull << 20;
+  uint64_t total = 0;
+  bool in_heap = false;
+  std::string_view t = *text;
+  while (!t.empty()) {
+    auto nl = t.find('\n');
+    std::string_view line = t.substr(0, nl);
+    t = nl == std::string_view::npos ? std::string_view{} : t.substr(nl + 1);
+    if (line.rfind("Rss:", 0) == 0) {
+      if (in_heap) total += std::strtoull(std::string(line.substr(4)).c_str(), nullptr, 10) * 1024;
+      continue;
+    }
+    // A mapping header: "start-end perms offset dev inode [path]".
+    // Mapping headers start with a lower-case hex address; fields with a key.
+    bool header = !line.empty() && ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f'));
+    if (!header) continue;
+    auto maps = elf::parse_maps(line);
+    if (maps.size() == 1) {
+      const auto& mp = maps[0];
+      bool arena = mp.path.empty() && mp.perms.rfind("rw", 0) == 0 && mp.start % kHeapMax == 0;
+      in_heap = mp.path == "[heap]" || arena;
+    }
+  }
+  return total;
+}
+
+// Recomputes a target's leak sites (address map + stacks) and publishes them.
+void scan_leak_sites(AllocState& s, AllocTrace& tr, double now) {
+  if (now - tr.last_leak_scan < 5.0) return;
+  tr.last_leak_scan = now;
+  int fd = bpf_map__fd(s.skel->maps.addrs);
+  struct Site { uint64_t bytes = 0, blocks = 0; };
+  std::map<int64_t, Site> by_stack;
+  uint64_t total = 0, blocks = 0;
+  alloc_addr_key k{}, next{};
+  const void* prev = nullptr;
+  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+    k = next;
+    prev = &k;
+    if (next.pid != static_cast<__u32>(tr.pid)) continue;
+    alloc_addr_val v{};
+    if (bpf_map_lookup_elem(fd, &next, &v) != 0) continue;
+    auto& site = by_stack[v.stack_id];
+    site.bytes += v.size;
+    site.blocks += 1;
+    total += v.size;
+    blocks += 1;
+  }
+  std::vector<std::pair<int64_t, Site>> sorted(by_stack.begin(), by_stack.end());
+  std::sort(sorted.begin(), sorted.end(), [](auto& a, auto& b) { return a.second.bytes > b.second.bytes; });
+  if (sorted.size() > 20) sorted.resize(20);
+  auto sym = elf::Symbolizer::for_pid(s.fs.root(), tr.pid);
+  nlohmann::json sites = nlohmann::json::array();
+  for (auto& [id, site] : sorted) {
+    nlohmann::json stack = nlohmann::json::array();
+    if (id >= 0) {
+      uint64_t ips[127] = {};
+      __u32 sid = static_cast<__u32>(id);
+      if (bpf_map_lookup_elem(bpf_map__fd(s.skel->maps.stacks), &sid, ips) == 0) {
+        for (uint64_t ip : ips) {
+          if (!ip) break;
+          stack.push_back(sym ? sym->symbolize(ip) : fmt::format("{:#x}", ip));
+        }
+      }
+    }
+    sites.push_back({{"bytes", site.bytes}, {"blocks", site.blocks}, {"stack", stack}});
+  }
+  nlohmann::json proc = {{"pid", tr.pid},
+                         {"captured_at_unix", std::chrono::duration_cast<std::chrono::seconds>(
+                                                  std::chrono::system_clock::now().time_since_epoch())
+                                                  .count()},
+                         {"tracking", tr.attached()},
+                         {"since_start", tr.from_start},
+                         {"outstanding_bytes", total},
+                         {"outstanding_blocks", blocks},
+                         {"sites", sites}};
+  std::lock_guard lock(g_leaks_mu);
+  auto& j = g_leaks[tr.target_name];
+  if (!j.is_object() || !j.contains("processes")) j = {{"target", tr.target_name}, {"available", true}, {"processes", nlohmann::json::array()}};
+  auto& procs = j["processes"];
+  for (auto it = procs.begin(); it != procs.end(); ++it)
+    if ((*it)["pid"] == tr.pid) {
+      procs.erase(it);
+      break;
+    }
+  procs.push_back(proc);
+}
+
+}  // namespace
+
+AllocCollector::AllocCollector() : s_(std::make_unique<AllocState>()) {}
+
+AllocCollector::~AllocCollector() {
+  s_->stop = true;
+  if (s_->poller.joinable()) s_->poller.join();
+  if (s_->rb) ring_buffer__free(s_->rb);
+  s_->hold_link.reset();
+  s_->traces.clear();  // detaches
+  if (s_->watchdog > 0) {
+    close(s_->watchdog_pipe);  // the watchdog releases everything and exits
+    waitpid(s_->watchdog, nullptr, 0);
+  }
+}
+
+Result<void> AllocCollector::start(const Config& cfg) {
+  if (s_->started) {
+    // Reload: policies are re-resolved when discovery re-adds the targets;
+    // the loaded programs and maps stay.
+    std::lock_guard lock(s_->mu);
+    s_->cfg = cfg;
+    return {};
+  }
+  if (auto r = bpf::prepare(); !r) return make_error(r.error().code, "eBPF unavailable: " + r.error().message);
+  s_->cfg = cfg;
+  s_->fs = ProcFs(cfg.procfs);
+
+  // Exec hold: only when some target has allocation tracing and a selector
+  // whose comm is known before the process runs.
+  std::vector<std::pair<std::string, uint32_t>> hold;
+  for (const auto& p : s_->cfg.targets) {
+    if (p.alloc_mode == AllocMode::off) continue;
+    if (auto c = hold_comm(p.selector)) {
+      hold.emplace_back(*c, static_cast<uint32_t>(s_->hold_policies.size()));
+      s_->hold_policies.push_back(&p);
+    }
+  }
+  // hold_policies point into s_->cfg; reload replaces cfg, so they are only
+  // used for their index (mode comes from the adopted target's policy).
+
+  s_->skel.reset(alloc_bpf__open());
+  if (!s_->skel) return make_error(Errc::unavailable, std::string("alloc: open: ") + std::strerror(errno));
+  auto& o = *s_->skel;
+  bpf_map__set_max_entries(o.maps.stats, std::max(16u, cfg.bpf.max_targets));
+  bpf_map__set_max_entries(o.maps.target_cfg, std::max(16u, cfg.bpf.max_targets));
+  bpf_map__set_max_entries(o.maps.addrs, std::max(1u, cfg.bpf.max_tracked_allocs));
+  // The stack map is preallocated (127 frames x 8 bytes an entry): only
+  // sized up when some target wants leak sites. Enabling leak sites later
+  // by reload needs a restart for stacks (counts still work).
+  bool want_stacks = std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) {
+    return p.alloc_mode != AllocMode::off && (p.leak_sites || p.alloc_mode == AllocMode::on_leak);
+  });
+  bpf_map__set_max_entries(o.maps.stacks, want_stacks ? std::max(1u, cfg.bpf.max_stacks) : 1u);
+  o.rodata->hold_enabled = hold.empty() ? 0 : 1;
+  if (int err = alloc_bpf__load(s_->skel.get()); err != 0) {
+    s_->skel.reset();
+    return make_error(Errc::unavailable, std::string("alloc: load: ") + std::strerror(-err));
+  }
+  if (!hold.empty()) {
+    int fd = bpf_map__fd(o.maps.hold_comms);
+    for (const auto& [comm, idx] : hold) {
+      char key[ALLOC_COMM_LEN] = {};
+      std::memcpy(key, comm.data(), std::min(comm.size(), sizeof key - 1));
+      bpf_map_update_elem(fd, key, &idx, BPF_ANY);
+    }
+    // The watchdog first, so no process is ever held without it.
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) == 0) {
+      int slots_fd = bpf_map__fd(o.maps.hold_slots);
+      pid_t parent = getpid();
+      pid_t child = fork();
+      if (child == 0) {
+        // Keep only the slot map and the pipe; drop every other fd
+        // (sockets, logs) so nothing outlives memlensd through us.
+        int keep_a = std::min(slots_fd, pfd[0]), keep_b = std::max(slots_fd, pfd[0]);
+        for (int fd2 = 3; fd2 < 1024; ++fd2)
+          if (fd2 != keep_a && fd2 != keep_b) close(fd2);
+        watchdog_main(slots_fd, pfd[0], parent, 500ull * 1000000ull);
+      }
+      close(pfd[0]);
+      if (child > 0) {
+        s_->watchdog = child;
+        s_->watchdog_pipe = pfd[1];
+        bpf_link* l = bpf_program__attach(o.progs.hold_on_exec);
+        if (l) {
+          s_->hold_link = bpf::Link(l);
+          s_->rb = ring_buffer__new(bpf_map__fd(o.maps.hold_events), ringbuf_cb, s_.get(), nullptr);
+        } else {
+          spdlog::warn("alloc: exec hold unavailable ({}); targets started later are traced since attach",
+                       std::strerror(errno));
+        }
+      } else {
+        close(pfd[1]);
+      }
+    }
+  }
+  s_->poller = std::thread(poll_loop, s_.get());
+  s_->started = true;
+  spdlog::info("alloc: loaded; exec hold for {} comm(s)", hold.size());
+  return {};
+}
+
+void AllocCollector::target_added(const Target& t) {
+  std::lock_guard lock(s_->mu);
+  if (!s_->skel || !t.policy) return;
+  auto it = s_->traces.find(t.pid());
+  if (it != s_->traces.end() && it->second.start_time != t.id.start_time) {
+    forget_maps(*s_, t.pid());
+    s_->traces.erase(it);
+    it = s_->traces.end();
+  }
+  if (t.policy->alloc_mode == AllocMode::off) {
+    if (it != s_->traces.end()) {
+      forget_maps(*s_, t.pid());
+      s_->traces.erase(it);
+    }
+    return;
+  }
+  double now = mono_now();
+  if (it == s_->traces.end()) {
+    AllocTrace tr;
+    tr.pid = t.pid();
+    tr.start_time = t.id.start_time;
+    tr.created_at = now;
+    tr.phase_start = now;
+    auto loc = elf::find_allocator(s_->fs.root(), t.pid());
+    if (loc) {
+      tr.alloc = *loc;
+      tr.have_alloc = true;
+    } else {
+      spdlog::info("alloc: target {} pid {}: {}", t.name, t.pid(), loc.error().message);
+    }
+    it = s_->traces.emplace(t.pid(), std::move(tr)).first;
+  }
+  AllocTrace& tr = it->second;
+  tr.adopted = true;
+  bool had_links = tr.attached();
+  bool was_tracking = tr.track_addrs, was_stacks = tr.stacks;
+  configure_trace(*s_, tr, t.policy);
+  // A held process attached before its policy was known: keep its probes
+  // unless the policy wants a different probe set.
+  if (had_links && (was_tracking != tr.track_addrs || was_stacks != tr.stacks)) {
+    detach(tr);
+    tr.from_start = false;  // the probe set changed: counts restart from now
+  }
+  if (tr.policy->alloc_mode == AllocMode::on_leak && !tr.attached()) tr.from_start = false;
+  apply_mode(*s_, tr, now);
+}
+
+void AllocCollector::target_removed(const Target& t) {
+  std::lock_guard lock(s_->mu);
+  auto it = s_->traces.find(t.pid());
+  if (it == s_->traces.end()) return;
+  if (s_->skel) forget_maps(*s_, t.pid());
+  {
+    std::lock_guard l2(g_leaks_mu);
+    auto j = g_leaks.find(it->second.target_name);
+    if (j != g_leaks.end() && j->second.contains("processes")) {
+      auto& procs = j->second["processes"];
+      for (auto p = procs.begin(); p != procs.end(); ++p)
+        if ((*p)["pid"] == t.pid()) {
+          procs.erase(p);
+          break;
+        }
+    }
+  }
+  s_->traces.erase(it);
+}
+
+Result<void> AllocCollector::collect(const Target& t, Sample& out) {
+  std::lock_guard lock(s_->mu);
+  auto it = s_->traces.find(t.pid());
+  if (it == s_->traces.end()) return {};
+  AllocTrace& tr = it->second;
+  const TargetPolicy* pol = tr.policy;
+  if (!pol) return {};
+  double now = mono_now();
+
+  // on_leak: watch the anon RSS slope over the leak window; over budget,
+  // turn address tracking with stacks on for on_leak_duration.
+  if (pol->alloc_mode == AllocMode::on_leak) {
+    auto status = read_file(s_->fs.path(t.pid(), "status"));
+    if (status) {
+      auto st = parse_status(*status);
+      if (st) tr.anon.emplace_back(now, static_cast<double>(st->rss_anon));
+    }
+    double window = std::chrono::duration<double>(s_->cfg.leak_window).count();
+    while (!tr.anon.empty() && tr.anon.front().first < now - window) tr.anon.pop_front();
+    if (tr.anon.size() >= 5 && pol->leak_budget_bytes_per_second > 0 && now >= tr.on_leak_until) {
+      double n = static_cast<double>(tr.anon.size()), sx = 0, sy = 0, sxx = 0, sxy = 0;
+      for (auto& [x0, y] : tr.anon) {
+        double x = x0 - tr.anon.front().first;
+        sx += x; sy += y; sxx += x * x; sxy += x * y;
+      }
+      double den = n * sxx - sx * sx;
+      double slope = den > 0 ? (n * sxy - sx * sy) / den : 0;
+      if (slope > pol->leak_budget_bytes_per_second) {
+        spdlog::info("alloc: target {} pid {} grows {:.0f} B/s > budget {:.0f} B/s: tracing leak sites for {} s",
+                     t.name, t.pid(), slope, pol->leak_budget_bytes_per_second,
+                     std::chrono::duration<double>(pol->on_leak_duration).count());
+        tr.on_leak_until = now + std::chrono::duration<double>(pol->on_leak_duration).count();
+      }
+    }
+    apply_mode(*s_, tr, now);
+  }
+
+  out.gauge(m().tracing, tr.attached() ? 1 : 0,
+            {{"mode", alloc_mode_name(pol->alloc_mode)},
+             {"allocator", tr.have_alloc ? elf::allocator_name(tr.alloc.kind) : "none"},
+             {"coverage", tr.from_start ? "since_start" : "since_attach"}});
+  if (!tr.have_alloc) return {};
+
+  __u32 key = static_cast<__u32>(t.pid());
+  auto raw = bpf::sum_percpu_fields(bpf_map__fd(s_->skel->maps.stats), &key, sizeof(alloc_stats));
+  if (!raw) return raw.error();
+  alloc_stats cur{};
+  std::memcpy(&cur, raw->data(), sizeof cur);
+  // Counters grow by the kernel's deltas, scaled up in duty mode.
+  double scale = 1.0;
+  if (pol->alloc_mode == AllocMode::duty && pol->duty_fraction > 0) scale = 1.0 / pol->duty_fraction;
+  auto add = [&](double& acc, uint64_t now_v, uint64_t last_v) {
+    if (now_v >= last_v) acc += static_cast<double>(now_v - last_v) * scale;
+  };
+  add(tr.out.alloc_bytes, cur.alloc_bytes, tr.last.alloc_bytes);
+  add(tr.out.free_bytes, cur.free_bytes, tr.last.free_bytes);
+  add(tr.out.allocs, cur.allocs, tr.last.allocs);
+  add(tr.out.frees, cur.frees, tr.last.frees);
+  add(tr.out.unknown_frees, cur.unknown_frees, tr.last.unknown_frees);
+  tr.out.drops += static_cast<double>(cur.drops - std::min(cur.drops, tr.last.drops));
+  for (int i = 0; i < ALLOC_HIST_BUCKETS; ++i) add(tr.out.hist[static_cast<std::size_t>(i)], cur.hist[i], tr.last.hist[i]);
+  tr.last = cur;
+
+  out.counter(m().alloc_bytes, tr.out.alloc_bytes);
+  out.counter(m().free_bytes, tr.out.free_bytes);
+  out.counter(m().allocs, tr.out.allocs);
+  out.counter(m().frees, tr.out.frees);
+  out.counter(m().drops, tr.out.drops);
+  if (tr.track_addrs) out.counter(m().unknown_frees, tr.out.unknown_frees);
+  HistogramValue h;
+  double sum_est = 0;
+  for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; ++i) h.bounds.push_back(static_cast<double>(16ull << i));
+  for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; ++i) h.counts.push_back(static_cast<uint64_t>(tr.out.hist[static_cast<std::size_t>(i)]));
+  h.count = static_cast<uint64_t>(tr.out.allocs);
+  sum_est = tr.out.alloc_bytes;
+  h.sum = sum_est;
+  out.histogram(m().hist, std::move(h));
+
+  // Net and live only where counting is continuous (not duty).
+  if (pol->alloc_mode != AllocMode::duty) {
+    double net = static_cast<double>(cur.alloc_bytes) - static_cast<double>(cur.free_bytes);
+    out.gauge(m().net, net);
+    if (tr.from_start && tr.attached()) {
+      out.gauge(m().live, net);
+      out.series(SeriesId::heap, net);
+      if (tr.alloc.kind == elf::AllocatorKind::glibc) {
+        auto res = heap_resident(s_->fs, t.pid());
+        if (res && *res > 0) {
+          double arena_live = net - (static_cast<double>(cur.mmap_alloc_bytes) - static_cast<double>(cur.mmap_free_bytes));
+          out.gauge(m().heap_resident, static_cast<double>(*res));
+          out.gauge(m().frag, std::clamp(1.0 - arena_live / static_cast<double>(*res), 0.0, 1.0));
+        }
+      }
+    } else if (pol->alloc_mode == AllocMode::full) {
+      // Same slope as the live heap (they differ by a constant).
+      out.series(SeriesId::heap, net);
+    }
+  }
+  if (tr.track_addrs && tr.stacks) scan_leak_sites(*s_, tr, now);
+  return {};
+}
+
+void AllocCollector::collect_global(GlobalSample& out) {
+  std::lock_guard lock(s_->mu);
+  if (!s_->skel) return;
+  for (int r = 0; r < DROP_REASONS; ++r) {
+    __u32 key = static_cast<__u32>(r);
+    auto v = bpf::sum_percpu_u64(bpf_map__fd(s_->skel->maps.drops), &key);
+    if (v) out.counter(m().dropped, static_cast<double>(*v), {{"collector", "alloc"}, {"reason", drop_reason_name(r)}});
+  }
+  out.gauge(m().map_mem, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "alloc"}});
+  auto count = [](bpf_map* mp) {
+    int fd = bpf_map__fd(mp);
+    uint64_t n = 0;
+    uint32_t k = 0, next = 0;
+    const void* prev = nullptr;
+    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+      ++n;
+      k = next;
+      prev = &k;
+    }
+    return n;
+  };
+  out.gauge(m().map_entries, static_cast<double>(count(s_->skel->maps.stats)), {{"map", "alloc_stats"}});
+  out.gauge(m().map_entries, static_cast<double>(count(s_->skel->maps.target_cfg)), {{"map", "alloc_target_cfg"}});
+  out.gauge(m().map_entries, static_cast<double>(s_->traces.size()), {{"map", "alloc_traces"}});
+  out.counter(m().held, static_cast<double>(s_->holds_attached), {{"outcome", "attached"}});
+  out.counter(m().held, static_cast<double>(s_->holds_failed), {{"outcome", "failed"}});
+}
+
+nlohmann::json alloc_leak_sites_json(const std::string& target_name) {
+  std::lock_guard lock(g_leaks_mu);
+  auto it = g_leaks.find(target_name);
+  if (it == g_leaks.end())
+    return {{"target", target_name},
+            {"available", false},
+            {"reason", "no leak-site capture for this target (needs alloc_mode full/duty with leak_sites: true, "
+                       "or alloc_mode on_leak after its budget was crossed)"}};
+  return it->second;
+}
+
+}  // namespace memlens
