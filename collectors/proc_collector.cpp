@@ -1,5 +1,7 @@
 #include "collectors/proc_collector.h"
 
+#include <unistd.h>
+
 #include "collectors/proc_parse.h"
 #include "daemon/config.h"
 
@@ -89,6 +91,9 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
     } else if (!rollup) {
       result = rollup.error();
     }
+  } else if (rollup_text.error().code == Errc::not_found && read_file(proc_.path(pid, "stat"))) {
+    // The process is still there: the file is missing (kernels before 4.14).
+    result = make_error(Errc::unavailable, rollup_text.error().message);
   } else {
     result = rollup_text.error();
   }

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -256,6 +257,7 @@ std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<st
                                    const std::vector<std::string>& wrapper) {
   Daemon d;
   d.dir = make_temp_dir("memlensd");
+  ::chmod(d.dir.c_str(), 0755);  // readable by a daemon run unprivileged
   d.config_path = d.dir + "/memlens.yaml";
   d.log_path = d.dir + "/memlensd.log";
   write_text(d.config_path, yaml);
