@@ -1,4 +1,6 @@
-/* heapload: holds a known amount of heap, churns it, optionally leaks at a
+/* heapload: holds a known amount of heap (blocks of random sizes), churns it
+ * (frees a random block and allocates its replacement, of the same size
+ * unless --resize 1), optionally leaks at a
  * fixed rate, and writes its own ground truth once a second as one JSON line:
  * the bytes it holds and leaked, its RSS (/proc/self/statm), peak RSS
  * (getrusage) and glibc's own view (mallinfo2). */
@@ -40,13 +42,15 @@ static void usage(void) {
   fprintf(stderr,
           "usage: heapload [--hold BYTES] [--min B] [--max B] [--churn OPS_PER_S]\n"
           "                [--leak BYTES_PER_S] [--leak-after S] [--leak-block B]\n"
-          "                [--truth FILE] [--duration S] [--warmup REPLACEMENTS_PER_SLOT]\n");
+          "                [--truth FILE] [--duration S] [--warmup REPLACEMENTS_PER_SLOT]\n"
+          "                [--resize 0|1]  (1: each replacement draws a new size)\n");
   exit(2);
 }
 
 int main(int argc, char** argv) {
   size_t hold = 64u << 20, min_sz = 512, max_sz = 8192, leak_block = 1024;
   size_t warmup = 60;
+  int resize = 0; /* 1: a replacement gets a new random size */
   double churn = 20000, leak = 0, leak_after = 0, duration = 0;
   const char* truth = NULL;
   for (int i = 1; i < argc; ++i) {
@@ -63,6 +67,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(k, "--truth")) truth = v;
     else if (!strcmp(k, "--duration")) duration = atof(v);
     else if (!strcmp(k, "--warmup")) warmup = strtoull(v, NULL, 10);
+    else if (!strcmp(k, "--resize")) resize = atoi(v);
     else usage();
   }
   if (min_sz == 0 || max_sz < min_sz || leak_block == 0) usage();
@@ -89,7 +94,7 @@ int main(int argc, char** argv) {
     size_t i = next_rand() % nslots;
     live -= size[i];
     free(slot[i]);
-    size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
+    if (resize) size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
     slot[i] = malloc(size[i]);
     memset(slot[i], 1, size[i]);
     live += size[i];
@@ -114,7 +119,7 @@ int main(int argc, char** argv) {
       size_t i = next_rand() % nslots;
       live -= size[i];
       free(slot[i]);
-      size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
+      if (resize) size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
       slot[i] = malloc(size[i]);
       memset(slot[i], 1, size[i]);
       live += size[i];
