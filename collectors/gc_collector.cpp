@@ -393,7 +393,9 @@ void GcCollector::target_added(const Target& t) {
   if (!skel_) return;
   Watch w;
   attach(t, w);
-  if (w.runtime == Runtime::none) return;
+  // A process caught between fork and exec (or a launcher script that execs
+  // the runtime) looks like no runtime yet: look again a few times.
+  if (w.runtime == Runtime::none) w.detect_next = mono_now() + 1;
   watches_[t.id] = std::move(w);
 }
 
@@ -453,6 +455,13 @@ Result<void> GcCollector::collect(const Target& t, Sample& out) {
   auto it = watches_.find(t.id);
   if (it == watches_.end()) return {};
   Watch& w = it->second;
+  if (w.runtime == Runtime::none) {
+    if (w.detect_tries >= 3 || mono_now() < w.detect_next) return {};
+    ++w.detect_tries;
+    w.detect_next = mono_now() + 2.0 * w.detect_tries;
+    attach(t, w);
+    if (w.runtime == Runtime::none) return {};
+  }
   const std::string rt = runtime_name(w.runtime);
   out.gauge(m_available(), w.available ? 1 : 0, {{"runtime", rt}, {"method", w.method}, {"reason", w.reason}});
   const double now = mono_now();

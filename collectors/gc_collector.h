@@ -57,6 +57,8 @@ class GcCollector : public Collector {
     bool available = false;
     std::vector<bpf::Link> links;
     double attached_at = 0;
+    double detect_next = 0;  // runtime not recognised yet: when to look again
+    int detect_tries = 0;
     std::deque<Snap> snaps;  // for the window quantiles
     // hsperfdata (JVM only)
     std::string perf_path;
