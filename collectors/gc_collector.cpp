@@ -1,0 +1,538 @@
+#include "collectors/gc_collector.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <limits>
+
+#include "collectors/elf_symbols.h"
+#include "collectors/hsperfdata.h"
+#include "daemon/config.h"
+#include "gc.skel.h"
+
+namespace memlens {
+
+static_assert(sizeof(gc_key) == 8);
+static_assert(sizeof(gc_hist) == 8 * (2 + GC_NBUCKETS) + 32 * GC_SLOTS);
+static_assert(sizeof(gc_open) == 16);
+
+// ---- buckets and quantiles ------------------------------------------------
+
+const std::vector<uint64_t>& gc_fine_bounds_ns() {
+  static const std::vector<uint64_t> b = [] {
+    const uint64_t mant[] = {GC_MANTISSAS};
+    static_assert(sizeof(mant) / sizeof(mant[0]) == GC_STEPS_PER_DECADE);
+    std::vector<uint64_t> v;
+    uint64_t scale = GC_FIRST_BOUND_NS;  // ns at mantissa 100
+    for (int d = 0; d <= GC_DECADES; ++d, scale *= 10)
+      for (uint64_t m : mant) {
+        if (v.size() == GC_NBOUNDS) break;
+        v.push_back(m * scale / 100);
+      }
+    return v;
+  }();
+  return b;
+}
+
+const std::vector<double>& gc_export_bounds_seconds() {
+  static const std::vector<double> b = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                        0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,     10};
+  return b;
+}
+
+double gc_quantile_seconds(const std::vector<uint64_t>& counts, double q) {
+  const auto& bounds = gc_fine_bounds_ns();
+  uint64_t total = 0;
+  for (uint64_t c : counts) total += c;
+  if (total == 0) return std::numeric_limits<double>::quiet_NaN();
+  const double rank = q * static_cast<double>(total);
+  double cum = 0;
+  for (std::size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    const double next = cum + static_cast<double>(counts[i]);
+    if (next >= rank) {
+      if (i >= bounds.size()) return static_cast<double>(bounds.back()) / 1e9;
+      const double lo = i == 0 ? 0 : static_cast<double>(bounds[i - 1]);
+      const double hi = static_cast<double>(bounds[i]);
+      const double frac = (rank - cum) / static_cast<double>(counts[i]);
+      return (lo + (hi - lo) * frac) / 1e9;
+    }
+    cum = next;
+  }
+  return static_cast<double>(bounds.back()) / 1e9;
+}
+
+const char* gc_kind_name(Runtime r, int kind) {
+  switch (r) {
+    case Runtime::jvm: return kind == 1 ? "full" : "minor";
+    case Runtime::node: return kind == 1 ? "scavenge" : kind == 2 ? "mark_compact" : "other";
+    case Runtime::python: {
+      static const char* gens[] = {"gen0", "gen1", "gen2", "other"};
+      return kind >= 0 && kind <= GC_MAX_KIND ? gens[kind] : "other";
+    }
+    case Runtime::none: break;
+  }
+  return "other";
+}
+
+namespace {
+
+uint16_t rt_code(Runtime r) {
+  switch (r) {
+    case Runtime::jvm: return GC_RT_JVM;
+    case Runtime::node: return GC_RT_NODE;
+    case Runtime::python: return GC_RT_PYTHON;
+    case Runtime::none: break;
+  }
+  return 0;
+}
+
+double mono_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // the clock of bpf_ktime_get_ns
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+constexpr uint64_t kSlotNs = static_cast<uint64_t>(GcCollector::kWindowSeconds * 1e9) / (GC_SLOTS - 1);
+
+// ---- what elf_symbols does not offer: a prefix search and USDT notes -------
+// Both are read once per binary (keyed by build-id, else path) and cached.
+
+struct ElfHandle {
+  int fd = -1;
+  Elf* elf = nullptr;
+  explicit ElfHandle(const std::string& path) {
+    elf_version(EV_CURRENT);
+    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) elf = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
+  }
+  ~ElfHandle() {
+    if (elf) elf_end(elf);
+    if (fd >= 0) ::close(fd);
+  }
+  ElfHandle(const ElfHandle&) = delete;
+  ElfHandle& operator=(const ElfHandle&) = delete;
+};
+
+// First defined function whose (mangled) name starts with `prefix`: V8's
+// Heap::CollectGarbage changes its parameter list between versions, so the
+// full mangled name cannot be hard-coded.
+std::string find_function_by_prefix(const std::string& path, std::string_view prefix) {
+  ElfHandle h(path);
+  if (!h.elf) return {};
+  for (Elf_Scn* scn = nullptr; (scn = elf_nextscn(h.elf, scn)) != nullptr;) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM)) continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (!data || sh.sh_entsize == 0) continue;
+    const std::size_t n = sh.sh_size / sh.sh_entsize;
+    for (std::size_t i = 0; i < n; ++i) {
+      GElf_Sym sym;
+      if (!gelf_getsym(data, static_cast<int>(i), &sym)) break;
+      if (GELF_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_value == 0) continue;
+      const char* name = elf_strptr(h.elf, sh.sh_link, sym.st_name);
+      if (name && std::string_view(name).starts_with(prefix)) return name;
+    }
+  }
+  return {};
+}
+
+// Does `path` carry the SystemTap SDT note provider:name?
+bool has_usdt(const std::string& path, std::string_view provider, std::string_view name) {
+  ElfHandle h(path);
+  if (!h.elf) return false;
+  const bool is64 = gelf_getclass(h.elf) == ELFCLASS64;
+  std::size_t shstrndx = 0;
+  if (elf_getshdrstrndx(h.elf, &shstrndx) != 0) return false;
+  for (Elf_Scn* scn = nullptr; (scn = elf_nextscn(h.elf, scn)) != nullptr;) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_NOTE) continue;
+    const char* sname = elf_strptr(h.elf, shstrndx, sh.sh_name);
+    if (!sname || std::strcmp(sname, ".note.stapsdt") != 0) continue;
+    Elf_Data* data = elf_getdata(scn, nullptr);
+    if (!data) continue;
+    GElf_Nhdr nh;
+    std::size_t off = 0, name_off = 0, desc_off = 0;
+    while ((off = gelf_getnote(data, off, &nh, &name_off, &desc_off)) > 0) {
+      if (nh.n_type != 3) continue;  // NT_STAPSDT
+      // desc: pc, base, semaphore (3 addresses), then provider\0name\0args\0
+      const std::size_t addrs = is64 ? 24 : 12;
+      if (nh.n_descsz <= addrs) continue;
+      const char* d = static_cast<const char*>(data->d_buf) + desc_off + addrs;
+      const std::size_t left = nh.n_descsz - addrs;
+      std::string_view prov(d, strnlen(d, left));
+      if (prov != provider || prov.size() + 1 >= left) continue;
+      const char* n = d + prov.size() + 1;
+      if (std::string_view(n, strnlen(n, left - prov.size() - 1)) == name) return true;
+    }
+  }
+  return false;
+}
+
+// Cache of the two lookups above, per binary identity.
+struct BinaryFacts {
+  bool python_usdt = false;
+  bool jvm_usdt = false;
+  std::string v8_collect;  // mangled name of Heap::CollectGarbage, or empty
+};
+
+std::string binary_key(const std::string& path) {
+  auto f = elf::open_cached(path);
+  if (f && !(*f)->build_id().empty()) return (*f)->build_id();
+  return path;
+}
+
+const BinaryFacts& facts_for(const std::string& path, Runtime r) {
+  static std::map<std::string, BinaryFacts> cache;
+  const std::string key = binary_key(path) + "/" + runtime_name(r);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  BinaryFacts f;
+  if (r == Runtime::python) f.python_usdt = has_usdt(path, "python", "gc__start") && has_usdt(path, "python", "gc__done");
+  if (r == Runtime::jvm) f.jvm_usdt = has_usdt(path, "hotspot", "gc__begin") && has_usdt(path, "hotspot", "gc__end");
+  if (r == Runtime::node) f.v8_collect = find_function_by_prefix(path, "_ZN2v88internal4Heap14CollectGarbageE");
+  return cache.emplace(key, std::move(f)).first->second;
+}
+
+const MetricDesc& m_pause() {
+  static const MetricDesc d = metric("gc_pause", "seconds", MetricKind::histogram,
+                                     "GC pauses of the target's runtime, timed in the kernel from the runtime's "
+                                     "own GC begin/end points, by runtime and kind of collection.");
+  return d;
+}
+const MetricDesc& m_pause_max() {
+  static const MetricDesc d = metric("gc_pause_max", "seconds", MetricKind::gauge,
+                                     "Longest GC pause in the last 60 s (0 when there was none).");
+  return d;
+}
+const MetricDesc& m_pause_q() {
+  static const MetricDesc d =
+      metric("gc_pause_quantile", "seconds", MetricKind::gauge,
+             "GC pause quantiles over the last 60 s, all kinds together (from a fine kernel histogram, "
+             "within a few percent); absent when there was no pause.");
+  return d;
+}
+const MetricDesc& m_ratio() {
+  static const MetricDesc d = metric("gc_time_ratio", "", MetricKind::gauge,
+                                     "Share of wall time spent in GC pauses over the last 60 s (seconds per second).");
+  return d;
+}
+const MetricDesc& m_available() {
+  static const MetricDesc d =
+      metric("gc_tracing_available", "", MetricKind::gauge,
+             "1 when GC pauses of this runtime target are traced; 0 with the reason when they cannot be "
+             "(no USDT probes nor symbols in the runtime binary, attach failure, disabled by config).");
+  return d;
+}
+const MetricDesc& m_heap_used() {
+  static const MetricDesc d = metric("jvm_heap_used", "bytes", MetricKind::gauge,
+                                     "JVM heap used per space (hsperfdata, the counters jstat reads).");
+  return d;
+}
+const MetricDesc& m_heap_committed() {
+  static const MetricDesc d = metric("jvm_heap_committed", "bytes", MetricKind::gauge,
+                                     "JVM heap committed (capacity) per space (hsperfdata).");
+  return d;
+}
+const MetricDesc& m_nonheap_used() {
+  static const MetricDesc d = metric("jvm_nonheap_used", "bytes", MetricKind::gauge,
+                                     "JVM metaspace and compressed class space used (hsperfdata).");
+  return d;
+}
+const MetricDesc& m_nonheap_committed() {
+  static const MetricDesc d = metric("jvm_nonheap_committed", "bytes", MetricKind::gauge,
+                                     "JVM metaspace and compressed class space committed (hsperfdata).");
+  return d;
+}
+const MetricDesc& m_errors() {
+  static const MetricDesc d = metric("gc_bpf_errors", "", MetricKind::counter,
+                                     "Kernel-side GC tracing events lost, by reason (hist_full: no room for a new "
+                                     "histogram; open_full: no room for an open pause; unmatched: an end without "
+                                     "a begin) and attach failures.");
+  return d;
+}
+const MetricDesc& m_traced() {
+  static const MetricDesc d =
+      metric("gc_traced_targets", "", MetricKind::gauge, "Targets whose GC pauses are being traced.");
+  return d;
+}
+
+}  // namespace
+
+// ---- lifecycle ---------------------------------------------------------------
+
+void GcCollector::SkelDeleter::operator()(gc_bpf* s) const { gc_bpf__destroy(s); }
+
+GcCollector::GcCollector() = default;
+GcCollector::~GcCollector() {
+  watches_.clear();  // links first, then the object they point into
+  exit_link_.reset();
+  skel_.reset();
+}
+
+Result<void> GcCollector::start(const Config& cfg) {
+  proc_ = ProcFs(cfg.procfs);
+  if (skel_) return {};  // a reload keeps the loaded programs and attachments
+  if (auto r = bpf::prepare(); !r) return r;
+
+  std::unique_ptr<gc_bpf, SkelDeleter> skel(gc_bpf__open());
+  if (!skel) return make_error(errc_from_errno(errno), std::string("gc: open BPF object: ") + std::strerror(errno));
+  skel->rodata->slot_ns = kSlotNs;
+  const auto& bounds = gc_fine_bounds_ns();
+  for (std::size_t i = 0; i < bounds.size(); ++i) skel->rodata->gc_bounds[i] = bounds[i];
+  // One histogram per (pid, kind): at most 4 kinds per runtime target.
+  const uint32_t hist_entries = static_cast<uint32_t>(std::max(16, cfg.max_targets)) * (GC_MAX_KIND + 1);
+  bpf_map__set_max_entries(skel->maps.hists, hist_entries);
+  if (int err = gc_bpf__load(skel.get()); err)
+    return make_error(Errc::unavailable, std::string("gc: load BPF object: ") + std::strerror(-err));
+  bpf_link* l = bpf_program__attach(skel->progs.gc_thread_exit);
+  if (!l)
+    return make_error(Errc::unavailable,
+                      std::string("gc: attach sched_process_exit: ") + std::strerror(errno));
+  exit_link_ = bpf::Link(l);
+  skel_ = std::move(skel);
+  return {};
+}
+
+void GcCollector::attach(const Target& t, Watch& w) {
+  auto info = detect_runtime(proc_, t.pid());
+  if (!info || info->runtime == Runtime::none) return;
+  w.runtime = info->runtime;
+  if (t.policy && !t.policy->gc) {
+    w.reason = "disabled_by_config";
+    return;
+  }
+  const pid_t pid = t.pid();
+  std::string last_error;
+  auto fail = [&](const Error& e) {
+    last_error = e.message;
+    ++attach_failures_;
+  };
+  auto try_usdt = [&](bpf_program* begin, bpf_program* end, const std::string& bin, const char* provider,
+                      const char* b, const char* e) {
+    auto l1 = bpf::attach_usdt(begin, pid, bin, provider, b);
+    if (!l1) return fail(l1.error()), false;
+    auto l2 = bpf::attach_usdt(end, pid, bin, provider, e);
+    if (!l2) return fail(l2.error()), false;
+    w.links.push_back(std::move(*l1));
+    w.links.push_back(std::move(*l2));
+    w.method = "usdt";
+    return true;
+  };
+  auto try_uprobe = [&](bpf_program* entry, bpf_program* ret, const std::string& bin, const std::string& sym) {
+    auto f = elf::open_cached(bin);
+    if (!f) return fail(f.error()), false;
+    auto s = (*f)->find(sym);
+    if (!s) return fail(s.error()), false;
+    auto l1 = bpf::attach_uprobe(entry, pid, bin, s->file_offset, false);
+    if (!l1) return fail(l1.error()), false;
+    auto l2 = bpf::attach_uprobe(ret, pid, bin, s->file_offset, true);
+    if (!l2) return fail(l2.error()), false;
+    w.links.push_back(std::move(*l1));
+    w.links.push_back(std::move(*l2));
+    w.method = "uprobe";
+    return true;
+  };
+
+  bool readable = false, ok = false;
+  for (const std::string& b : info->binaries) {
+    const std::string bin = host_path(proc_, pid, b);
+    if (::access(bin.c_str(), R_OK) != 0) continue;
+    readable = true;
+    const BinaryFacts& facts = facts_for(bin, w.runtime);
+    switch (w.runtime) {
+      case Runtime::jvm:
+        if (facts.jvm_usdt)
+          ok = try_usdt(skel_->progs.jvm_gc_begin, skel_->progs.jvm_gc_end, bin, "hotspot", "gc__begin", "gc__end");
+        break;
+      case Runtime::python:
+        if (facts.python_usdt)
+          ok = try_usdt(skel_->progs.py_gc_start, skel_->progs.py_gc_done, bin, "python", "gc__start", "gc__done");
+        else if (auto f = elf::open_cached(bin); f && (*f)->defines("gc_collect_main"))
+          ok = try_uprobe(skel_->progs.py_collect_entry, skel_->progs.py_collect_return, bin, "gc_collect_main");
+        break;
+      case Runtime::node:
+        if (!facts.v8_collect.empty())
+          ok = try_uprobe(skel_->progs.node_gc_entry, skel_->progs.node_gc_return, bin, facts.v8_collect);
+        break;
+      case Runtime::none: break;
+    }
+    if (ok) break;
+  }
+  if (ok) {
+    w.available = true;
+    w.reason = "ok";
+    w.attached_at = mono_now();
+    w.snaps.push_back(Snap{w.attached_at, std::vector<uint64_t>(GC_NBUCKETS, 0)});
+    spdlog::debug("gc: tracing {} pid {} ({}) via {}", t.name, pid, runtime_name(w.runtime), w.method);
+    return;
+  }
+  w.links.clear();
+  w.method = "none";
+  if (!readable) {
+    w.reason = "binary_unreadable";
+  } else if (!last_error.empty()) {
+    w.reason = "attach_failed";
+    spdlog::warn("gc: cannot trace {} pid {}: {}", t.name, pid, last_error);
+  } else {
+    w.reason = w.runtime == Runtime::node ? "no_symbols" : "no_usdt_or_symbols";
+    spdlog::info("gc: {} pid {} runs a {} without GC probes or symbols; pauses not traced", t.name, pid,
+                 runtime_name(w.runtime));
+  }
+}
+
+void GcCollector::target_added(const Target& t) {
+  if (!skel_) return;
+  Watch w;
+  attach(t, w);
+  // A process caught between fork and exec (or a launcher script that execs
+  // the runtime) looks like no runtime yet: look again a few times.
+  if (w.runtime == Runtime::none) w.detect_next = mono_now() + 1;
+  watches_[t.id] = std::move(w);
+}
+
+void GcCollector::delete_keys(pid_t pid, Runtime r) {
+  const int fd = bpf_map__fd(skel_->maps.hists);
+  for (uint16_t k = 0; k <= GC_MAX_KIND; ++k) {
+    gc_key key{static_cast<uint32_t>(pid), rt_code(r), k};
+    bpf_map_delete_elem(fd, &key);
+  }
+}
+
+void GcCollector::target_removed(const Target& t) {
+  auto it = watches_.find(t.id);
+  if (it == watches_.end()) return;
+  it->second.links.clear();
+  if (skel_) delete_keys(t.pid(), it->second.runtime);
+  watches_.erase(it);
+}
+
+// ---- per tick ----------------------------------------------------------------
+
+void GcCollector::read_jvm_memory(const Target& t, Watch& w, double now, Sample& out) {
+  if (w.perf_path.empty()) {
+    if (now < w.perf_next_try) return;
+    auto p = find_hsperfdata(proc_, t.pid());
+    if (!p) {
+      // -XX:-UsePerfData, or a JVM still starting: look again later, quietly.
+      ++w.perf_misses;
+      w.perf_next_try = now + std::min(60.0, 2.0 * w.perf_misses);
+      if (w.perf_misses == 3)
+        spdlog::debug("gc: no hsperfdata for {} pid {} ({}); JVM heap gauges off", t.name, t.pid(),
+                      p.error().message);
+      return;
+    }
+    w.perf_path = *p;
+  }
+  auto text = read_file(w.perf_path, 1 << 22);
+  if (!text) {
+    w.perf_path.clear();
+    return;
+  }
+  auto parsed = parse_hsperfdata(*text);
+  if (!parsed) return;  // being written or not yet accessible: next tick
+  const JvmMemory mem = jvm_memory(*parsed);
+  for (const auto& s : mem.heap) {
+    out.gauge(m_heap_used(), static_cast<double>(s.used), {{"space", s.name}});
+    out.gauge(m_heap_committed(), static_cast<double>(s.committed), {{"space", s.name}});
+  }
+  for (const auto* s : {&mem.metaspace, &mem.class_space}) {
+    if (!*s) continue;
+    out.gauge(m_nonheap_used(), static_cast<double>((*s)->used), {{"space", (*s)->name}});
+    out.gauge(m_nonheap_committed(), static_cast<double>((*s)->committed), {{"space", (*s)->name}});
+  }
+}
+
+Result<void> GcCollector::collect(const Target& t, Sample& out) {
+  auto it = watches_.find(t.id);
+  if (it == watches_.end()) return {};
+  Watch& w = it->second;
+  if (w.runtime == Runtime::none) {
+    if (w.detect_tries >= 3 || mono_now() < w.detect_next) return {};
+    ++w.detect_tries;
+    w.detect_next = mono_now() + 2.0 * w.detect_tries;
+    attach(t, w);
+    if (w.runtime == Runtime::none) return {};
+  }
+  const std::string rt = runtime_name(w.runtime);
+  out.gauge(m_available(), w.available ? 1 : 0, {{"runtime", rt}, {"method", w.method}, {"reason", w.reason}});
+  const double now = mono_now();
+  if (w.runtime == Runtime::jvm) read_jvm_memory(t, w, now, out);
+  if (!w.available) return {};
+
+  const int fd = bpf_map__fd(skel_->maps.hists);
+  const auto& fine = gc_fine_bounds_ns();
+  const auto& exp = gc_export_bounds_seconds();
+  const uint64_t now_epoch = static_cast<uint64_t>(now * 1e9) / kSlotNs;
+  std::vector<uint64_t> all(GC_NBUCKETS, 0);
+  uint64_t window_sum_ns = 0;
+  gc_hist h;
+  for (uint16_t k = 0; k <= GC_MAX_KIND; ++k) {
+    gc_key key{static_cast<uint32_t>(t.pid()), rt_code(w.runtime), k};
+    if (bpf_map_lookup_elem(fd, &key, &h) != 0) continue;
+    HistogramValue hv;
+    hv.bounds = exp;
+    hv.counts.assign(exp.size(), 0);
+    hv.count = h.count;
+    hv.sum = static_cast<double>(h.sum_ns) / 1e9;
+    std::size_t e = 0;
+    for (std::size_t i = 0; i < GC_NBUCKETS; ++i) {
+      all[i] += h.buckets[i];
+      if (i >= fine.size()) break;  // above 10 s: the implicit +Inf bucket
+      while (e < exp.size() && static_cast<double>(fine[i]) > exp[e] * 1e9 + 0.5) ++e;
+      if (e < exp.size()) hv.counts[e] += h.buckets[i];
+    }
+    uint64_t max_ns = 0;
+    for (const gc_slot& s : h.slots) {
+      if (s.epoch + GC_SLOTS <= now_epoch || s.epoch > now_epoch) continue;  // out of the window
+      max_ns = std::max<uint64_t>(max_ns, s.max_ns);
+      window_sum_ns += s.sum_ns;
+    }
+    const Labels l{{"runtime", rt}, {"kind", gc_kind_name(w.runtime, k)}};
+    out.histogram(m_pause(), std::move(hv), l);
+    out.gauge(m_pause_max(), static_cast<double>(max_ns) / 1e9, l);
+  }
+
+  // Window quantiles: this tick's cumulative counts minus the newest snapshot
+  // at or before the window start (or the zeros taken at attach).
+  while (w.snaps.size() >= 2 && w.snaps[1].t <= now - kWindowSeconds) w.snaps.pop_front();
+  std::vector<uint64_t> delta(GC_NBUCKETS);
+  for (std::size_t i = 0; i < GC_NBUCKETS; ++i) delta[i] = all[i] - std::min(all[i], w.snaps.front().counts[i]);
+  for (double q : {0.5, 0.9, 0.99}) {
+    const double v = gc_quantile_seconds(delta, q);
+    if (!std::isnan(v)) out.gauge(m_pause_q(), v, {{"runtime", rt}, {"quantile", fmt::format("{}", q)}});
+  }
+  // Keep a snapshot every 1/12 of the window: bounded memory per target.
+  if (now - w.snaps.back().t >= kWindowSeconds / 12) w.snaps.push_back(Snap{now, std::move(all)});
+
+  // Slots cover GC_SLOTS-1 whole slots plus the current partial one.
+  const double covered =
+      std::min(now - w.attached_at, now - static_cast<double>((now_epoch + 1 - GC_SLOTS) * kSlotNs) / 1e9);
+  if (covered > 0)
+    out.gauge(m_ratio(), static_cast<double>(window_sum_ns) / 1e9 / covered, {{"runtime", rt}});
+  return {};
+}
+
+void GcCollector::collect_global(GlobalSample& out) {
+  if (!skel_) return;
+  static const char* names[GC_ERR_MAX] = {"hist_full", "open_full", "unmatched"};
+  const int fd = bpf_map__fd(skel_->maps.errors);
+  for (uint32_t i = 0; i < GC_ERR_MAX; ++i) {
+    auto v = bpf::sum_percpu_u64(fd, &i);
+    out.counter(m_errors(), v ? static_cast<double>(*v) : 0, {{"reason", names[i]}});
+  }
+  out.counter(m_errors(), static_cast<double>(attach_failures_), {{"reason", "attach"}});
+  double traced = 0;
+  for (const auto& [id, w] : watches_) traced += w.available ? 1 : 0;
+  out.gauge(m_traced(), traced);
+}
+
+}  // namespace memlens

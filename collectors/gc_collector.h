@@ -1,0 +1,83 @@
+// GC pauses of managed runtimes (JVM, Node.js/V8, CPython), timed in the
+// kernel by bpf/gc.bpf.c, and JVM heap spaces from hsperfdata. Attaches per
+// target pid; a runtime binary without USDT probes or symbols is reported as
+// untraceable (memlens_gc_tracing_available 0 with a reason), never an error.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bpf/gc.h"
+#include "collectors/bpf_support.h"
+#include "collectors/collector.h"
+#include "collectors/runtime_detect.h"
+#include "daemon/procfs.h"
+
+struct gc_bpf;
+
+namespace memlens {
+
+// Bucket upper bounds of the kernel's fine histogram, in ns (GC_NBOUNDS).
+const std::vector<uint64_t>& gc_fine_bounds_ns();
+// The exported Prometheus bounds, in seconds: 0.1 ms .. 10 s, 1-2.5-5 steps.
+const std::vector<double>& gc_export_bounds_seconds();
+// Quantile q of a fine histogram (counts per bucket, GC_NBUCKETS), linear
+// within a bucket; NaN when it is empty.
+double gc_quantile_seconds(const std::vector<uint64_t>& counts, double q);
+// Label value for a (runtime, kind) pair as the kernel records it.
+const char* gc_kind_name(Runtime r, int kind);
+
+class GcCollector : public Collector {
+ public:
+  GcCollector();
+  ~GcCollector() override;
+  std::string_view name() const override { return "gc"; }
+  Result<void> start(const Config& cfg) override;
+  void target_added(const Target& t) override;
+  void target_removed(const Target& t) override;
+  Result<void> collect(const Target& t, Sample& out) override;
+  void collect_global(GlobalSample& out) override;
+
+  // Window of memlens_gc_pause_max_seconds, the quantiles and the time share.
+  static constexpr double kWindowSeconds = 60;
+
+ private:
+  struct Snap {
+    double t = 0;
+    std::vector<uint64_t> counts;  // fine buckets, summed over kinds
+  };
+  struct Watch {
+    Runtime runtime = Runtime::none;
+    std::string method = "none";  // "usdt" or "uprobe"
+    std::string reason = "ok";    // why not available
+    bool available = false;
+    std::vector<bpf::Link> links;
+    double attached_at = 0;
+    double detect_next = 0;  // runtime not recognised yet: when to look again
+    int detect_tries = 0;
+    std::deque<Snap> snaps;  // for the window quantiles
+    // hsperfdata (JVM only)
+    std::string perf_path;
+    double perf_next_try = 0;
+    int perf_misses = 0;
+  };
+
+  void attach(const Target& t, Watch& w);
+  void read_jvm_memory(const Target& t, Watch& w, double now, Sample& out);
+  void delete_keys(pid_t pid, Runtime r);
+
+  struct SkelDeleter {
+    void operator()(gc_bpf* s) const;
+  };
+  std::unique_ptr<gc_bpf, SkelDeleter> skel_;
+  bpf::Link exit_link_;
+  ProcFs proc_;
+  std::map<TargetId, Watch> watches_;
+  uint64_t attach_failures_ = 0;
+};
+
+}  // namespace memlens

@@ -1,0 +1,104 @@
+#include "collectors/runtime_detect.h"
+
+#include <regex>
+
+namespace memlens {
+
+const char* runtime_name(Runtime r) {
+  switch (r) {
+    case Runtime::jvm: return "jvm";
+    case Runtime::node: return "node";
+    case Runtime::python: return "python";
+    case Runtime::none: break;
+  }
+  return "none";
+}
+
+namespace {
+
+std::string_view basename_of(std::string_view p) {
+  auto slash = p.rfind('/');
+  return slash == std::string_view::npos ? p : p.substr(slash + 1);
+}
+
+// A deleted or replaced binary shows up as "/path (deleted)".
+std::string_view strip_deleted(std::string_view p) {
+  constexpr std::string_view kDeleted = " (deleted)";
+  if (p.size() > kDeleted.size() && p.substr(p.size() - kDeleted.size()) == kDeleted)
+    p.remove_suffix(kDeleted.size());
+  return p;
+}
+
+// The path column of each line of /proc/PID/maps that has one, deduplicated.
+std::vector<std::string_view> mapped_files(std::string_view maps) {
+  std::vector<std::string_view> out;
+  while (!maps.empty()) {
+    auto nl = maps.find('\n');
+    std::string_view line = maps.substr(0, nl);
+    maps = nl == std::string_view::npos ? std::string_view{} : maps.substr(nl + 1);
+    // address perms offset dev inode path: the path starts at the first '/'
+    // after the five fixed columns.
+    auto slash = line.find('/');
+    if (slash == std::string_view::npos) continue;
+    std::string_view p = strip_deleted(line.substr(slash));
+    if (out.empty() || out.back() != p) out.push_back(p);
+  }
+  return out;
+}
+
+}  // namespace
+
+RuntimeInfo detect_runtime(std::string_view exe, std::string_view maps) {
+  static const std::regex kLibJvm(R"(libjvm\.so)");
+  static const std::regex kLibNode(R"(libnode\.so(\.[0-9]+)*)");
+  static const std::regex kLibPython(R"(libpython[23](\.[0-9]+)?d?m?u?\.so(\.[0-9.]+)*)");
+  static const std::regex kNodeExe(R"(node(js)?[0-9]*)");
+  static const std::regex kPythonExe(R"(python[23]?(\.[0-9]+)?d?m?u?)");
+
+  exe = strip_deleted(exe);
+  RuntimeInfo info;
+  std::string lib_python;
+  for (std::string_view f : mapped_files(maps)) {
+    std::string base(basename_of(f));
+    if (std::regex_match(base, kLibJvm)) {
+      info.runtime = Runtime::jvm;
+      info.binaries = {std::string(f)};
+      return info;
+    }
+    if (std::regex_match(base, kLibNode)) {
+      info.runtime = Runtime::node;
+      info.binaries = {std::string(f)};
+      if (!exe.empty()) info.binaries.emplace_back(exe);
+      return info;
+    }
+    if (lib_python.empty() && std::regex_match(base, kLibPython)) lib_python = f;
+  }
+  std::string exe_base(basename_of(exe));
+  if (!lib_python.empty() || std::regex_match(exe_base, kPythonExe)) {
+    info.runtime = Runtime::python;
+    if (!lib_python.empty()) info.binaries.push_back(lib_python);
+    if (!exe.empty()) info.binaries.emplace_back(exe);
+    return info;
+  }
+  if (std::regex_match(exe_base, kNodeExe)) {
+    info.runtime = Runtime::node;
+    info.binaries = {std::string(exe)};
+  }
+  return info;
+}
+
+Result<RuntimeInfo> detect_runtime(const ProcFs& proc, pid_t pid) {
+  auto maps = read_file(proc.path(pid, "maps"), 1 << 24);
+  if (!maps) return maps.error();
+  auto exe = read_link(proc.path(pid, "exe"));
+  // A kernel thread or a zombie has no exe; maps alone still decide.
+  return detect_runtime(exe ? std::string_view(*exe) : std::string_view{}, *maps);
+}
+
+std::string host_path(const ProcFs& proc, pid_t pid, std::string_view path) {
+  std::string p = proc.path(pid, "root");
+  p += path;
+  return p;
+}
+
+}  // namespace memlens
