@@ -94,9 +94,8 @@ Result<std::string> civet_listen_spec(const std::string& listen) {
     if (c < '0' || c > '9') return make_error(Errc::invalid, "--web.listen-address '" + listen + "': bad port");
   const long p = std::stol(port);
   if (p < 1 || p > 65535) return make_error(Errc::invalid, "--web.listen-address '" + listen + "': port out of range");
-  if (host.empty() || host == "0.0.0.0") return port;
-  if (host.front() == '[') return "+" + host + ":" + port;  // civetweb: "+[::]:port" or "[::1]:port"
-  return host + ":" + port;
+  if (host.empty() || host == "0.0.0.0") return port;  // civetweb: a bare port is every IPv4 address
+  return host + ":" + port;                             // "127.0.0.1:p" and "[::1]:p" as given
 }
 
 Result<std::unique_ptr<Exporter>> Exporter::start(const std::string& listen, const std::string& metrics_path) {
@@ -111,10 +110,8 @@ Result<std::unique_ptr<Exporter>> Exporter::start(const std::string& listen, con
   // The callback may run as soon as the server starts.
   g_exporter.store(ex.get());
   try {
-    std::string spec_s = *spec;
-    if (spec_s.front() == '+') spec_s = spec_s.substr(1);
     ex->exposer_ = std::make_unique<prometheus::Exposer>(
-        std::vector<std::string>{"listening_ports", spec_s, "num_threads", "4",
+        std::vector<std::string>{"listening_ports", *spec, "num_threads", "4",
                                  "request_timeout_ms", "10000"},
         &callbacks);
   } catch (const std::exception& e) {
