@@ -10,6 +10,7 @@ PACKAGES=(
   nlohmann-json3-dev libcurl4-openssl-dev
   googletest libgtest-dev
   prometheus libcap2-bin procps
+  openjdk-17-jdk-headless nodejs python3.11 binutils
 )
 
 missing=()
