@@ -11,6 +11,7 @@ PACKAGES=(
   googletest libgtest-dev
   prometheus libcap2-bin procps
   openjdk-17-jdk-headless nodejs python3.11 binutils
+  systemd util-linux curl
 )
 
 missing=()
