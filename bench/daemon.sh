@@ -32,8 +32,13 @@ cleanup() {
 trap 'cleanup; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
+# A port nothing listens on (a connect to it is refused).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 20000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
 }
 # utime + stime of a pid, in clock ticks (fields 14 and 15; the comm field
 # may hold spaces, so count from the closing parenthesis).
