@@ -51,7 +51,7 @@ metric() { # metric NAME LABEL-FILTER < exposition: first matching value
 # p-th percentile (0-100) of the numbers on stdin.
 percentile() { sort -g | awk -v p="$1" '{ v[NR] = $1 } END { i = int((NR * p + 99) / 100); if (i < 1) i = 1; print v[i] }'; }
 
-printf '| targets | watched | CPU %% of a core | RSS MiB | peak RSS MiB | timeline MiB | /metrics p50 ms | /metrics p99 ms | series | body KiB | tick ms |\n'
+printf '| targets | watched | CPU %% of a core | RSS MiB | peak RSS MiB | timeline MiB | /metrics p50 ms | /metrics p99 ms | series | body KiB | last tick ms |\n'
 printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 
 for n in $sizes; do
