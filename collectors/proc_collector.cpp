@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <chrono>
+
 #include "collectors/proc_parse.h"
 #include "daemon/config.h"
 
@@ -10,12 +12,13 @@ namespace memlens {
 namespace {
 
 struct ProcMetrics {
-  MetricDesc rss = metric("rss", "bytes", MetricKind::gauge,
-                          "Resident set size (smaps_rollup Rss).");
+  MetricDesc rss = metric("rss", "bytes", MetricKind::gauge, "Resident set size (status VmRSS).");
   MetricDesc pss = metric("pss", "bytes", MetricKind::gauge,
-                          "Proportional set size: resident bytes with shared pages divided among sharers.");
+                          "Proportional set size: resident bytes with shared pages divided among sharers "
+                          "(smaps_rollup, read every smaps_interval).");
   MetricDesc uss = metric("uss", "bytes", MetricKind::gauge,
-                          "Unique set size: private resident bytes (Private_Clean + Private_Dirty).");
+                          "Unique set size: private resident bytes (smaps_rollup Private_Clean + Private_Dirty, "
+                          "read every smaps_interval).");
   MetricDesc anon = metric("anon", "bytes", MetricKind::gauge,
                            "Resident anonymous memory (status RssAnon): heaps, stacks, private mappings.");
   MetricDesc file = metric("file", "bytes", MetricKind::gauge,
@@ -27,7 +30,7 @@ struct ProcMetrics {
                            "Peak resident set size over the process lifetime (status VmHWM).");
   MetricDesc virt = metric("virtual", "bytes", MetricKind::gauge, "Virtual address space size (status VmSize).");
   MetricDesc heap = metric("heap_mapping", "bytes", MetricKind::gauge,
-                           "Size of the [heap] (brk) mapping; 0 when the process has none.");
+                           "Size of the [heap] (brk) mapping, read every smaps_interval; 0 when the process has none.");
   MetricDesc faults = metric("page_faults", "", MetricKind::counter,
                              "Page faults taken by the process (from /proc/PID/stat), by kind minor/major.");
   MetricDesc threads = metric("threads", "", MetricKind::gauge, "Number of threads.");
@@ -43,51 +46,24 @@ const ProcMetrics& m() {
 
 Result<void> ProcCollector::start(const Config& cfg) {
   proc_ = ProcFs(cfg.procfs);
+  smaps_interval_ = std::chrono::duration<double>(cfg.smaps_interval).count();
+  for (auto& [id, pt] : per_target_) pt.next_smaps = 0;  // procfs root may have changed
   return {};
 }
 
-Result<void> ProcCollector::collect(const Target& t, Sample& out) {
+void ProcCollector::target_removed(const Target& t) { per_target_.erase(t.id); }
+
+Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt) {
   const pid_t pid = t.pid();
-  static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-
-  auto stat_text = read_file(proc_.path(pid, "stat"));
-  if (!stat_text) return stat_text.error();
-  auto st = parse_stat(*stat_text);
-  if (!st) return st.error();
-  // The pid was reused since discovery: this is not our target any more.
-  if (st->starttime != t.id.start_time)
-    return make_error(Errc::not_found, "pid " + std::to_string(pid) + " was reused");
-  out.counter(m().faults, static_cast<double>(st->minflt), {{"kind", "minor"}});
-  out.counter(m().faults, static_cast<double>(st->majflt), {{"kind", "major"}});
-  out.gauge(m().threads, static_cast<double>(st->num_threads));
-  out.counter(m().cpu, static_cast<double>(st->utime + st->stime) / ticks);
-
-  auto status_text = read_file(proc_.path(pid, "status"));
-  if (!status_text) return status_text.error();
-  auto status = parse_status(*status_text);
-  if (!status) return status.error();
-  if (!status->has_memory)
-    return make_error(Errc::unavailable, "pid " + std::to_string(pid) + " has no memory (kernel thread or zombie)");
-  out.gauge(m().anon, static_cast<double>(status->rss_anon));
-  out.gauge(m().file, static_cast<double>(status->rss_file));
-  out.gauge(m().shmem, static_cast<double>(status->rss_shmem));
-  out.gauge(m().swap, static_cast<double>(status->vm_swap));
-  out.gauge(m().peak, static_cast<double>(status->vm_hwm));
-  out.gauge(m().virt, static_cast<double>(status->vm_size));
-  out.series(SeriesId::anon, static_cast<double>(status->rss_anon));
-  out.series(SeriesId::heap, static_cast<double>(status->rss_anon));
-
-  // smaps_rollup needs ptrace read access; without it RSS still comes from
-  // status and the error is counted.
   Result<void> result;
   auto rollup_text = read_file(proc_.path(pid, "smaps_rollup"));
+  pt.have_rollup = false;
   if (rollup_text) {
     auto rollup = parse_smaps_rollup(*rollup_text);
     if (rollup && !rollup->empty) {
-      out.gauge(m().rss, static_cast<double>(rollup->rss));
-      out.gauge(m().pss, static_cast<double>(rollup->pss));
-      out.gauge(m().uss, static_cast<double>(rollup->uss()));
-      out.series(SeriesId::rss, static_cast<double>(rollup->rss));
+      pt.have_rollup = true;
+      pt.pss = static_cast<double>(rollup->pss);
+      pt.uss = static_cast<double>(rollup->uss());
     } else if (!rollup) {
       result = rollup.error();
     }
@@ -97,20 +73,65 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   } else {
     result = rollup_text.error();
   }
-  if (!out.has_series(SeriesId::rss)) {
-    out.gauge(m().rss, static_cast<double>(status->vm_rss));
-    out.series(SeriesId::rss, static_cast<double>(status->vm_rss));
-  }
-
+  pt.have_heap = false;
   auto maps_text = read_file(proc_.path(pid, "maps"), 64 << 20);
   if (maps_text) {
     auto heap = parse_maps_heap(*maps_text);
-    if (heap) out.gauge(m().heap, *heap ? static_cast<double>((*heap)->size()) : 0.0);
-    else if (result) result = heap.error();
+    if (heap) {
+      pt.have_heap = true;
+      pt.heap = *heap ? static_cast<double>((*heap)->size()) : 0.0;
+    } else if (result) {
+      result = heap.error();
+    }
   } else if (result) {
     result = maps_text.error();
   }
   return result;
+}
+
+Result<void> ProcCollector::collect(const Target& t, Sample& out) {
+  const pid_t pid = t.pid();
+  static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  PerTarget& pt = per_target_[t.id];
+
+  if (auto r = pread_file(pt.stat, proc_.path(pid, "stat"), buf_); !r) return r.error();
+  auto st = parse_stat(buf_);
+  if (!st) return st.error();
+  // The pid was reused since discovery: this is not our target any more.
+  if (st->starttime != t.id.start_time)
+    return make_error(Errc::not_found, "pid " + std::to_string(pid) + " was reused");
+  out.counter(m().faults, static_cast<double>(st->minflt), {{"kind", "minor"}});
+  out.counter(m().faults, static_cast<double>(st->majflt), {{"kind", "major"}});
+  out.gauge(m().threads, static_cast<double>(st->num_threads));
+  out.counter(m().cpu, static_cast<double>(st->utime + st->stime) / ticks);
+
+  if (auto r = pread_file(pt.status, proc_.path(pid, "status"), buf_); !r) return r.error();
+  auto status = parse_status(buf_);
+  if (!status) return status.error();
+  if (!status->has_memory)
+    return make_error(Errc::unavailable, "pid " + std::to_string(pid) + " has no memory (kernel thread or zombie)");
+  out.gauge(m().rss, static_cast<double>(status->vm_rss));
+  out.gauge(m().anon, static_cast<double>(status->rss_anon));
+  out.gauge(m().file, static_cast<double>(status->rss_file));
+  out.gauge(m().shmem, static_cast<double>(status->rss_shmem));
+  out.gauge(m().swap, static_cast<double>(status->vm_swap));
+  out.gauge(m().peak, static_cast<double>(status->vm_hwm));
+  out.gauge(m().virt, static_cast<double>(status->vm_size));
+  out.series(SeriesId::rss, static_cast<double>(status->vm_rss));
+  out.series(SeriesId::anon, static_cast<double>(status->rss_anon));
+  out.series(SeriesId::heap, static_cast<double>(status->rss_anon));
+
+  const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (now >= pt.next_smaps) {
+    pt.smaps_error = read_smaps(t, pt);
+    pt.next_smaps = now + smaps_interval_;
+  }
+  if (pt.have_rollup) {
+    out.gauge(m().pss, pt.pss);
+    out.gauge(m().uss, pt.uss);
+  }
+  if (pt.have_heap) out.gauge(m().heap, pt.heap);
+  return pt.smaps_error;
 }
 
 }  // namespace memlens

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <thread>
 #include <cmath>
 
 #include "collectors/proc_parse.h"
@@ -68,18 +69,16 @@ double unix_now() {
 App::App(Options opts, std::unique_ptr<Config> cfg, std::unique_ptr<Exporter> exporter,
          std::vector<std::unique_ptr<Collector>> collectors)
     : opts_(std::move(opts)), cfg_(cfg.get()), exporter_(std::move(exporter)), timer_(io_),
-      signals_(io_, SIGINT, SIGTERM, SIGHUP) {
+      signals_(sig_io_, SIGINT, SIGTERM, SIGHUP) {
   configs_.push_back(std::move(cfg));
   for (auto& c : collectors) collectors_.push_back(CollectorState{std::move(c), false, {}, 0, true, {}});
   discovery_ = std::make_unique<Discovery>(*cfg_, getpid());
   start_collectors();
 }
 
-App::~App() {
-  for (auto& [id, t] : discovery_->targets())
-    for (auto& cs : collectors_)
-      if (cs.up) cs.c->target_removed(t);
-}
+// Collectors release their kernel state (links, maps) in their destructors;
+// there is no per-target teardown to wait for at shutdown.
+App::~App() = default;
 
 double App::now_mono() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -146,6 +145,7 @@ void App::tick() {
   std::size_t timeline_bytes = 0;
 
   for (const auto& [id, target] : discovery_->targets()) {
+    if (stopping_.load()) return;  // shutting down: drop this tick
     auto st_it = states_.find(id);
     if (st_it == states_.end()) st_it = states_.try_emplace(id, cfg_->timeline_points()).first;
     TargetState& st = st_it->second;
@@ -312,21 +312,28 @@ void App::arm_signals() {
   signals_.async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) return;
     if (sig == SIGHUP) {
-      spdlog::info("SIGHUP: reloading configuration");
-      reload();
+      // Reload on the collection thread, between ticks.
+      boost::asio::post(io_, [this] {
+        spdlog::info("SIGHUP: reloading configuration");
+        reload();
+      });
       arm_signals();
       return;
     }
     spdlog::info("signal {}: shutting down", sig);
+    stopping_.store(true);
     io_.stop();
   });
 }
 
 int App::run() {
   arm_signals();
+  std::thread sig_thread([this] { sig_io_.run(); });
   next_tick_ = std::chrono::steady_clock::now();
   schedule();
   io_.run();
+  sig_io_.stop();
+  sig_thread.join();
   return 0;
 }
 

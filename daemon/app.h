@@ -6,6 +6,7 @@
 #include <utility>  // before Asio: Boost 1.74 + g++ 12 in C++20 needs std::exchange
 #include <boost/asio.hpp>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <set>
@@ -79,7 +80,11 @@ class App {
 
   boost::asio::io_context io_;
   boost::asio::steady_timer timer_;
+  // Signals are taken on their own thread, so SIGTERM is seen (and a long
+  // tick cut short) even while the collection thread is busy.
+  boost::asio::io_context sig_io_;
   boost::asio::signal_set signals_;
+  std::atomic<bool> stopping_{false};
   std::chrono::steady_clock::time_point next_tick_;
 };
 

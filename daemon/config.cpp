@@ -196,7 +196,7 @@ class Parser {
 
   Result<void> parse_global(const YAML::Node& g, Config& c) const {
     if (auto r = known_keys(g, "global", {"tick_interval", "rescan_interval", "timeline_window",
-                                          "leak_window", "max_targets", "path_procfs"});
+                                          "leak_window", "smaps_interval", "max_targets", "path_procfs"});
         !r)
       return r;
     if (g["tick_interval"]) {
@@ -219,6 +219,11 @@ class Parser {
       auto d = duration(g["leak_window"], "global.leak_window");
       if (!d) return d.error();
       c.leak_window = *d;
+    }
+    if (g["smaps_interval"]) {
+      auto d = duration(g["smaps_interval"], "global.smaps_interval");
+      if (!d) return d.error();
+      c.smaps_interval = *d;
     }
     if (g["max_targets"]) {
       auto v = integer(g["max_targets"], "global.max_targets", 1, 100000);

@@ -66,6 +66,7 @@ struct Config {
   Duration rescan_interval{2000};
   Duration timeline_window{3600 * 1000};
   Duration leak_window{60 * 1000};
+  Duration smaps_interval{5000};  // smaps_rollup and maps: costly, read less often
   int max_targets = 64;
   std::string procfs = "/proc";
   BpfLimits bpf;

@@ -3,6 +3,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -106,6 +108,13 @@ int main(int argc, char** argv) {
   if (check_only) {
     std::printf("%s: OK (%zu target selector(s))\n", cfg->source.c_str(), cfg->targets.size());
     return 0;
+  }
+
+  // The proc collector keeps two /proc files open per target: lift the soft
+  // descriptor limit to the hard one (allowed without privileges).
+  if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) spdlog::debug("could not raise RLIMIT_NOFILE");
   }
 
   auto exporter = memlens::Exporter::start(opts.listen, opts.metrics_path);

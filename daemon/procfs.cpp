@@ -1,5 +1,7 @@
 #include "daemon/procfs.h"
 
+#include "daemon/fd.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -62,6 +64,30 @@ Result<std::string> read_file(const std::string& path, std::size_t limit) {
   }
   ::close(fd);
   return out;
+}
+
+Result<void> pread_file(Fd& fd, const std::string& path, std::string& out, std::size_t limit) {
+  if (!fd.valid()) {
+    fd = Fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));
+  }
+  out.clear();
+  char buf[8192];
+  off_t off = 0;
+  for (;;) {
+    ssize_t n = ::pread(fd.get(), buf, sizeof buf, off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      fd.reset();
+      return make_error(errc_from_errno(e), path + ": " + std::strerror(e));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    off += n;
+    if (out.size() >= limit) break;
+  }
+  return {};
 }
 
 Result<std::string> read_link(const std::string& path) {

@@ -30,4 +30,11 @@ class ProcFs {
 Result<std::string> read_file(const std::string& path, std::size_t limit = 1 << 22);
 Result<std::string> read_link(const std::string& path);
 
+class Fd;
+// Opens `path` into `fd` if it is not open yet, then reads it whole from
+// offset 0 into `out` (reusing its capacity). Keeping /proc/PID/stat and
+// status open saves an open/close per read; once the process is gone (or the
+// pid reused) reads fail with ESRCH, which maps to Errc::not_found.
+Result<void> pread_file(Fd& fd, const std::string& path, std::string& out, std::size_t limit = 1 << 20);
+
 }  // namespace memlens
