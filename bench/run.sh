@@ -10,7 +10,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-$here/../build}
 shift || true
-[[ -x $build/memlensd ]] || { echo "run.sh: no memlensd in $build; build first (cmake --build $build)" >&2; exit 1; }
+if [[ ! -x $build/memlensd || -n ${BENCH_REBUILD:-} ]]; then
+  # One command: install what is missing and build, as scripts/run.sh does.
+  bash "$here/../scripts/deps.sh"
+  cmake -S "$here/.." -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" -j"$(nproc)" >/dev/null
+fi
 build=$(cd "$build" && pwd)
 
 if (($#)); then
