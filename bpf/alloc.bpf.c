@@ -237,8 +237,7 @@ int BPF_KPROBE(posix_memalign_entry, __u64 memptr, __u64 align, __u64 size) {
   return 0;
 }
 
-SEC("uretprobe")
-int BPF_KRETPROBE(posix_memalign_return, int ret) {
+static __always_inline int posix_memalign_ret(void* ctx, int ret) {
   __u32 t = tid();
   struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
   if (!st) return 0;
@@ -250,6 +249,9 @@ int BPF_KRETPROBE(posix_memalign_return, int ret) {
   on_alloc(ctx, tgid(), ptr, req);
   return 0;
 }
+
+SEC("uretprobe")
+int BPF_KRETPROBE(posix_memalign_return, int ret) { return posix_memalign_ret(ctx, ret); }
 
 /* ---- free: entry only, at the first emulated instruction ---- */
 
@@ -269,8 +271,7 @@ int BPF_KPROBE(realloc_entry, __u64 ptr, __u64 size) {
   return 0;
 }
 
-SEC("uretprobe")
-int BPF_KRETPROBE(realloc_return, __u64 ret) {
+static __always_inline int realloc_ret(void* ctx, __u64 ret) {
   __u32 t = tid();
   __u32 pid = tgid();
   struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
@@ -298,6 +299,9 @@ int BPF_KRETPROBE(realloc_return, __u64 ret) {
   return 0;
 }
 
+SEC("uretprobe")
+int BPF_KRETPROBE(realloc_return, __u64 ret) { return realloc_ret(ctx, ret); }
+
 /* Header-mode realloc entry: the old chunk's size must be read before
  * realloc runs (it may free or reuse the chunk). */
 SEC("uprobe")
@@ -310,6 +314,64 @@ int BPF_KPROBE(realloc_entry_hdr, __u64 ptr, __u64 size) {
     st.old_mmapped = (hdr & 2) != 0;
   }
   if (bpf_map_update_elem(&stash, &t, &st, BPF_ANY) != 0) count_drop(DROP_STASH);
+  return 0;
+}
+
+/* ---- multi-uprobe dispatchers ----
+ * One entry and one return program for the whole family, told apart by the
+ * attach cookie: a target then needs two links, and detaching it costs two
+ * kernel grace periods instead of one per probe. */
+SEC("uprobe")
+int BPF_KPROBE(alloc_entry_multi, __u64 a0, __u64 a1, __u64 a2) {
+  __u64 fn = bpf_get_attach_cookie(ctx);
+  __u32 t = tid();
+  switch (fn) {
+    case FN_MALLOC:
+      stash_request(a0);
+      break;
+    case FN_CALLOC:
+      stash_request(a0 * a1);
+      break;
+    case FN_MEMALIGN:
+      stash_request(a1);
+      break;
+    case FN_POSIX_MEMALIGN: {
+      struct alloc_stash st = {.size = a2, .memptr = a0, .kind = STASH_MEMALIGN};
+      if (bpf_map_update_elem(&stash, &t, &st, BPF_ANY) != 0) count_drop(DROP_STASH);
+      break;
+    }
+    case FN_REALLOC: {
+      __u32 pid = tgid();
+      struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &pid);
+      struct alloc_stash st = {.size = a1, .old_ptr = a0, .kind = STASH_REALLOC};
+      if (c && a0 && c->size_source == ALLOC_SIZE_HEADER && !c->track_addrs) {
+        __u64 hdr = read_chunk_header(a0);
+        st.old_size = hdr & ~7ULL;
+        st.old_mmapped = (hdr & 2) != 0;
+      }
+      if (bpf_map_update_elem(&stash, &t, &st, BPF_ANY) != 0) count_drop(DROP_STASH);
+      break;
+    }
+    case FN_FREE:
+      on_free(tgid(), a0);
+      break;
+  }
+  return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(alloc_return_multi, __u64 ret) {
+  __u64 fn = bpf_get_attach_cookie(ctx);
+  switch (fn) {
+    case FN_MALLOC:
+    case FN_CALLOC:
+    case FN_MEMALIGN:
+      return alloc_return(ctx, ret);
+    case FN_POSIX_MEMALIGN:
+      return posix_memalign_ret(ctx, (int)ret);
+    case FN_REALLOC:
+      return realloc_ret(ctx, ret);
+  }
   return 0;
 }
 

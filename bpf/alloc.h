@@ -66,6 +66,16 @@ struct alloc_stash {
   __u32 kind;
 };
 
+/* Which function a multi-uprobe hit is in (its attach cookie). */
+enum alloc_fn {
+  FN_MALLOC = 1,   /* malloc, valloc, pvalloc: (size) */
+  FN_CALLOC = 2,   /* (nmemb, size) */
+  FN_MEMALIGN = 3, /* memalign, aligned_alloc: (align, size) */
+  FN_POSIX_MEMALIGN = 4,
+  FN_REALLOC = 5,
+  FN_FREE = 6,
+};
+
 enum alloc_stash_kind { STASH_MALLOC = 1, STASH_REALLOC = 2, STASH_MEMALIGN = 3 };
 
 /* Exec hold: a process whose new comm is in hold_comms is stopped at exec

@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <condition_variable>
 #include <deque>
 #include <set>
 
@@ -78,6 +79,9 @@ struct AllocMetrics {
                               "Kernel memory charged to the eBPF maps of a collector.");
   MetricDesc map_entries = metric("bpf_map_entries", "", MetricKind::gauge,
                                   "Entries in a per-target eBPF map (bounded by config.bpf limits).");
+  MetricDesc detaching = metric("alloc_probes_detaching", "", MetricKind::gauge,
+                                "Uprobe links of gone targets still being detached (each waits for a "
+                                "kernel grace period).");
   MetricDesc held = metric("exec_holds", "", MetricKind::counter,
                            "Processes stopped at exec until their allocation probes were attached, by "
                            "outcome (attached, failed, released_by_bound).");
@@ -214,7 +218,7 @@ struct AllocState {
   bpf::Link hold_link;
   ring_buffer* rb = nullptr;
   std::map<pid_t, AllocTrace> traces;
-  std::vector<const TargetPolicy*> hold_policies;  // index = value in hold_comms
+  std::vector<uint8_t> hold_leak_sites;  // index = value in hold_comms (copied: reload replaces cfg)
   std::thread poller;
   std::atomic<bool> stop{false};
   pid_t watchdog = -1;
@@ -222,6 +226,15 @@ struct AllocState {
   uint64_t holds_attached = 0, holds_failed = 0;
   ProcFs fs;
   bool started = false;
+  bool multi = false;  // multi-uprobe links available
+  // Detaching a uprobe waits for an SRCU grace period (~10 ms each here):
+  // links are destroyed by a few reaper threads so exec holds and ticks
+  // never wait, and concurrent waits share grace periods.
+  std::mutex grave_mu;
+  std::condition_variable grave_cv;
+  std::vector<bpf::Link> graveyard;
+  std::atomic<uint64_t> detaching{0};
+  std::vector<std::thread> reapers;
 };
 
 namespace {
@@ -262,71 +275,142 @@ void forget_maps(AllocState& s, pid_t pid) {
   delete_addrs_of(s, pid);
 }
 
-// Attaches the probe set for the trace's allocator and mode.
-Result<void> attach(AllocState& s, AllocTrace& tr) {
-  if (tr.attached()) return {};
+void bury(AllocState& s, std::vector<bpf::Link>& links);
+
+void bury(AllocState& s, std::vector<bpf::Link>& links);
+
+// The probe set for an allocator and mode: (function, where, return?, cookie).
+struct ProbeSpec {
+  uint64_t offset;
+  bool ret;
+  uint32_t fn;
+};
+
+Result<std::vector<ProbeSpec>> probe_specs(const AllocTrace& tr) {
   const auto& f = *tr.alloc.elf;
   const bool glibc = tr.alloc.kind == elf::AllocatorKind::glibc;
   // Request sizes come from entry probes; glibc's header gives the size at
-  // return, so header mode needs no entry program on the malloc family.
+  // return, so header mode needs no entry probe on the malloc family.
   const bool entries = tr.track_addrs || !glibc;
-  auto& p = s.skel->progs;
   struct Want {
     const char* sym;
-    bpf_program* prog;
-    bool ret;
-    bool decode;  // place at the first emulated instruction (entry-only probes)
+    uint32_t fn;
+    bool entry, ret;
   };
-  std::vector<Want> want = {
-      {"malloc", p.malloc_return, true, false},
-      {"calloc", p.malloc_return, true, false},
-      {"memalign", p.malloc_return, true, false},
-      {"aligned_alloc", p.malloc_return, true, false},
-      {"valloc", p.malloc_return, true, false},
-      {"pvalloc", p.malloc_return, true, false},
-      {"posix_memalign", p.posix_memalign_entry, false, false},
-      {"posix_memalign", p.posix_memalign_return, true, false},
-      {"realloc", glibc && !tr.track_addrs ? p.realloc_entry_hdr : p.realloc_entry, false, false},
-      {"realloc", p.realloc_return, true, false},
-      {"free", p.free_entry, false, true},
+  const Want want[] = {
+      {"malloc", FN_MALLOC, entries, true},     {"calloc", FN_CALLOC, entries, true},
+      {"memalign", FN_MEMALIGN, entries, true}, {"aligned_alloc", FN_MEMALIGN, entries, true},
+      {"valloc", FN_MALLOC, entries, true},     {"pvalloc", FN_MALLOC, entries, true},
+      {"posix_memalign", FN_POSIX_MEMALIGN, true, true},
+      {"realloc", FN_REALLOC, true, true},      {"free", FN_FREE, true, false},
   };
-  if (entries) {
-    want.push_back({"malloc", p.malloc_entry, false, false});
-    want.push_back({"valloc", p.malloc_entry, false, false});
-    want.push_back({"pvalloc", p.malloc_entry, false, false});
-    want.push_back({"calloc", p.calloc_entry, false, false});
-    want.push_back({"memalign", p.memalign_entry, false, false});
-    want.push_back({"aligned_alloc", p.memalign_entry, false, false});
-  }
-  // Aliases (glibc's aligned_alloc is memalign) must be probed once.
-  std::set<std::pair<uint64_t, bpf_program*>> done;
-  std::vector<bpf::Link> links;
+  std::vector<ProbeSpec> out;
+  std::set<std::pair<uint64_t, bool>> seen;  // aliases (aligned_alloc = memalign) once
   for (const auto& w : want) {
     auto sym = f.find(w.sym);
     if (!sym) {
-      if (std::string_view(w.sym) == "malloc" || std::string_view(w.sym) == "free")
-        return make_error(Errc::not_found, fmt::format("{}: no {}", tr.alloc.path, w.sym));
+      if (w.fn == FN_MALLOC && std::string_view(w.sym) == "malloc") return sym.error();
+      if (w.fn == FN_FREE) return sym.error();
       continue;
     }
-    uint64_t off = sym->file_offset;
-    if (w.decode) {
-      auto site = elf::probe_site(f, *sym);
-      if (site) {
-        off += site->offset;
-        if (!site->emulated)
-          spdlog::debug("alloc: {} in {}: {} (probe will be single-stepped)", w.sym, tr.alloc.path, site->note);
+    if (w.entry) {
+      uint64_t off = sym->file_offset;
+      // Entry-only probes go on the first instruction the kernel emulates
+      // (free: after its NULL test), never a guessed offset.
+      if (!w.ret) {
+        auto site = elf::probe_site(f, *sym);
+        if (site) {
+          off += site->offset;
+          if (!site->emulated)
+            spdlog::debug("alloc: {} in {}: {} (probe will be single-stepped)", w.sym, tr.alloc.path, site->note);
+        }
       }
+      if (seen.insert({off, false}).second) out.push_back({off, false, w.fn});
     }
-    if (!done.insert({off, w.prog}).second) continue;
-    auto l = bpf::attach_uprobe(w.prog, tr.pid, tr.alloc.open_path, off, w.ret);
-    if (!l) return l.error();
+    if (w.ret && seen.insert({sym->file_offset, true}).second) out.push_back({sym->file_offset, true, w.fn});
+  }
+  return out;
+}
+
+// Attaches the probe set: two multi-uprobe links (entry, return) where the
+// kernel has them, else one classic link per probe.
+Result<void> attach(AllocState& s, AllocTrace& tr) {
+  if (tr.attached()) return {};
+  auto specs = probe_specs(tr);
+  if (!specs) return specs.error();
+  auto& p = s.skel->progs;
+  std::vector<bpf::Link> links;
+  if (s.multi) {
+    for (bool ret : {false, true}) {
+      std::vector<uint64_t> offs, cookies;
+      for (const auto& sp : *specs)
+        if (sp.ret == ret) {
+          offs.push_back(sp.offset);
+          cookies.push_back(sp.fn);
+        }
+      if (offs.empty()) continue;
+      auto l = bpf::attach_uprobe_multi(ret ? p.alloc_return_multi : p.alloc_entry_multi, tr.pid,
+                                        tr.alloc.open_path, offs, cookies, ret);
+      if (!l) {
+        bury(s, links);
+        return l.error();
+      }
+      links.push_back(std::move(*l));
+    }
+    tr.links = std::move(links);
+    return {};
+  }
+  const bool header = tr.alloc.kind == elf::AllocatorKind::glibc && !tr.track_addrs;
+  for (const auto& sp : *specs) {
+    bpf_program* prog = nullptr;
+    switch (sp.fn) {
+      case FN_MALLOC: prog = sp.ret ? p.malloc_return : p.malloc_entry; break;
+      case FN_CALLOC: prog = sp.ret ? p.malloc_return : p.calloc_entry; break;
+      case FN_MEMALIGN: prog = sp.ret ? p.malloc_return : p.memalign_entry; break;
+      case FN_POSIX_MEMALIGN: prog = sp.ret ? p.posix_memalign_return : p.posix_memalign_entry; break;
+      case FN_REALLOC: prog = sp.ret ? p.realloc_return : (header ? p.realloc_entry_hdr : p.realloc_entry); break;
+      default: prog = p.free_entry; break;
+    }
+    auto l = bpf::attach_uprobe(prog, tr.pid, tr.alloc.open_path, sp.offset, sp.ret);
+    if (!l) {
+      bury(s, links);
+      return l.error();
+    }
     links.push_back(std::move(*l));
   }
   tr.links = std::move(links);
   return {};
 }
 
-void detach(AllocTrace& tr) { tr.links.clear(); }
+void bury(AllocState& s, std::vector<bpf::Link>& links) {
+  if (links.empty()) return;
+  {
+    std::lock_guard lock(s.grave_mu);
+    for (auto& l : links) s.graveyard.push_back(std::move(l));
+  }
+  s.detaching.fetch_add(links.size());
+  links.clear();
+  s.grave_cv.notify_all();
+}
+
+void detach(AllocState& s, AllocTrace& tr) { bury(s, tr.links); }
+
+void reaper_loop(AllocState* s) {
+  std::unique_lock lock(s->grave_mu);
+  for (;;) {
+    if (s->graveyard.empty()) {
+      if (s->stop.load()) return;
+      s->grave_cv.wait_for(lock, std::chrono::milliseconds(200));
+      continue;
+    }
+    bpf::Link dead = std::move(s->graveyard.back());
+    s->graveyard.pop_back();
+    lock.unlock();
+    dead.reset();
+    s->detaching.fetch_sub(1);
+    lock.lock();
+  }
+}
 
 bool configure_trace(AllocState& s, AllocTrace& tr, const TargetPolicy* pol) {
   tr.policy = pol;
@@ -360,16 +444,16 @@ void apply_mode(AllocState& s, AllocTrace& tr, double now) {
   if (on && !tr.attached()) {
     if (auto r = attach(s, tr); !r) {
       spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
-      detach(tr);
+      detach(s, tr);
     }
   } else if (!on && tr.attached()) {
-    detach(tr);
+    detach(s, tr);
   }
 }
 
 void on_hold_event(AllocState& s, const hold_event& e) {
   pid_t pid = static_cast<pid_t>(e.pid);
-  const TargetPolicy* pol = e.policy < s.hold_policies.size() ? s.hold_policies[e.policy] : nullptr;
+  const bool leak_sites = e.policy < s.hold_leak_sites.size() && s.hold_leak_sites[e.policy];
   AllocTrace tr;
   tr.pid = pid;
   tr.start_time = read_start_time(s.fs, pid);
@@ -384,8 +468,8 @@ void on_hold_event(AllocState& s, const hold_event& e) {
       tr.alloc = *loc;
       tr.have_alloc = true;
       configure_trace(s, tr, nullptr);
-      tr.track_addrs = tr.alloc.kind != elf::AllocatorKind::glibc || (pol && (pol->leak_sites));
-      tr.stacks = pol && pol->leak_sites;
+      tr.track_addrs = tr.alloc.kind != elf::AllocatorKind::glibc || leak_sites;
+      tr.stacks = leak_sites;
       init_target_maps(s, tr);
       auto r = attach(s, tr);
       ok = r.ok();
@@ -394,6 +478,8 @@ void on_hold_event(AllocState& s, const hold_event& e) {
   }
   // Release now; the watchdog also would after the bound.
   kill(pid, SIGCONT);
+  spdlog::debug("alloc: exec hold of pid {} ({}): {} after {:.1f} ms", pid, e.comm, ok ? "attached" : "failed",
+                (mono_now() - tr.created_at) * 1e3);
   __u32 idx = e.pid % ALLOC_HOLD_SLOTS;
   hold_slot zero{};
   bpf_map_update_elem(bpf_map__fd(s.skel->maps.hold_slots), &idx, &zero, BPF_ANY);
@@ -434,11 +520,13 @@ void poll_loop(AllocState* s) {
       // other fields did not match): drop it after a grace period.
       if (!tr.adopted && now - tr.created_at > 15.0) {
         forget_maps(*s, tr.pid);
+        detach(*s, tr);
         it = s->traces.erase(it);
         continue;
       }
       if (!tr.adopted && kill(tr.pid, 0) != 0 && errno == ESRCH) {
         forget_maps(*s, tr.pid);
+        detach(*s, tr);
         it = s->traces.erase(it);
         continue;
       }
@@ -550,7 +638,10 @@ AllocCollector::~AllocCollector() {
   if (s_->poller.joinable()) s_->poller.join();
   if (s_->rb) ring_buffer__free(s_->rb);
   s_->hold_link.reset();
-  s_->traces.clear();  // detaches
+  for (auto& [pid, tr] : s_->traces) detach(*s_, tr);
+  s_->traces.clear();
+  s_->grave_cv.notify_all();
+  for (auto& r : s_->reapers) r.join();
   if (s_->watchdog > 0) {
     close(s_->watchdog_pipe);  // the watchdog releases everything and exits
     waitpid(s_->watchdog, nullptr, 0);
@@ -572,34 +663,50 @@ Result<void> AllocCollector::start(const Config& cfg) {
   // Exec hold: only when some target has allocation tracing and a selector
   // whose comm is known before the process runs.
   std::vector<std::pair<std::string, uint32_t>> hold;
+  // Only full mode is held: duty and on-leak report no live heap anyway.
   for (const auto& p : s_->cfg.targets) {
-    if (p.alloc_mode == AllocMode::off) continue;
+    if (p.alloc_mode != AllocMode::full) continue;
     if (auto c = hold_comm(p.selector)) {
-      hold.emplace_back(*c, static_cast<uint32_t>(s_->hold_policies.size()));
-      s_->hold_policies.push_back(&p);
+      hold.emplace_back(*c, static_cast<uint32_t>(s_->hold_leak_sites.size()));
+      s_->hold_leak_sites.push_back(p.leak_sites ? 1 : 0);
     }
   }
-  // hold_policies point into s_->cfg; reload replaces cfg, so they are only
-  // used for their index (mode comes from the adopted target's policy).
 
-  s_->skel.reset(alloc_bpf__open());
-  if (!s_->skel) return make_error(Errc::unavailable, std::string("alloc: open: ") + std::strerror(errno));
-  auto& o = *s_->skel;
-  bpf_map__set_max_entries(o.maps.stats, std::max(16u, cfg.bpf.max_targets));
-  bpf_map__set_max_entries(o.maps.target_cfg, std::max(16u, cfg.bpf.max_targets));
-  bpf_map__set_max_entries(o.maps.addrs, std::max(1u, cfg.bpf.max_tracked_allocs));
   // The stack map is preallocated (127 frames x 8 bytes an entry): only
   // sized up when some target wants leak sites. Enabling leak sites later
   // by reload needs a restart for stacks (counts still work).
-  bool want_stacks = std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) {
+  const bool want_stacks = std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) {
     return p.alloc_mode != AllocMode::off && (p.leak_sites || p.alloc_mode == AllocMode::on_leak);
   });
-  bpf_map__set_max_entries(o.maps.stacks, want_stacks ? std::max(1u, cfg.bpf.max_stacks) : 1u);
-  o.rodata->hold_enabled = hold.empty() ? 0 : 1;
-  if (int err = alloc_bpf__load(s_->skel.get()); err != 0) {
-    s_->skel.reset();
-    return make_error(Errc::unavailable, std::string("alloc: load: ") + std::strerror(-err));
+  auto open_and_load = [&](bool multi) -> int {
+    s_->skel.reset(alloc_bpf__open());
+    if (!s_->skel) return -errno;
+    auto& ob = *s_->skel;
+    bpf_map__set_max_entries(ob.maps.stats, std::max(16u, cfg.bpf.max_targets));
+    bpf_map__set_max_entries(ob.maps.target_cfg, std::max(16u, cfg.bpf.max_targets));
+    bpf_map__set_max_entries(ob.maps.addrs, std::max(1u, cfg.bpf.max_tracked_allocs));
+    bpf_map__set_max_entries(ob.maps.stacks, want_stacks ? std::max(1u, cfg.bpf.max_stacks) : 1u);
+    ob.rodata->hold_enabled = hold.empty() ? 0 : 1;
+    if (multi) {
+      bpf::set_uprobe_multi(ob.progs.alloc_entry_multi);
+      bpf::set_uprobe_multi(ob.progs.alloc_return_multi);
+    } else {
+      bpf_program__set_autoload(ob.progs.alloc_entry_multi, false);
+      bpf_program__set_autoload(ob.progs.alloc_return_multi, false);
+    }
+    int err = alloc_bpf__load(s_->skel.get());
+    if (err) s_->skel.reset();
+    return err;
+  };
+  if (int err = open_and_load(true); err == 0) {
+    s_->multi = true;
+  } else if (int err2 = open_and_load(false); err2 == 0) {
+    // Kernels before 6.6 have no multi-uprobe links: one link per probe.
+    spdlog::info("alloc: no multi-uprobe links ({}); one link per probe", std::strerror(-err));
+  } else {
+    return make_error(Errc::unavailable, std::string("alloc: load: ") + std::strerror(-err2));
   }
+  auto& o = *s_->skel;
   if (!hold.empty()) {
     int fd = bpf_map__fd(o.maps.hold_comms);
     for (const auto& [comm, idx] : hold) {
@@ -639,6 +746,7 @@ Result<void> AllocCollector::start(const Config& cfg) {
     }
   }
   s_->poller = std::thread(poll_loop, s_.get());
+  for (int i = 0; i < 8; ++i) s_->reapers.emplace_back(reaper_loop, s_.get());
   s_->started = true;
   spdlog::info("alloc: loaded; exec hold for {} comm(s)", hold.size());
   return {};
@@ -650,12 +758,14 @@ void AllocCollector::target_added(const Target& t) {
   auto it = s_->traces.find(t.pid());
   if (it != s_->traces.end() && it->second.start_time != t.id.start_time) {
     forget_maps(*s_, t.pid());
+    detach(*s_, it->second);
     s_->traces.erase(it);
     it = s_->traces.end();
   }
   if (t.policy->alloc_mode == AllocMode::off) {
     if (it != s_->traces.end()) {
       forget_maps(*s_, t.pid());
+      detach(*s_, it->second);
       s_->traces.erase(it);
     }
     return;
@@ -684,7 +794,7 @@ void AllocCollector::target_added(const Target& t) {
   // A held process attached before its policy was known: keep its probes
   // unless the policy wants a different probe set.
   if (had_links && (was_tracking != tr.track_addrs || was_stacks != tr.stacks)) {
-    detach(tr);
+    detach(*s_, tr);
     tr.from_start = false;  // the probe set changed: counts restart from now
   }
   if (tr.policy->alloc_mode == AllocMode::on_leak && !tr.attached()) tr.from_start = false;
@@ -708,6 +818,7 @@ void AllocCollector::target_removed(const Target& t) {
         }
     }
   }
+  detach(*s_, it->second);
   s_->traces.erase(it);
 }
 
@@ -793,7 +904,9 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   if (pol->alloc_mode != AllocMode::duty) {
     double net = static_cast<double>(cur.alloc_bytes) - static_cast<double>(cur.free_bytes);
     out.gauge(m().net, net);
-    if (tr.from_start && tr.attached()) {
+    // Exact only with every block seen: traced from the start, and nothing
+    // dropped (a dropped block is missing from both sides of the sum).
+    if (tr.from_start && tr.attached() && tr.out.drops == 0) {
       out.gauge(m().live, net);
       out.series(SeriesId::heap, net);
       if (tr.alloc.kind == elf::AllocatorKind::glibc) {
@@ -837,6 +950,7 @@ void AllocCollector::collect_global(GlobalSample& out) {
   out.gauge(m().map_entries, static_cast<double>(count(s_->skel->maps.stats)), {{"map", "alloc_stats"}});
   out.gauge(m().map_entries, static_cast<double>(count(s_->skel->maps.target_cfg)), {{"map", "alloc_target_cfg"}});
   out.gauge(m().map_entries, static_cast<double>(s_->traces.size()), {{"map", "alloc_traces"}});
+  out.gauge(m().detaching, static_cast<double>(s_->detaching.load()));
   out.counter(m().held, static_cast<double>(s_->holds_attached), {{"outcome", "attached"}});
   out.counter(m().held, static_cast<double>(s_->holds_failed), {{"outcome", "failed"}});
 }

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <vector>
 
 #ifndef TRACEFS_MAGIC
 #define TRACEFS_MAGIC 0x74726163
@@ -120,7 +121,9 @@ Link& Link::operator=(Link&& o) noexcept {
   if (this != &o) {
     reset();
     l_ = o.l_;
+    fd_ = o.fd_;
     o.l_ = nullptr;
+    o.fd_ = -1;
   }
   return *this;
 }
@@ -129,7 +132,54 @@ Link::~Link() { reset(); }
 
 void Link::reset() {
   if (l_) bpf_link__destroy(l_);
+  if (fd_ >= 0) close(fd_);
   l_ = nullptr;
+  fd_ = -1;
+}
+
+namespace {
+// From the kernel's uapi (6.6+); Debian 12's headers predate them.
+constexpr uint32_t kTraceUprobeMulti = 48;      // BPF_TRACE_UPROBE_MULTI
+constexpr uint32_t kUprobeMultiReturn = 1;      // BPF_F_UPROBE_MULTI_RETURN
+}  // namespace
+
+void set_uprobe_multi(bpf_program* prog) {
+  bpf_program__set_expected_attach_type(prog, static_cast<bpf_attach_type>(kTraceUprobeMulti));
+}
+
+Result<Link> attach_uprobe_multi(bpf_program* prog, pid_t pid, const std::string& binary,
+                                 const std::vector<uint64_t>& offsets,
+                                 const std::vector<uint64_t>& cookies, bool retprobe) {
+  if (pid <= 0) return make_error(Errc::invalid, "uprobes are attached per pid");
+  if (offsets.empty() || cookies.size() != offsets.size())
+    return make_error(Errc::invalid, "uprobe_multi: offsets and cookies differ");
+  // bpf_attr.link_create with its uprobe_multi member, laid out by hand:
+  // prog_fd, target_fd, attach_type, flags, then path, offsets,
+  // ref_ctr_offsets, cookies (u64 each), cnt, flags, pid.
+  struct {
+    uint32_t prog_fd, target_fd, attach_type, flags;
+    uint64_t path, offsets, ref_ctr_offsets, cookies;
+    uint32_t cnt, um_flags, pid, pad;
+  } a{};
+  static_assert(sizeof(a) == 64);
+  unsigned char attr[sizeof(union bpf_attr) > sizeof(a) ? sizeof(union bpf_attr) : sizeof(a)] = {};
+  a.prog_fd = static_cast<uint32_t>(bpf_program__fd(prog));
+  a.attach_type = kTraceUprobeMulti;
+  a.path = reinterpret_cast<uint64_t>(binary.c_str());
+  a.offsets = reinterpret_cast<uint64_t>(offsets.data());
+  a.cookies = reinterpret_cast<uint64_t>(cookies.data());
+  a.cnt = static_cast<uint32_t>(offsets.size());
+  a.um_flags = retprobe ? kUprobeMultiReturn : 0;
+  a.pid = static_cast<uint32_t>(pid);
+  std::memcpy(attr, &a, sizeof a);
+  int fd = static_cast<int>(syscall(SYS_bpf, BPF_LINK_CREATE, attr, sizeof attr));
+  if (fd < 0) {
+    int err = errno;
+    return make_error(err == EINVAL || err == EOPNOTSUPP ? Errc::unavailable : errc_from_errno(err),
+                      fmt::format("uprobe_multi {} ({} probes) pid {}: {}", binary, offsets.size(), pid,
+                                  std::strerror(err)));
+  }
+  return Link(fd);
 }
 
 Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,

@@ -50,22 +50,28 @@ Result<void> prepare();
 // "kernel", "load", "attach", "config"), for the disabled metric.
 const char* disabled_reason_label(Errc e);
 
-// Move-only owner of a bpf_link (detached on destruction).
+// Move-only owner of a bpf_link, or of a raw link fd made without libbpf
+// (detached on destruction).
 class Link {
  public:
   Link() = default;
   explicit Link(bpf_link* l) : l_(l) {}
-  Link(Link&& o) noexcept : l_(o.l_) { o.l_ = nullptr; }
+  explicit Link(int fd) : fd_(fd) {}
+  Link(Link&& o) noexcept : l_(o.l_), fd_(o.fd_) {
+    o.l_ = nullptr;
+    o.fd_ = -1;
+  }
   Link& operator=(Link&& o) noexcept;
   Link(const Link&) = delete;
   Link& operator=(const Link&) = delete;
   ~Link();
   bpf_link* get() const { return l_; }
-  explicit operator bool() const { return l_ != nullptr; }
+  explicit operator bool() const { return l_ != nullptr || fd_ >= 0; }
   void reset();
 
  private:
   bpf_link* l_ = nullptr;
+  int fd_ = -1;
 };
 
 // Attaches `prog` as a uprobe (or uretprobe) at `file_offset` in `binary`,
@@ -73,6 +79,20 @@ class Link {
 // process that runs the code pay the trap).
 Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
                            uint64_t file_offset, bool retprobe);
+
+// Marks `prog` for multi-uprobe links; call between open and load (libbpf
+// 1.1 knows no SEC("uprobe.multi")). Such a program can only be attached
+// with attach_uprobe_multi.
+void set_uprobe_multi(bpf_program* prog);
+
+// One link for many uprobes (kernel >= 6.6): `prog` at every offset of
+// `binary` for `pid`, each with its cookie (bpf_get_attach_cookie). A link
+// costs one kernel grace period to detach however many probes it holds,
+// which matters with many short-lived targets. Errc::unavailable when the
+// kernel lacks multi-uprobe links.
+Result<Link> attach_uprobe_multi(bpf_program* prog, pid_t pid, const std::string& binary,
+                                 const std::vector<uint64_t>& offsets,
+                                 const std::vector<uint64_t>& cookies, bool retprobe);
 
 // USDT probe `provider:name` in `binary` for `pid` (libbpf's usdt support).
 Result<Link> attach_usdt(bpf_program* prog, pid_t pid, const std::string& binary,

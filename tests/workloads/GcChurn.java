@@ -17,12 +17,17 @@ public class GcChurn {
     int fulls = args.length > 3 ? Integer.parseInt(args[3]) : 3;
     while (!Files.exists(go)) Thread.sleep(20);
 
+    // GC_CHURN_WORK=N: a fixed amount of work (N chunks) instead of a time,
+    // for benchmarks; the churn time is written to <done-file> either way.
+    String work = System.getenv("GC_CHURN_WORK");
+    long chunks = work != null ? Long.parseLong(work) : Long.MAX_VALUE;
     Object[] window = new Object[4096];
-    long end = System.nanoTime() + (long) (seconds * 1e9);
+    long t0 = System.nanoTime();
+    long end = work != null ? Long.MAX_VALUE : t0 + (long) (seconds * 1e9);
     long fullEvery = fulls > 0 ? (long) (seconds * 1e9 / (fulls + 1)) : Long.MAX_VALUE;
     long nextFull = System.nanoTime() + fullEvery;
     long i = 0;
-    while (System.nanoTime() < end) {
+    for (long c = 0; c < chunks && System.nanoTime() < end; c++) {
       for (int k = 0; k < 2000; k++, i++) {
         byte[] b = new byte[64 + (int) (i % 4096)];
         sink = b;
@@ -35,7 +40,7 @@ public class GcChurn {
       // Leave the second core to the tracer; pauses, not throughput, matter here.
       if (i % 200000 == 0) Thread.sleep(1);
     }
-    Files.writeString(done, "done\n");
+    Files.writeString(done, "done " + (System.nanoTime() - t0) / 1e9 + "\n");
     Thread.sleep(Long.MAX_VALUE);
   }
 }

@@ -37,9 +37,15 @@ class Node:
 
 gc.callbacks.append(on_gc)
 window = [None] * 5000
-end = time.monotonic() + seconds
+# GC_CHURN_WORK=N: a fixed amount of work (N chunks) instead of a time, for
+# benchmarks; the churn time is in the truth file either way.
+work = int(os.environ.get("GC_CHURN_WORK", "0"))
+t0 = time.monotonic()
+end = float("inf") if work else t0 + seconds
+chunks = 0
 i = 0
-while time.monotonic() < end:
+while time.monotonic() < end and (not work or chunks < work):
+    chunks += 1
     for _ in range(1000):
         a, b = Node(), Node()
         a.other, b.other = b, a  # a cycle: only the collector frees it
@@ -47,10 +53,11 @@ while time.monotonic() < end:
         if i % 4 == 0:
             window[i % len(window)] = a
         i += 1
+elapsed = time.monotonic() - t0
 gc.callbacks.remove(on_gc)
 gc.disable()
 with open(truth_file + ".tmp", "w") as f:
-    json.dump({"pauses": pauses}, f)
+    json.dump({"elapsed_s": elapsed, "pauses": pauses}, f)
 os.rename(truth_file + ".tmp", truth_file)
 while True:
     time.sleep(3600)

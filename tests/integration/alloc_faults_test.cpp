@@ -1,0 +1,125 @@
+// Allocation and fault tracing under bad conditions: many short-lived
+// targets (no kernel map entries left behind), a tiny address map (drops are
+// counted, the daemon keeps going), and no eBPF capabilities (the /proc
+// metrics stay, the eBPF collectors say they are off and why).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <thread>
+
+#include "tests/support/support.h"
+#include "tests/support/truth.h"
+
+using namespace memlens::test;
+using namespace std::chrono_literals;
+
+#define REQUIRE_ROOT() \
+  if (!is_root()) GTEST_SKIP() << "needs root (eBPF uprobes)"
+
+TEST(AllocFaults, ThousandShortLivedTargetsLeaveNoMapEntries) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  auto d = start_daemon(
+      "global: {tick_interval: 250ms, rescan_interval: 250ms}\n"
+      "targets:\n"
+      "  - name: work\n"
+      "    comm: alloc_truth\n"
+      "    cmdline: \"" + dir + "/\"\n"
+      "    alloc: {mode: full}\n");
+  ASSERT_TRUE(d);
+  const double held0 = find_sample(d->scrape(), "memlens_exec_holds_total", {{"outcome", "attached"}}).value_or(0);
+  // Four at a time; each mallocs, frees and exits at once.
+  constexpr int kTargets = 1000;
+  for (int i = 0; i < kTargets; i += 4) {
+    std::vector<Child> batch;
+    for (int j = 0; j < 4; ++j)
+      batch.push_back(spawn({workload_path("alloc_truth"), "--quick", "--truth", dir + "/x"}));
+    for (auto& c : batch) ASSERT_GE(c.wait_exit(10s), 0);
+  }
+  std::vector<PromSample> s;
+  bool empty = wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_bpf_map_entries", {{"map", "alloc_stats"}}) == 0.0 &&
+           find_sample(s, "memlens_bpf_map_entries", {{"map", "alloc_target_cfg"}}) == 0.0 &&
+           find_sample(s, "memlens_bpf_map_entries", {{"map", "alloc_traces"}}) == 0.0 &&
+           find_sample(s, "memlens_bpf_map_entries", {{"map", "fault_stats"}}) == 0.0;
+  }, 20s);
+  EXPECT_TRUE(empty) << "map entries left after every target exited";
+  // Their probes are detached too (each detach waits for a grace period).
+  EXPECT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_alloc_probes_detaching") == 0.0; }, 60s));
+  const double held = find_sample(s, "memlens_exec_holds_total", {{"outcome", "attached"}}).value_or(0) - held0;
+  const double slot_drops =
+      find_sample(s, "memlens_bpf_events_dropped_total", {{"collector", "alloc"}, {"reason", "hold_slot"}}).value_or(0);
+  std::printf("held and attached at exec: %.0f of %d (hold-slot drops %.0f)\n", held, kTargets, slot_drops);
+  EXPECT_GE(held + slot_drops, kTargets) << "every start was either held or counted as not held";
+  EXPECT_TRUE(d->child.running()) << d->log();
+}
+
+TEST(AllocFaults, TinyAddressMapCountsDropsAndKeepsRunning) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  auto d = start_daemon(
+      "global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
+      "bpf: {max_tracked_allocs: 64}\n"
+      "targets:\n"
+      "  - name: work\n"
+      "    comm: alloc_truth\n"
+      "    cmdline: \"" + dir + "/\"\n"
+      "    alloc: {mode: full, leak_sites: true}\n");
+  ASSERT_TRUE(d);
+  const std::string truth = dir + "/truth.jsonl";
+  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "2000", "--ops", "20000"});
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_alloc_target_drops_total", {{"pid", std::to_string(w.pid())}}).value_or(0) > 0;
+  }, 30s)) << d->log();
+  EXPECT_GT(find_sample(s, "memlens_bpf_events_dropped_total", {{"collector", "alloc"}, {"reason", "addr_map_full"}})
+                .value_or(0), 0);
+  // Not exact any more, so not claimed.
+  EXPECT_FALSE(find_sample(s, "memlens_heap_live_bytes", {{"pid", std::to_string(w.pid())}}));
+  ASSERT_TRUE(wait_until([&] { return latest_truth(truth).value("phase", "") == "steady"; }, 30s));
+  // Still serving, and still counting what fits.
+  EXPECT_TRUE(d->child.running());
+  EXPECT_EQ(http_get(d->url("/healthz")).status, 200);
+  EXPECT_GT(find_sample(d->scrape(), "memlens_allocs_total", {{"pid", std::to_string(w.pid())}}).value_or(0), 0)
+      << d->log();
+}
+
+TEST(AllocFaults, WithoutBpfCapabilitiesProcMetricsStayAndCollectorsSayWhy) {
+  REQUIRE_ROOT();
+  if (run("command -v capsh >/dev/null") != 0) GTEST_SKIP() << "capsh (libcap2-bin) is not installed";
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/truth.jsonl";
+  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "1000", "--ops", "1000"});
+  auto d = start_daemon(
+      "global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
+      "targets:\n"
+      "  - name: work\n"
+      "    pid: " + std::to_string(w.pid()) + "\n"
+      "    alloc: {mode: full}\n",
+      {}, {"capsh", "--drop=cap_bpf,cap_sys_admin,cap_perfmon", "--", "-c", "exec \"$@\"", "sh"});
+  ASSERT_TRUE(d);
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_rss_bytes", {{"pid", std::to_string(w.pid())}}).has_value();
+  }, 10s)) << d->log();
+  for (const char* c : {"alloc", "faults"}) {
+    EXPECT_EQ(find_sample(s, "memlens_collector_enabled", {{"collector", c}}), 0.0) << c;
+    bool why = false;
+    for (const auto& p : s)
+      if (p.name == "memlens_collector_enabled" && p.labels.count("collector") && p.labels.at("collector") == c &&
+          p.labels.count("reason") && p.labels.at("reason").find("CAP_BPF") != std::string::npos)
+        why = true;
+    EXPECT_TRUE(why) << c << ": the reason names the missing capability";
+  }
+  EXPECT_FALSE(find_sample(s, "memlens_allocs_total", {{"pid", std::to_string(w.pid())}}));
+  // One log line per collector, not one per tick.
+  std::this_thread::sleep_for(1s);
+  const std::string log = d->log();
+  std::size_t n = 0;
+  for (auto p = log.find("collector alloc disabled"); p != std::string::npos; p = log.find("collector alloc disabled", p + 1)) ++n;
+  EXPECT_EQ(n, 1u) << log;
+}
