@@ -38,6 +38,25 @@ static double wall(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The steady set: slots of random sizes whose sum stays near --hold. */
+struct steady_set {
+  char** slot;
+  size_t* size;
+  size_t n, live, min_sz, max_sz;
+  int resize;
+};
+
+/* One churn step: free a random block and allocate its replacement. */
+static void replace_one(struct steady_set* s) {
+  size_t i = next_rand() % s->n;
+  s->live -= s->size[i];
+  free(s->slot[i]);
+  if (s->resize) s->size[i] = s->min_sz + next_rand() % (s->max_sz - s->min_sz + 1);
+  s->slot[i] = malloc(s->size[i]);
+  memset(s->slot[i], 1, s->size[i]);
+  s->live += s->size[i];
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: heapload [--hold BYTES] [--min B] [--max B] [--churn OPS_PER_S]\n"
@@ -74,31 +93,21 @@ int main(int argc, char** argv) {
   signal(SIGTERM, on_signal);
   signal(SIGINT, on_signal);
 
-  /* The steady set: slots of random sizes whose sum stays near `hold`. */
   const size_t mean = (min_sz + max_sz) / 2;
   const size_t nslots = hold / mean ? hold / mean : 1;
-  char** slot = calloc(nslots, sizeof *slot);
-  size_t* size = calloc(nslots, sizeof *size);
-  size_t live = 0;
+  struct steady_set set = {calloc(nslots, sizeof(char*)), calloc(nslots, sizeof(size_t)), nslots, 0, min_sz, max_sz,
+                           resize};
   for (size_t i = 0; i < nslots; ++i) {
-    size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
-    slot[i] = malloc(size[i]);
-    memset(slot[i], (int)i, size[i]);
-    live += size[i];
+    set.size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
+    set.slot[i] = malloc(set.size[i]);
+    memset(set.slot[i], (int)i, set.size[i]);
+    set.live += set.size[i];
   }
 
   /* Warm-up: glibc's free lists settle after some tens of replacements per
    * slot; doing them now keeps the early fragmentation growth out of the
    * series a leak detector watches. */
-  for (size_t n = 0; n < warmup * nslots; ++n) {
-    size_t i = next_rand() % nslots;
-    live -= size[i];
-    free(slot[i]);
-    if (resize) size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
-    slot[i] = malloc(size[i]);
-    memset(slot[i], 1, size[i]);
-    live += size[i];
-  }
+  for (size_t n = 0; n < warmup * nslots; ++n) replace_one(&set);
 
   FILE* out = truth ? fopen(truth, "a") : stdout;
   if (!out) {
@@ -115,15 +124,7 @@ int main(int argc, char** argv) {
     const double dt = t - last;
     last = t;
     churn_debt += churn * dt;
-    for (; churn_debt >= 1; churn_debt -= 1) {
-      size_t i = next_rand() % nslots;
-      live -= size[i];
-      free(slot[i]);
-      if (resize) size[i] = min_sz + next_rand() % (max_sz - min_sz + 1);
-      slot[i] = malloc(size[i]);
-      memset(slot[i], 1, size[i]);
-      live += size[i];
-    }
+    for (; churn_debt >= 1; churn_debt -= 1) replace_one(&set);
     if (leak > 0 && t - start >= leak_after) {
       leak_debt += leak * dt;
       for (; leak_debt >= (double)leak_block; leak_debt -= (double)leak_block) {
@@ -147,7 +148,7 @@ int main(int argc, char** argv) {
               "{\"time\":%.3f,\"elapsed\":%.3f,\"live_bytes\":%zu,\"leaked_bytes\":%zu,"
               "\"leaked_blocks\":%zu,\"rss_bytes\":%ld,\"rss_peak_bytes\":%ld,\"arena\":%zu,"
               "\"uordblks\":%zu,\"fordblks\":%zu,\"hblkhd\":%zu,\"leaking\":%s}\n",
-              wall(), t - start, live + leaked, leaked, leaked_blocks, statm_res * page, ru.ru_maxrss * 1024L,
+              wall(), t - start, set.live + leaked, leaked, leaked_blocks, statm_res * page, ru.ru_maxrss * 1024L,
               mi.arena, mi.uordblks, mi.fordblks, mi.hblkhd,
               leak > 0 && t - start >= leak_after ? "true" : "false");
       fflush(out);
