@@ -191,13 +191,17 @@ static __always_inline void stash_request(__u64 size) {
   if (bpf_map_update_elem(&stash, &t, &st, BPF_ANY) != 0) count_drop(DROP_STASH);
 }
 
-static __always_inline int alloc_return(void* ctx, __u64 ptr) {
-  __u32 t = tid();
-  struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
+static __always_inline int alloc_return(void* ctx, __u64 ptr, int header_only) {
   __u64 req = 0;
-  if (st) {
-    req = st->size;
-    bpf_map_delete_elem(&stash, &t);
+  /* glibc header mode has no entry probe on the malloc family: nothing
+   * stashed, so skip the lookup (this runs on every malloc). */
+  if (!header_only) {
+    __u32 t = tid();
+    struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
+    if (st) {
+      req = st->size;
+      bpf_map_delete_elem(&stash, &t);
+    }
   }
   on_alloc(ctx, tgid(), ptr, req);
   return 0;
@@ -225,7 +229,7 @@ int BPF_KPROBE(memalign_entry, __u64 align, __u64 size) {
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(malloc_return, __u64 ret) { return alloc_return(ctx, ret); }
+int BPF_KRETPROBE(malloc_return, __u64 ret) { return alloc_return(ctx, ret, 0); }
 
 /* posix_memalign(void **memptr, size_t align, size_t size): the block is
  * stored through memptr; the return value is an error code. */
@@ -366,7 +370,11 @@ int BPF_KRETPROBE(alloc_return_multi, __u64 ret) {
     case FN_MALLOC:
     case FN_CALLOC:
     case FN_MEMALIGN:
-      return alloc_return(ctx, ret);
+      return alloc_return(ctx, ret, 0);
+    case FN_MALLOC | FN_HEADER_ONLY:
+    case FN_CALLOC | FN_HEADER_ONLY:
+    case FN_MEMALIGN | FN_HEADER_ONLY:
+      return alloc_return(ctx, ret, 1);
     case FN_POSIX_MEMALIGN:
       return posix_memalign_ret(ctx, (int)ret);
     case FN_REALLOC:
