@@ -27,7 +27,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", r.error().message.c_str());
     return 1;
   }
+  // The process may still be exec'ing: wait (up to 2 s) for its libc.
   auto loc = elf::find_allocator("/proc", pid);
+  for (int i = 0; i < 200 && !loc; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    loc = elf::find_allocator("/proc", pid);
+  }
   if (!loc) {
     std::fprintf(stderr, "%s\n", loc.error().message.c_str());
     return 1;

@@ -79,6 +79,14 @@ enum alloc_fn {
   FN_HEADER_ONLY = 0x100,
 };
 
+/* The rest of a multi-uprobe cookie: the target's settings, fixed for the
+ * life of its links, so the hot path needs no per-target config lookup. */
+#define CK_FN_MASK 0xffULL
+#define CK_VALID 0x1000ULL   /* the bits below are set */
+#define CK_HEADER 0x2000ULL  /* ALLOC_SIZE_HEADER */
+#define CK_TRACK 0x4000ULL   /* track_addrs */
+#define CK_STACKS 0x8000ULL  /* capture_stacks */
+
 enum alloc_stash_kind { STASH_MALLOC = 1, STASH_REALLOC = 2, STASH_MEMALIGN = 3 };
 
 /* Exec hold: a process whose new comm is in hold_comms is stopped at exec

@@ -346,11 +346,14 @@ Result<void> attach(AllocState& s, AllocTrace& tr) {
   std::vector<bpf::Link> links;
   if (s.multi) {
     for (bool ret : {false, true}) {
+      // The cookie carries the function and the target's settings.
+      const uint64_t settings = CK_VALID | (tr.alloc.kind == elf::AllocatorKind::glibc ? CK_HEADER : 0) |
+                                (tr.track_addrs ? CK_TRACK : 0) | (tr.stacks ? CK_STACKS : 0);
       std::vector<uint64_t> offs, cookies;
       for (const auto& sp : *specs)
         if (sp.ret == ret) {
           offs.push_back(sp.offset);
-          cookies.push_back(sp.fn);
+          cookies.push_back(sp.fn | settings);
         }
       if (offs.empty()) continue;
       auto l = bpf::attach_uprobe_multi(ret ? p.alloc_return_multi : p.alloc_entry_multi, tr.pid,
