@@ -121,16 +121,38 @@ static __always_inline void account_free(struct alloc_stats* s, __u64 size, int 
   if (mmapped) s->mmap_free_bytes += size;
 }
 
+/* A target's settings: from the cookie of a multi-uprobe link, else from
+ * the target_cfg map (classic links carry no settings). */
+struct tcfg {
+  __u32 header, track, stacks;
+};
+
+static __always_inline int get_cfg(__u32 pid, __u64 cookie, struct tcfg* out) {
+  if (cookie & CK_VALID) {
+    out->header = (cookie & CK_HEADER) != 0;
+    out->track = (cookie & CK_TRACK) != 0;
+    out->stacks = (cookie & CK_STACKS) != 0;
+    return 0;
+  }
+  struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &pid);
+  if (!c) return -1;
+  out->header = c->size_source == ALLOC_SIZE_HEADER;
+  out->track = c->track_addrs;
+  out->stacks = c->capture_stacks;
+  return 0;
+}
+
 /* A new block `ptr` of `req` requested bytes: count it (and remember it in
  * address mode). */
-static __always_inline void on_alloc(void* ctx, __u32 pid, __u64 ptr, __u64 req) {
+static __always_inline void on_alloc(void* ctx, __u32 pid, __u64 ptr, __u64 req, __u64 cookie) {
   if (!ptr) return;
   struct alloc_stats* s = bpf_map_lookup_elem(&stats, &pid);
-  struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &pid);
-  if (!s || !c) return;
+  struct tcfg cf;
+  if (!s || get_cfg(pid, cookie, &cf) != 0) return;
+  struct tcfg* c = &cf;
   __u64 size = req;
   int mmapped = 0;
-  if (c->size_source == ALLOC_SIZE_HEADER) {
+  if (c->header) {
     __u64 hdr = read_chunk_header(ptr);
     if (!hdr) {
       s->drops += 1;
@@ -139,10 +161,10 @@ static __always_inline void on_alloc(void* ctx, __u32 pid, __u64 ptr, __u64 req)
     size = hdr & ~7ULL;
     mmapped = (hdr & 2) != 0;
   }
-  if (c->track_addrs) {
+  if (c->track) {
     struct alloc_addr_key k = {.pid = pid, .ptr = ptr};
     struct alloc_addr_val v = {.size = size, .stack_id = -1};
-    if (c->capture_stacks) {
+    if (c->stacks) {
       v.stack_id = bpf_get_stackid(ctx, &stacks, BPF_F_USER_STACK);
       if (v.stack_id < 0) count_drop(DROP_STACK);
     }
@@ -158,12 +180,12 @@ static __always_inline void on_alloc(void* ctx, __u32 pid, __u64 ptr, __u64 req)
 }
 
 /* Block `ptr` goes away. */
-static __always_inline void on_free(__u32 pid, __u64 ptr) {
+static __always_inline void on_free(__u32 pid, __u64 ptr, __u64 cookie) {
   if (!ptr) return;
   struct alloc_stats* s = bpf_map_lookup_elem(&stats, &pid);
-  struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &pid);
-  if (!s || !c) return;
-  if (c->track_addrs) {
+  struct tcfg c;
+  if (!s || get_cfg(pid, cookie, &c) != 0) return;
+  if (c.track) {
     struct alloc_addr_key k = {.pid = pid, .ptr = ptr};
     struct alloc_addr_val* v = bpf_map_lookup_elem(&addrs, &k);
     if (!v) {
@@ -191,15 +213,19 @@ static __always_inline void stash_request(__u64 size) {
   if (bpf_map_update_elem(&stash, &t, &st, BPF_ANY) != 0) count_drop(DROP_STASH);
 }
 
-static __always_inline int alloc_return(void* ctx, __u64 ptr) {
-  __u32 t = tid();
-  struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
+static __always_inline int alloc_return(void* ctx, __u64 ptr, int header_only, __u64 cookie) {
   __u64 req = 0;
-  if (st) {
-    req = st->size;
-    bpf_map_delete_elem(&stash, &t);
+  /* glibc header mode has no entry probe on the malloc family: nothing
+   * stashed, so skip the lookup (this runs on every malloc). */
+  if (!header_only) {
+    __u32 t = tid();
+    struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
+    if (st) {
+      req = st->size;
+      bpf_map_delete_elem(&stash, &t);
+    }
   }
-  on_alloc(ctx, tgid(), ptr, req);
+  on_alloc(ctx, tgid(), ptr, req, cookie);
   return 0;
 }
 
@@ -225,7 +251,7 @@ int BPF_KPROBE(memalign_entry, __u64 align, __u64 size) {
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(malloc_return, __u64 ret) { return alloc_return(ctx, ret); }
+int BPF_KRETPROBE(malloc_return, __u64 ret) { return alloc_return(ctx, ret, 0, 0); }
 
 /* posix_memalign(void **memptr, size_t align, size_t size): the block is
  * stored through memptr; the return value is an error code. */
@@ -237,7 +263,7 @@ int BPF_KPROBE(posix_memalign_entry, __u64 memptr, __u64 align, __u64 size) {
   return 0;
 }
 
-static __always_inline int posix_memalign_ret(void* ctx, int ret) {
+static __always_inline int posix_memalign_ret(void* ctx, int ret, __u64 cookie) {
   __u32 t = tid();
   struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
   if (!st) return 0;
@@ -246,18 +272,18 @@ static __always_inline int posix_memalign_ret(void* ctx, int ret) {
   if (ret != 0) return 0;
   __u64 ptr = 0;
   if (bpf_probe_read_user(&ptr, sizeof(ptr), (void*)memptr) != 0) return 0;
-  on_alloc(ctx, tgid(), ptr, req);
+  on_alloc(ctx, tgid(), ptr, req, cookie);
   return 0;
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(posix_memalign_return, int ret) { return posix_memalign_ret(ctx, ret); }
+int BPF_KRETPROBE(posix_memalign_return, int ret) { return posix_memalign_ret(ctx, ret, 0); }
 
 /* ---- free: entry only, at the first emulated instruction ---- */
 
 SEC("uprobe")
 int BPF_KPROBE(free_entry, __u64 ptr) {
-  on_free(tgid(), ptr);
+  on_free(tgid(), ptr, 0);
   return 0;
 }
 
@@ -271,7 +297,7 @@ int BPF_KPROBE(realloc_entry, __u64 ptr, __u64 size) {
   return 0;
 }
 
-static __always_inline int realloc_ret(void* ctx, __u64 ret) {
+static __always_inline int realloc_ret(void* ctx, __u64 ret, __u64 cookie) {
   __u32 t = tid();
   __u32 pid = tgid();
   struct alloc_stash* st = bpf_map_lookup_elem(&stash, &t);
@@ -282,12 +308,12 @@ static __always_inline int realloc_ret(void* ctx, __u64 ret) {
   /* realloc(p, n) == NULL with n > 0 failed and left p alone; with n == 0
    * glibc freed p. Otherwise it is a free of the old block plus an
    * allocation of the new one (possibly at the same address). */
-  struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &pid);
-  if (!c) return 0;
+  struct tcfg c;
+  if (get_cfg(pid, cookie, &c) != 0) return 0;
   if (!ret && req != 0) return 0;
   if (old) {
-    if (c->track_addrs) {
-      on_free(pid, old);
+    if (c.track) {
+      on_free(pid, old, cookie);
     } else {
       /* Header mode: the old chunk may be gone (moved and freed), so its
        * size was read at entry (realloc_entry_hdr). */
@@ -295,12 +321,12 @@ static __always_inline int realloc_ret(void* ctx, __u64 ret) {
       if (s && old_size) account_free(s, old_size, old_mmapped);
     }
   }
-  on_alloc(ctx, pid, ret, req);
+  on_alloc(ctx, pid, ret, req, cookie);
   return 0;
 }
 
 SEC("uretprobe")
-int BPF_KRETPROBE(realloc_return, __u64 ret) { return realloc_ret(ctx, ret); }
+int BPF_KRETPROBE(realloc_return, __u64 ret) { return realloc_ret(ctx, ret, 0); }
 
 /* Header-mode realloc entry: the old chunk's size must be read before
  * realloc runs (it may free or reuse the chunk). */
@@ -323,9 +349,9 @@ int BPF_KPROBE(realloc_entry_hdr, __u64 ptr, __u64 size) {
  * kernel grace periods instead of one per probe. */
 SEC("uprobe")
 int BPF_KPROBE(alloc_entry_multi, __u64 a0, __u64 a1, __u64 a2) {
-  __u64 fn = bpf_get_attach_cookie(ctx);
+  __u64 cookie = bpf_get_attach_cookie(ctx);
   __u32 t = tid();
-  switch (fn) {
+  switch (cookie & CK_FN_MASK) {
     case FN_MALLOC:
       stash_request(a0);
       break;
@@ -341,10 +367,9 @@ int BPF_KPROBE(alloc_entry_multi, __u64 a0, __u64 a1, __u64 a2) {
       break;
     }
     case FN_REALLOC: {
-      __u32 pid = tgid();
-      struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &pid);
+      struct tcfg c;
       struct alloc_stash st = {.size = a1, .old_ptr = a0, .kind = STASH_REALLOC};
-      if (c && a0 && c->size_source == ALLOC_SIZE_HEADER && !c->track_addrs) {
+      if (get_cfg(tgid(), cookie, &c) == 0 && a0 && c.header && !c.track) {
         __u64 hdr = read_chunk_header(a0);
         st.old_size = hdr & ~7ULL;
         st.old_mmapped = (hdr & 2) != 0;
@@ -353,7 +378,7 @@ int BPF_KPROBE(alloc_entry_multi, __u64 a0, __u64 a1, __u64 a2) {
       break;
     }
     case FN_FREE:
-      on_free(tgid(), a0);
+      on_free(tgid(), a0, cookie);
       break;
   }
   return 0;
@@ -361,16 +386,20 @@ int BPF_KPROBE(alloc_entry_multi, __u64 a0, __u64 a1, __u64 a2) {
 
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_return_multi, __u64 ret) {
-  __u64 fn = bpf_get_attach_cookie(ctx);
-  switch (fn) {
+  __u64 cookie = bpf_get_attach_cookie(ctx);
+  switch (cookie & (CK_FN_MASK | FN_HEADER_ONLY)) {
     case FN_MALLOC:
     case FN_CALLOC:
     case FN_MEMALIGN:
-      return alloc_return(ctx, ret);
+      return alloc_return(ctx, ret, 0, cookie);
+    case FN_MALLOC | FN_HEADER_ONLY:
+    case FN_CALLOC | FN_HEADER_ONLY:
+    case FN_MEMALIGN | FN_HEADER_ONLY:
+      return alloc_return(ctx, ret, 1, cookie);
     case FN_POSIX_MEMALIGN:
-      return posix_memalign_ret(ctx, (int)ret);
+      return posix_memalign_ret(ctx, (int)ret, cookie);
     case FN_REALLOC:
-      return realloc_ret(ctx, ret);
+      return realloc_ret(ctx, ret, cookie);
   }
   return 0;
 }

@@ -74,7 +74,18 @@ enum alloc_fn {
   FN_POSIX_MEMALIGN = 4,
   FN_REALLOC = 5,
   FN_FREE = 6,
+  /* Or-ed into a return probe's cookie when no entry probe stashes a request
+   * (glibc header mode). */
+  FN_HEADER_ONLY = 0x100,
 };
+
+/* The rest of a multi-uprobe cookie: the target's settings, fixed for the
+ * life of its links, so the hot path needs no per-target config lookup. */
+#define CK_FN_MASK 0xffULL
+#define CK_VALID 0x1000ULL   /* the bits below are set */
+#define CK_HEADER 0x2000ULL  /* ALLOC_SIZE_HEADER */
+#define CK_TRACK 0x4000ULL   /* track_addrs */
+#define CK_STACKS 0x8000ULL  /* capture_stacks */
 
 enum alloc_stash_kind { STASH_MALLOC = 1, STASH_REALLOC = 2, STASH_MEMALIGN = 3 };
 
@@ -111,16 +122,19 @@ enum alloc_drop_reason {
 /* Returns the histogram bucket of a block size: smallest i with
  * size <= 16 << i, capped at the last bucket. */
 static inline __u32 alloc_hist_bucket(__u64 size) {
+  /* ceil(log2(size)) - 4 by halving steps (no loop: this runs on every
+   * allocation), clamped to [0, ALLOC_HIST_BUCKETS - 1]. */
+  if (size <= 16) return 0;
+  __u64 v = (size - 1) >> 4; /* bucket = bit length of v */
   __u32 b = 0;
-  __u64 bound = 16;
-  /* Bounded: at most ALLOC_HIST_BUCKETS - 1 steps. */
-  for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; i++) {
-    if (size > bound) {
-      b++;
-      bound <<= 1;
-    }
-  }
-  return b;
+  if (v >> 32) { v >>= 32; b += 32; }
+  if (v >> 16) { v >>= 16; b += 16; }
+  if (v >> 8) { v >>= 8; b += 8; }
+  if (v >> 4) { v >>= 4; b += 4; }
+  if (v >> 2) { v >>= 2; b += 2; }
+  if (v >> 1) { v >>= 1; b += 1; }
+  b += (__u32)v;
+  return b < ALLOC_HIST_BUCKETS - 1 ? b : ALLOC_HIST_BUCKETS - 1;
 }
 
 /* glibc 2.36 request2size on x86_64: chunk = request + 8 (size field),

@@ -327,7 +327,11 @@ Result<std::vector<ProbeSpec>> probe_specs(const AllocTrace& tr) {
       }
       if (seen.insert({off, false}).second) out.push_back({off, false, w.fn});
     }
-    if (w.ret && seen.insert({sym->file_offset, true}).second) out.push_back({sym->file_offset, true, w.fn});
+    // Without an entry probe nothing is stashed: the return probe's cookie
+    // says so, and it skips the stash lookup.
+    const bool header_only = !w.entry && (w.fn == FN_MALLOC || w.fn == FN_CALLOC || w.fn == FN_MEMALIGN);
+    if (w.ret && seen.insert({sym->file_offset, true}).second)
+      out.push_back({sym->file_offset, true, w.fn | (header_only ? uint32_t{FN_HEADER_ONLY} : 0u)});
   }
   return out;
 }
@@ -342,11 +346,14 @@ Result<void> attach(AllocState& s, AllocTrace& tr) {
   std::vector<bpf::Link> links;
   if (s.multi) {
     for (bool ret : {false, true}) {
+      // The cookie carries the function and the target's settings.
+      const uint64_t settings = CK_VALID | (tr.alloc.kind == elf::AllocatorKind::glibc ? CK_HEADER : 0) |
+                                (tr.track_addrs ? CK_TRACK : 0) | (tr.stacks ? CK_STACKS : 0);
       std::vector<uint64_t> offs, cookies;
       for (const auto& sp : *specs)
         if (sp.ret == ret) {
           offs.push_back(sp.offset);
-          cookies.push_back(sp.fn);
+          cookies.push_back(sp.fn | settings);
         }
       if (offs.empty()) continue;
       auto l = bpf::attach_uprobe_multi(ret ? p.alloc_return_multi : p.alloc_entry_multi, tr.pid,
@@ -363,7 +370,7 @@ Result<void> attach(AllocState& s, AllocTrace& tr) {
   const bool header = tr.alloc.kind == elf::AllocatorKind::glibc && !tr.track_addrs;
   for (const auto& sp : *specs) {
     bpf_program* prog = nullptr;
-    switch (sp.fn) {
+    switch (sp.fn & ~uint32_t{FN_HEADER_ONLY}) {
       case FN_MALLOC: prog = sp.ret ? p.malloc_return : p.malloc_entry; break;
       case FN_CALLOC: prog = sp.ret ? p.malloc_return : p.calloc_entry; break;
       case FN_MEMALIGN: prog = sp.ret ? p.malloc_return : p.memalign_entry; break;
@@ -617,6 +624,8 @@ void scan_leak_sites(AllocState& s, AllocTrace& tr, double now) {
                          {"outstanding_bytes", total},
                          {"outstanding_blocks", blocks},
                          {"sites", sites}};
+  spdlog::debug("alloc: leak sites of pid {}: {} B outstanding in {} blocks, top {}", tr.pid, total, blocks,
+                sites.empty() ? std::string("-") : sites.front().dump());
   std::lock_guard lock(g_leaks_mu);
   auto& j = g_leaks[tr.target_name];
   if (!j.is_object() || !j.contains("processes")) j = {{"target", tr.target_name}, {"available", true}, {"processes", nlohmann::json::array()}};

@@ -12,6 +12,7 @@ PACKAGES=(
   prometheus libcap2-bin procps
   openjdk-17-jdk-headless nodejs python3.11 binutils
   systemd util-linux curl
+  libjemalloc-dev bpftrace heaptrack bc
 )
 
 missing=()
