@@ -11,7 +11,7 @@
 # disturbed by other load than wall time). Needs root.
 # The probe-* rows time 200k empty CPython collections: their difference per
 # collection is what one traced pause costs.
-# Tunables (environment): BENCH_GC_REPS=5,
+# Tunables (environment): BENCH_GC_REPS=5, BENCH_GC_DEBUG=1 (each run on stderr),
 #   BENCH_GC_RUNTIMES="jvm node python-usdt python-symbols probe-usdt probe-symbols"
 set -euo pipefail
 
@@ -120,6 +120,7 @@ print(t.split()[1] if t.startswith("done") else json.loads(t)["elapsed_s"])' "$d
   fi
   kill "$wl_pid" 2>/dev/null; wait "$wl_pid" 2>/dev/null || true
   wl_pid=""
+  [[ -n ${BENCH_GC_DEBUG:-} ]] && echo "gc.sh: $rt $mode: churn ${secs}s, CPU ticks $c0 -> $c1" >&2
   echo "$secs $(awk -v a="$c0" -v b="$c1" -v hz="$hz" 'BEGIN { printf "%.2f", (b - a) / hz }') $pauses"
 }
 min() { sort -g | head -1; }
@@ -135,11 +136,19 @@ for rt in $runtimes; do
   fi
   plain=() traced=() pcpu=() tcpu=() pauses=()
   for n in $(seq "$reps"); do
-    read -r s c _ < <(run_once "$rt" plain "$n")
-    plain+=("$s") pcpu+=("$c")
-    # The run directory (in the command line) selects the target policy.
-    read -r s c p < <(run_once "$rt" traced "$n")
-    traced+=("$s") tcpu+=("$c") pauses+=("$p")
+    # Alternate which mode goes first, so an order effect (a process still
+    # being torn down, caches) does not favour one. The run directory (in the
+    # command line) selects the target policy.
+    order="plain traced"
+    ((n % 2)) || order="traced plain"
+    for mode in $order; do
+      read -r s c p < <(run_once "$rt" "$mode" "$n")
+      if [[ $mode == plain ]]; then
+        plain+=("$s") pcpu+=("$c")
+      else
+        traced+=("$s") tcpu+=("$c") pauses+=("$p")
+      fi
+    done
   done
   mp=$(printf '%s\n' "${plain[@]}" | min)
   mt=$(printf '%s\n' "${traced[@]}" | min)

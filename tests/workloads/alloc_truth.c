@@ -49,7 +49,9 @@ static uint64_t next_rand(void) {
 /* The chunk glibc handed out: usable size plus the size field, plus the
  * prev_size field for mmapped chunks (bit 1 of the header). */
 static size_t chunk_of(void* p) {
-#ifdef ALLOC_TRUTH_JEMALLOC
+#if defined(ALLOC_TRUTH_JEMALLOC) || defined(__SANITIZE_ADDRESS__)
+  /* jemalloc has no size field; under ASan the bytes before a block are
+   * its redzone (and the allocator is not glibc's anyway). */
   return malloc_usable_size(p);
 #else
   /* glibc's size field, just before the block (through an integer so the
