@@ -216,8 +216,9 @@ const MetricDesc& m_pause_max() {
 const MetricDesc& m_pause_q() {
   static const MetricDesc d =
       metric("gc_pause_quantile", "seconds", MetricKind::gauge,
-             "GC pause quantiles over the last 60 s, all kinds together (from a fine kernel histogram, "
-             "within a few percent); absent when there was no pause.");
+             "GC pause percentiles (label percentile: 50, 90, 99) over the last 60 s, all kinds together "
+             "(from a fine kernel histogram, within a few percent); absent when there was no pause. "
+             "Not a summary: the label is not called quantile, so rate() never mixes it with one.");
   return d;
 }
 const MetricDesc& m_ratio() {
@@ -506,9 +507,9 @@ Result<void> GcCollector::collect(const Target& t, Sample& out) {
   while (w.snaps.size() >= 2 && w.snaps[1].t <= now - kWindowSeconds) w.snaps.pop_front();
   std::vector<uint64_t> delta(GC_NBUCKETS);
   for (std::size_t i = 0; i < GC_NBUCKETS; ++i) delta[i] = all[i] - std::min(all[i], w.snaps.front().counts[i]);
-  for (double q : {0.5, 0.9, 0.99}) {
+  for (const auto& [q, name] : {std::pair{0.5, "50"}, std::pair{0.9, "90"}, std::pair{0.99, "99"}}) {
     const double v = gc_quantile_seconds(delta, q);
-    if (!std::isnan(v)) out.gauge(m_pause_q(), v, {{"runtime", rt}, {"quantile", fmt::format("{}", q)}});
+    if (!std::isnan(v)) out.gauge(m_pause_q(), v, {{"runtime", rt}, {"percentile", name}});
   }
   // Keep a snapshot every 1/12 of the window: bounded memory per target.
   if (now - w.snaps.back().t >= kWindowSeconds / 12) w.snaps.push_back(Snap{now, std::move(all)});

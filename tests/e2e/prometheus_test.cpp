@@ -104,17 +104,28 @@ TEST(EndToEnd, PrometheusScrapesMemlensd) {
 }
 
 TEST(EndToEnd, DefaultConfigIsUsefulAndLintClean) {
-  // No config file at all: memlensd watches itself and the largest processes.
+  // No config file at all: memlensd watches itself, the largest processes and
+  // every python; a collecting python puts the GC families in the lint too.
   const int port = free_port();
   const std::string dir = make_temp_dir("memlens-e2e");
+  Child py = spawn({"python3", "-c",
+                    "import gc, time\n"
+                    "while True:\n"
+                    "    x = [[i] for i in range(20000)]\n"
+                    "    gc.collect(); time.sleep(0.05)\n"});
   Child d = spawn({memlensd_path(), "--web.listen-address=127.0.0.1:" + std::to_string(port)}, dir + "/log");
   const std::string url = "http://127.0.0.1:" + std::to_string(port);
   ASSERT_TRUE(wait_until([&] { return http_get(url + "/healthz").status == 200; }, 20s)) << read_text(dir + "/log");
-  std::this_thread::sleep_for(1500ms);
-  auto s = parse_exposition(http_get(url + "/metrics").body);
+  std::vector<PromSample> s;
+  wait_until([&] {
+    s = parse_exposition(http_get(url + "/metrics").body);
+    return find_sample(s, "memlens_gc_tracing_available", {{"target", "python"}}).has_value();
+  }, 10s);
   EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"target", "memlensd"}, {"pid", std::to_string(d.pid())}}))
       << "memlensd does not watch itself";
   EXPECT_GE(find_sample(s, "memlens_targets_watched", {{"target", "top-rss"}}).value_or(0), 1);
+  EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"target", "python"}, {"pid", std::to_string(py.pid())}}))
+      << "the default config watches python processes";
   std::string lint;
   EXPECT_EQ(run("curl -sf " + url + "/metrics | promtool check metrics", &lint), 0) << lint;
   EXPECT_EQ(lint, "") << lint;

@@ -90,9 +90,9 @@ inline void compare(const std::vector<PromSample>& s, const std::map<std::string
   const double n = total_count(s, sel);
   auto qsel = sel;
   qsel["runtime"] = runtime;
-  qsel["quantile"] = "0.5";
+  qsel["percentile"] = "50";
   auto p50 = find_sample(s, "memlens_gc_pause_quantile_seconds", qsel);
-  qsel["quantile"] = "0.99";
+  qsel["percentile"] = "99";
   auto p99 = find_sample(s, "memlens_gc_pause_quantile_seconds", qsel);
   ASSERT_TRUE(p50 && p99) << "no pause quantiles exported";
   const double t50 = quantile(truth, 0.5), t99 = quantile(truth, 0.99);
