@@ -161,7 +161,31 @@ pid_t ns_pid(const ProcFs& proc, pid_t pid) {
 
 }  // namespace
 
+std::optional<std::string> hsperfdata_path_from_maps(std::string_view maps) {
+  while (!maps.empty()) {
+    auto nl = maps.find('\n');
+    std::string_view line = maps.substr(0, nl);
+    maps = nl == std::string_view::npos ? std::string_view{} : maps.substr(nl + 1);
+    auto slash = line.find('/');
+    if (slash == std::string_view::npos) continue;
+    std::string_view path = line.substr(slash);
+    auto dir = path.rfind("/hsperfdata_");
+    // The JVM's own file: .../hsperfdata_<user>/<pid>, a shared mapping, not deleted.
+    if (dir == std::string_view::npos || path.find('/', dir + 1) == std::string_view::npos) continue;
+    if (path.ends_with(" (deleted)")) continue;
+    return std::string(path);
+  }
+  return std::nullopt;
+}
+
 Result<std::string> find_hsperfdata(const ProcFs& proc, pid_t pid) {
+  // The JVM maps its file: that names it exactly (user, pid in its own
+  // namespace), and a stale file of an earlier JVM with the same pid is
+  // never picked up.
+  if (auto maps = read_file(proc.path(pid, "maps"), 1 << 24)) {
+    if (auto p = hsperfdata_path_from_maps(*maps)) return proc.path(pid, "root") + *p;
+  }
+  // Not mapped (maps unreadable, or an unusual JVM): look for the file.
   std::string tmp = proc.path(pid, "root") + "/tmp";
   struct DirCloser {
     void operator()(DIR* d) const { closedir(d); }

@@ -44,10 +44,15 @@ struct JvmMemory {
 };
 JvmMemory jvm_memory(const PerfData& p);
 
-// The hsperfdata file of `pid`: <procfs>/PID/root/tmp/hsperfdata_<user>/<nspid>,
-// where nspid is the pid inside the target's own pid namespace (NSpid in
-// status) and <user> is whichever directory holds it. Errc::not_found when
-// there is none (e.g. -XX:-UsePerfData).
+// The hsperfdata file a JVM has mapped, from the text of its maps (the path
+// as the JVM sees it), if any. Pure.
+std::optional<std::string> hsperfdata_path_from_maps(std::string_view maps);
+
+// The hsperfdata file of `pid`, reached through <procfs>/PID/root: the one it
+// has mapped; failing that /tmp/hsperfdata_<user>/<nspid>, where nspid is the
+// pid inside the target's own pid namespace (NSpid in status) and <user> is
+// whichever directory holds it. Errc::not_found when there is none (e.g.
+// -XX:-UsePerfData).
 Result<std::string> find_hsperfdata(const ProcFs& proc, pid_t pid);
 
 }  // namespace memlens

@@ -84,6 +84,16 @@ TEST(Hsperfdata, RejectsBadInput) {
   EXPECT_EQ(parse_hsperfdata(inaccessible).error().code, Errc::unavailable);
 }
 
+TEST(Hsperfdata, PathFromMaps) {
+  const std::string maps =
+      "7f90cbe00000-7f90cbe04000 r-xp 00000000 fe:00 11 /usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so\n"
+      "7f90cbe04000-7f90cbe0c000 rw-s 00000000 fe:00 10960897                   /tmp/hsperfdata_app/7\n";
+  EXPECT_EQ(hsperfdata_path_from_maps(maps).value_or(""), "/tmp/hsperfdata_app/7");
+  EXPECT_FALSE(hsperfdata_path_from_maps("7f90cbe04000-7f90cbe0c000 rw-s 0 fe:00 1 /tmp/hsperfdata_app/7 (deleted)\n"));
+  EXPECT_FALSE(hsperfdata_path_from_maps("7f90cbe04000-7f90cbe0c000 rw-p 0 00:00 0 [heap]\n"));
+  EXPECT_FALSE(hsperfdata_path_from_maps(""));
+}
+
 TEST(RuntimeDetect, FromExeAndMaps) {
   const std::string jvm_maps =
       "55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234 /usr/lib/jvm/java-17-openjdk-amd64/bin/java\n"
