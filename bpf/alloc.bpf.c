@@ -21,6 +21,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define SIGSTOP 19
 
+extern int bpf_send_signal_task(struct task_struct* task, int sig, enum pid_type type, __u64 value) __ksym;
+
 /* Set by the loader before load. */
 const volatile __u32 hold_enabled = 0;
 
@@ -444,10 +446,70 @@ int BPF_PROG(hold_on_exec, struct task_struct* p, pid_t old_pid, struct linux_bi
   }
   e->pid = pid;
   e->policy = *policy;
+  e->forked = 0;
+  e->pad = 0;
   __builtin_memcpy(e->comm, comm, sizeof(comm));
   slot->since_ns = bpf_ktime_get_ns();
   slot->pid = pid;
   bpf_send_signal(SIGSTOP);
+  bpf_ringbuf_submit(e, 0);
+  return 0;
+}
+
+/* ---- fork hold ----
+ * A traced process (glibc header mode) forks a child that is a target too:
+ * the child's heap is a copy of the parent's, so its live bytes start at the
+ * parent's, and the child is stopped (it has not run yet) until its own
+ * probes are attached. Address mode is not followed: its map entries would
+ * have to be copied. Needs the bpf_send_signal_task kfunc (6.13+); without
+ * it the loader leaves this program out. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(hold_on_fork, struct task_struct* parent, struct task_struct* child) {
+  if (!hold_enabled) return 0;
+  __u32 ppid = parent->tgid;
+  __u32 cpid = child->tgid;
+  if (cpid == ppid) return 0; /* a new thread */
+  struct alloc_target_cfg* c = bpf_map_lookup_elem(&target_cfg, &ppid);
+  if (!c || c->size_source != ALLOC_SIZE_HEADER || c->track_addrs) return 0;
+  struct alloc_target_cfg cc = *c;
+  char comm[ALLOC_COMM_LEN] = {};
+  bpf_probe_read_kernel_str(comm, sizeof(comm), child->comm);
+  __u32* policy = bpf_map_lookup_elem(&hold_comms, comm);
+  if (!policy) return 0;
+  __u32 pol = *policy;
+  __u32 slot_idx = cpid % ALLOC_HOLD_SLOTS;
+  struct hold_slot* slot = bpf_map_lookup_elem(&hold_slots, &slot_idx);
+  if (!slot) return 0;
+  if (slot->pid != 0) {
+    count_drop(DROP_HOLD_SLOT);
+    return 0;
+  }
+  /* The parent's live bytes, summed over CPUs. */
+  __u64 live = 0, mlive = 0;
+  for (__u32 cpu = 0; cpu < 512; cpu++) {
+    struct alloc_stats* ps = bpf_map_lookup_percpu_elem(&stats, &ppid, cpu);
+    if (!ps) break;
+    live += ps->alloc_bytes + ps->inherited_bytes - ps->free_bytes;
+    mlive += ps->mmap_alloc_bytes + ps->inherited_mmap_bytes - ps->mmap_free_bytes;
+  }
+  struct alloc_stats init = {};
+  init.inherited_bytes = live;
+  init.inherited_mmap_bytes = mlive;
+  if (bpf_map_update_elem(&stats, &cpid, &init, BPF_NOEXIST) != 0) return 0;
+  bpf_map_update_elem(&target_cfg, &cpid, &cc, BPF_ANY);
+  struct hold_event* e = bpf_ringbuf_reserve(&hold_events, sizeof(*e), 0);
+  if (!e) {
+    count_drop(DROP_RINGBUF);
+    return 0;
+  }
+  e->pid = cpid;
+  e->policy = pol;
+  e->forked = 1;
+  e->pad = 0;
+  __builtin_memcpy(e->comm, comm, sizeof(comm));
+  slot->since_ns = bpf_ktime_get_ns();
+  slot->pid = cpid;
+  bpf_send_signal_task(child, SIGSTOP, PIDTYPE_TGID, 0);
   bpf_ringbuf_submit(e, 0);
   return 0;
 }

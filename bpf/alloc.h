@@ -27,6 +27,8 @@ struct alloc_stats {
   __u64 mmap_free_bytes;
   __u64 unknown_frees;    /* address mode: blocks from before attach (ignored) */
   __u64 drops;            /* address map full, header unreadable, stash full */
+  __u64 inherited_bytes;  /* live bytes copied from the parent at fork */
+  __u64 inherited_mmap_bytes;
   __u64 hist[ALLOC_HIST_BUCKETS];
 };
 
@@ -106,6 +108,8 @@ struct hold_event {
   __u32 pid;
   __u32 policy; /* value stored in hold_comms for this comm */
   char comm[ALLOC_COMM_LEN];
+  __u32 forked; /* 1: held at fork (the allocator is mapped already) */
+  __u32 pad;
 };
 
 /* Global drop counters (per-CPU array). */

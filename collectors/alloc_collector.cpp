@@ -29,9 +29,9 @@
 
 namespace memlens {
 
-static_assert(sizeof(alloc_stats) == 8 * (8 + ALLOC_HIST_BUCKETS));
+static_assert(sizeof(alloc_stats) == 8 * (10 + ALLOC_HIST_BUCKETS));
 static_assert(sizeof(alloc_addr_key) == 16 && sizeof(alloc_addr_val) == 16);
-static_assert(sizeof(hold_slot) == 16 && sizeof(hold_event) == 24);
+static_assert(sizeof(hold_slot) == 16 && sizeof(hold_event) == 32);
 
 namespace {
 
@@ -227,6 +227,8 @@ struct AllocState {
   ProcFs fs;
   bool started = false;
   bool multi = false;  // multi-uprobe links available
+  bool fork_hold = false;
+  bpf::Link fork_link;
   // Detaching a uprobe waits for an SRCU grace period (~10 ms each here):
   // links are destroyed by a few reaper threads so exec holds and ticks
   // never wait, and concurrent waits share grace periods.
@@ -470,7 +472,10 @@ void on_hold_event(AllocState& s, const hold_event& e) {
   bool ok = false;
   auto exe = read_link(s.fs.path(pid, "exe"));
   if (exe) {
-    auto loc = elf::find_allocator_for_exe(s.fs.path(pid, "root") + *exe);
+    // At exec the libraries are not mapped yet: decide from the executable;
+    // a forked child has its parent's mappings.
+    auto loc = e.forked ? elf::find_allocator(s.fs.root(), pid)
+                        : elf::find_allocator_for_exe(s.fs.path(pid, "root") + *exe);
     if (loc) {
       tr.alloc = *loc;
       tr.have_alloc = true;
@@ -647,6 +652,7 @@ AllocCollector::~AllocCollector() {
   if (s_->poller.joinable()) s_->poller.join();
   if (s_->rb) ring_buffer__free(s_->rb);
   s_->hold_link.reset();
+  s_->fork_link.reset();
   for (auto& [pid, tr] : s_->traces) detach(*s_, tr);
   s_->traces.clear();
   s_->grave_cv.notify_all();
@@ -687,7 +693,7 @@ Result<void> AllocCollector::start(const Config& cfg) {
   const bool want_stacks = std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) {
     return p.alloc_mode != AllocMode::off && (p.leak_sites || p.alloc_mode == AllocMode::on_leak);
   });
-  auto open_and_load = [&](bool multi) -> int {
+  auto open_and_load = [&](bool multi, bool fork) -> int {
     s_->skel.reset(alloc_bpf__open());
     if (!s_->skel) return -errno;
     auto& ob = *s_->skel;
@@ -703,15 +709,22 @@ Result<void> AllocCollector::start(const Config& cfg) {
       bpf_program__set_autoload(ob.progs.alloc_entry_multi, false);
       bpf_program__set_autoload(ob.progs.alloc_return_multi, false);
     }
+    if (!fork) bpf_program__set_autoload(ob.progs.hold_on_fork, false);
     int err = alloc_bpf__load(s_->skel.get());
     if (err) s_->skel.reset();
     return err;
   };
-  if (int err = open_and_load(true); err == 0) {
+  // Newest kernel features first: fork hold (bpf_send_signal_task, 6.13),
+  // multi-uprobe links (6.6); each is dropped, and said, if refused.
+  if (int err = open_and_load(true, true); err == 0) {
     s_->multi = true;
-  } else if (int err2 = open_and_load(false); err2 == 0) {
+    s_->fork_hold = true;
+  } else if (int err1 = open_and_load(true, false); err1 == 0) {
+    s_->multi = true;
+    spdlog::info("alloc: no fork hold ({}): children of targets are traced since attach", std::strerror(-err));
+  } else if (int err2 = open_and_load(false, false); err2 == 0) {
     // Kernels before 6.6 have no multi-uprobe links: one link per probe.
-    spdlog::info("alloc: no multi-uprobe links ({}); one link per probe", std::strerror(-err));
+    spdlog::info("alloc: no multi-uprobe links ({}); one link per probe", std::strerror(-err1));
   } else {
     return make_error(Errc::unavailable, std::string("alloc: load: ") + std::strerror(-err2));
   }
@@ -742,6 +755,11 @@ Result<void> AllocCollector::start(const Config& cfg) {
         s_->watchdog = child;
         s_->watchdog_pipe = pfd[1];
         bpf_link* l = bpf_program__attach(o.progs.hold_on_exec);
+        if (l && s_->fork_hold) {
+          bpf_link* fl = bpf_program__attach(o.progs.hold_on_fork);
+          if (fl) s_->fork_link = bpf::Link(fl);
+          else spdlog::info("alloc: fork hold unavailable ({})", std::strerror(errno));
+        }
         if (l) {
           s_->hold_link = bpf::Link(l);
           s_->rb = ring_buffer__new(bpf_map__fd(o.maps.hold_events), ringbuf_cb, s_.get(), nullptr);
@@ -913,15 +931,19 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   if (pol->alloc_mode != AllocMode::duty) {
     double net = static_cast<double>(cur.alloc_bytes) - static_cast<double>(cur.free_bytes);
     out.gauge(m().net, net);
+    // A child held at fork starts with its parent's live blocks.
+    const double live = net + static_cast<double>(static_cast<int64_t>(cur.inherited_bytes));
+    const double mmap_live = static_cast<double>(cur.mmap_alloc_bytes) - static_cast<double>(cur.mmap_free_bytes) +
+                             static_cast<double>(static_cast<int64_t>(cur.inherited_mmap_bytes));
     // Exact only with every block seen: traced from the start, and nothing
     // dropped (a dropped block is missing from both sides of the sum).
     if (tr.from_start && tr.attached() && tr.out.drops == 0) {
-      out.gauge(m().live, net);
-      out.series(SeriesId::heap, net);
+      out.gauge(m().live, live);
+      out.series(SeriesId::heap, live);
       if (tr.alloc.kind == elf::AllocatorKind::glibc) {
         auto res = heap_resident(s_->fs, t.pid());
         if (res && *res > 0) {
-          double arena_live = net - (static_cast<double>(cur.mmap_alloc_bytes) - static_cast<double>(cur.mmap_free_bytes));
+          double arena_live = live - mmap_live;
           out.gauge(m().heap_resident, static_cast<double>(*res));
           out.gauge(m().frag, std::clamp(1.0 - arena_live / static_cast<double>(*res), 0.0, 1.0));
         }

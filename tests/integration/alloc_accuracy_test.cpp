@@ -171,3 +171,33 @@ TEST(AllocAccuracy, AlreadyRunningTargetReportsOnlySinceAttach) {
   EXPECT_GT(a, 0);
   EXPECT_NEAR(a, f, a * 0.2 + 1e6);
 }
+
+// A traced target forks a child that is a target too: the child is held at
+// fork, starts with its parent's live blocks, and its live heap is exact.
+TEST(AllocAccuracy, ForkedChildStartsWithItsParentsHeap) {
+  REQUIRE_ROOT();
+  REQUIRE_REAL_ALLOCATOR();
+  const std::string dir = make_temp_dir();
+  auto d = start_daemon(config("alloc_truth", dir, "{mode: full}"));
+  ASSERT_TRUE(d);
+  if (d->log().find("no fork hold") != std::string::npos)
+    GTEST_SKIP() << "kernel without bpf_send_signal_task: children are traced since attach";
+  const std::string truth = dir + "/truth.jsonl";
+  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "5000", "--ops", "50000", "--fork"});
+  // The child reports to truth.jsonl.child; find its pid among the targets.
+  ASSERT_TRUE(wait_until([&] { return latest_truth(truth + ".child").value("phase", "") == "steady"; }, 60s))
+      << d->log();
+  std::this_thread::sleep_for(700ms);
+  std::vector<PromSample> s;
+  std::optional<double> child_live;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    for (const auto& p : s)
+      if (p.name == "memlens_heap_live_bytes" && p.labels.count("pid") && p.labels.at("pid") != std::to_string(w.pid()))
+        child_live = p.value;
+    return child_live.has_value();
+  }, 10s)) << "no live heap for the forked child\n" << d->log();
+  const double want = latest_truth(truth + ".child")["live_chunk_bytes"].get<double>();
+  std::printf("forked child live heap: memlens %.0f, workload %.0f\n", *child_live, want);
+  EXPECT_NEAR(*child_live, want, want * 0.01);
+}

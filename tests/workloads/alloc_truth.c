@@ -13,7 +13,9 @@
  *
  * usage: alloc_truth --truth FILE [--blocks N] [--ops N] [--leak N]
  *                    [--holes] [--large] [--wait-ms N] [--exit-after-ms N]
- *                    [--quick]   (one malloc/free and exit: exec-hold churn) */
+ *                    [--quick]   (one malloc/free and exit: exec-hold churn)
+ *                    [--fork]    (after the churn, fork: the child churns
+ *                                 again and reports to FILE.child) */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
@@ -22,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #ifdef ALLOC_TRUTH_JEMALLOC
@@ -143,7 +148,7 @@ static void report(int fd, const char* phase, uint64_t seq) {
 int main(int argc, char** argv) {
   const char* truth = NULL;
   long blocks = 20000, ops = 200000, leak = 0, wait_ms = 0, exit_after_ms = -1;
-  int holes = 0, large = 0, quick = 0;
+  int holes = 0, large = 0, quick = 0, do_fork = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--truth") && i + 1 < argc) truth = argv[++i];
     else if (!strcmp(argv[i], "--blocks") && i + 1 < argc) blocks = atol(argv[++i]);
@@ -154,6 +159,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--holes")) holes = 1;
     else if (!strcmp(argv[i], "--large")) large = 1;
     else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else if (!strcmp(argv[i], "--fork")) do_fork = 1;
     else {
       static const char msg[] = "alloc_truth: bad argument\n";
       if (write(2, msg, sizeof msg - 1) < 0) return 2;
@@ -193,6 +199,22 @@ int main(int argc, char** argv) {
     if ((op & 1023) == 0 && now_s() - last > 0.2) {
       report(fd, "churn", seq++);
       last = now_s();
+    }
+  }
+  if (do_fork && truth) {
+    /* The child inherits every block and the counts of them. */
+    pid_t child = fork();
+    if (child < 0) return 1;
+    if (child == 0) {
+      /* Dies with its parent (tests kill the parent only). */
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() == 1) _exit(0);
+      char path[4096];
+      snprintf(path, sizeof path, "%s.child", truth);
+      close(fd);
+      fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (fd < 0) _exit(2);
+      for (long op = 0; op < ops; op++) alloc_into(&slots[next_rand() % nslots], large);
     }
   }
   if (holes) {
