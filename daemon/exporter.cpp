@@ -5,7 +5,12 @@
 #include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "daemon/metric.h"
@@ -122,11 +127,47 @@ Result<std::unique_ptr<Exporter>> Exporter::start(const std::string& listen, con
   ex->exposer_->RegisterCollectable(ex->collectable_, metrics_path);
   auto ports = ex->exposer_->GetListeningPorts();
   ex->port_ = ports.empty() ? 0 : ports.front();
+  // Where a connection reaches the listener (see ~Exporter).
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "[::]") host = "::1";
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  ex->wake_host_ = host;
   return ex;
 }
 
+namespace {
+
+// civetweb's master thread notices mg_stop() only when its poll() on the
+// listening socket returns, which it does every 2 s when idle: shutdown would
+// take 2 s. Connecting to ourselves wakes it at once.
+void poke(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return;
+  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    (void)::connect(fd, res->ai_addr, res->ai_addrlen);
+    ::close(fd);
+  }
+  freeaddrinfo(res);
+}
+
+}  // namespace
+
 Exporter::~Exporter() {
+  std::atomic<bool> stopped{false};
+  std::thread waker([&] {
+    while (!stopped.load()) {
+      if (port_ > 0) poke(wake_host_, port_);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
   exposer_.reset();  // stops the HTTP threads before the snapshot goes
+  stopped.store(true);
+  waker.join();
   g_exporter.store(nullptr);
 }
 

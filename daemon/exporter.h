@@ -43,6 +43,7 @@ class Exporter {
   std::shared_ptr<SnapshotCollectable> collectable_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string metrics_path_;
+  std::string wake_host_;
   int port_ = 0;
 };
 
