@@ -32,17 +32,7 @@ cleanup() {
 trap 'cleanup; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-# A port nothing listens on (a connect to it is refused).
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-# utime + stime of a pid, in clock ticks (fields 14 and 15; the comm field
-# may hold spaces, so count from the closing parenthesis).
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 now() { date +%s.%N; }
 metric() { # metric NAME LABEL-FILTER < exposition: first matching value

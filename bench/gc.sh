@@ -34,13 +34,7 @@ cleanup() {
 trap 'cleanup; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 default_python=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)
 
@@ -83,7 +77,6 @@ daemon_pid=$!
 for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 
 hz=$(getconf CLK_TCK)
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # One run: prints "<churn seconds> <cpu seconds> <pauses seen by memlens or ->".
 run_once() {
