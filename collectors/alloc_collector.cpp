@@ -814,19 +814,6 @@ void AllocCollector::target_added(const Target& t) {
     it = s_->traces.emplace(t.pid(), std::move(tr)).first;
   }
   AllocTrace& tr = it->second;
-  // A held process's allocator was chosen from its executable before it
-  // ran; now that its libraries are mapped, check (an LD_PRELOADed
-  // allocator is only visible now). On a mismatch trace it since attach.
-  if (!tr.adopted && tr.from_start && tr.have_alloc) {
-    auto loc = elf::find_allocator(s_->fs.root(), t.pid());
-    if (loc && loc->path != tr.alloc.path) {
-      spdlog::info("alloc: target {} pid {} allocates with {}, not {}: traced since now", t.name, t.pid(),
-                   loc->path, tr.alloc.path);
-      detach(*s_, tr);
-      tr.alloc = *loc;
-      tr.from_start = false;
-    }
-  }
   tr.adopted = true;
   bool had_links = tr.attached();
   bool was_tracking = tr.track_addrs, was_stacks = tr.stacks;
