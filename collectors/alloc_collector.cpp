@@ -958,6 +958,12 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
 }
 
 void AllocCollector::collect_global(GlobalSample& out) {
+  {
+    // Leak sites go out as /api/v1/targets/<name>/leaks documents: the HTTP
+    // threads only copy them from the snapshot.
+    std::lock_guard leaks_lock(g_leaks_mu);
+    for (const auto& [name, doc] : g_leaks) out.document("/api/v1/targets/" + name + "/leaks", doc.dump(2) + "\n");
+  }
   std::lock_guard lock(s_->mu);
   if (!s_->skel) return;
   for (int r = 0; r < DROP_REASONS; ++r) {

@@ -215,6 +215,19 @@ bool Exporter::handle(const std::string& method, const std::string& path, Respon
     out = {200, "application/json", it->second};
     return true;
   }
+  static const std::string kTargets = "/api/v1/targets/", kLeaks = "/leaks";
+  if (path.size() > kTargets.size() + kLeaks.size() && path.rfind(kTargets, 0) == 0 &&
+      path.compare(path.size() - kLeaks.size(), kLeaks.size(), kLeaks) == 0) {
+    const std::string name = path.substr(kTargets.size(), path.size() - kTargets.size() - kLeaks.size());
+    bool known = false;
+    for (const auto& t : snap->targets) known |= t.name == name;
+    nlohmann::json doc = {{"target", name}, {"available", false},
+                          {"reason", known ? "no leak sites captured for this target: set alloc.leak_sites: true "
+                                             "(mode full or duty), or mode on-leak once its budget is crossed"
+                                           : "no such target is watched"}};
+    out = {404, "application/json", doc.dump(2) + "\n"};
+    return true;
+  }
   if (path == "/") {
     std::string b =
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>memlens</title>"
