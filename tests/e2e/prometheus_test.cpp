@@ -124,7 +124,10 @@ TEST(EndToEnd, DefaultConfigIsUsefulAndLintClean) {
   EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"target", "memlensd"}, {"pid", std::to_string(d.pid())}}))
       << "memlensd does not watch itself";
   EXPECT_GE(find_sample(s, "memlens_targets_watched", {{"target", "top-rss"}}).value_or(0), 1);
-  EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"target", "python"}, {"pid", std::to_string(py.pid())}}))
+  // The default watches python processes (up to 16: on a busy machine ours
+  // may be capped, which is then counted).
+  EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"target", "python"}, {"pid", std::to_string(py.pid())}}) ||
+              find_sample(s, "memlens_targets_over_cap").value_or(0) > 0)
       << "the default config watches python processes";
   std::string lint;
   EXPECT_EQ(run("curl -sf " + url + "/metrics | promtool check metrics", &lint), 0) << lint;

@@ -92,13 +92,12 @@ TEST(AllocAccuracy, LiveHeapAndFragmentationOfATargetStartedLater) {
   std::printf("fragmentation: memlens %.4f, mallinfo2 fordblks/arena %.4f\n", *frag, mi);
   EXPECT_NEAR(*frag, mi, 0.03) << "fragmentation vs mallinfo2 fordblks/arena";
 
-  // Counters are consistent with the live value, and faults were seen.
+  // Counters are consistent with the live value (page faults: faults_test).
   const double a = *find_sample(st->s, "memlens_alloc_bytes_total", sel);
   const double f = *find_sample(st->s, "memlens_freed_bytes_total", sel);
   EXPECT_DOUBLE_EQ(a - f, live);
   EXPECT_GE(*find_sample(st->s, "memlens_allocs_total", sel), 200000);
-  EXPECT_GT(find_sample(st->s, "memlens_bpf_page_faults_total", {{"pid", std::to_string(w.pid())}, {"access", "write"}})
-                .value_or(0), 0);
+  EXPECT_TRUE(find_sample(st->s, "memlens_bpf_page_faults_total", {{"pid", std::to_string(w.pid())}, {"access", "write"}}));
   EXPECT_EQ(find_sample(st->s, "memlens_alloc_target_drops_total", sel), 0.0);
 }
 

@@ -57,10 +57,15 @@ TEST(AllocFaults, ThousandShortLivedTargetsLeaveNoMapEntries) {
   // Their probes are detached too (each detach waits for a grace period).
   EXPECT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_alloc_probes_detaching") == 0.0; }, 60s));
   const double held = find_sample(s, "memlens_exec_holds_total", {{"outcome", "attached"}}).value_or(0) - held0;
+  // A hold the watchdog released at its bound before memlensd attached (a
+  // loaded machine) is counted as failed: the process ran on untraced.
+  const double failed = find_sample(s, "memlens_exec_holds_total", {{"outcome", "failed"}}).value_or(0);
   const double slot_drops =
       find_sample(s, "memlens_bpf_events_dropped_total", {{"collector", "alloc"}, {"reason", "hold_slot"}}).value_or(0);
-  std::printf("held and attached at exec: %.0f of %d (hold-slot drops %.0f)\n", held, kTargets, slot_drops);
-  EXPECT_GE(held + slot_drops, kTargets) << "every start was either held or counted as not held";
+  std::printf("held and attached at exec: %.0f of %d (failed %.0f, hold-slot drops %.0f)\n", held, kTargets, failed,
+              slot_drops);
+  EXPECT_GE(held + failed + slot_drops, kTargets) << "every start was held, or counted as not held";
+  EXPECT_GE(held, 0.8 * kTargets) << "most starts are held until attached";
   EXPECT_TRUE(d->child.running()) << d->log();
 }
 
