@@ -119,8 +119,10 @@ TEST(EndToEnd, DefaultConfigIsUsefulAndLintClean) {
   std::vector<PromSample> s;
   wait_until([&] {
     s = parse_exposition(http_get(url + "/metrics").body);
-    return find_sample(s, "memlens_gc_tracing_available", {{"target", "python"}}).has_value();
-  }, 10s);
+    const bool ours = find_sample(s, "memlens_rss_bytes", {{"target", "python"}, {"pid", std::to_string(py.pid())}}) ||
+                      find_sample(s, "memlens_targets_over_cap").value_or(0) > 0;
+    return ours && find_sample(s, "memlens_gc_tracing_available", {{"target", "python"}}).has_value();
+  }, 15s);
   EXPECT_TRUE(find_sample(s, "memlens_rss_bytes", {{"target", "memlensd"}, {"pid", std::to_string(d.pid())}}))
       << "memlensd does not watch itself";
   EXPECT_GE(find_sample(s, "memlens_targets_watched", {{"target", "top-rss"}}).value_or(0), 1);
