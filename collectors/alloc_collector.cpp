@@ -17,7 +17,6 @@
 #include <cmath>
 #include <cstring>
 #include <condition_variable>
-#include <deque>
 #include <set>
 
 #include "alloc.skel.h"
@@ -203,7 +202,6 @@ struct AllocTrace {
   // Modes.
   double phase_start = 0;     // duty: start of the current period
   double on_leak_until = 0;   // on_leak: tracing until then
-  std::deque<std::pair<double, double>> anon;  // (t, bytes) for the on_leak slope
   // Counters: raw kernel totals at the last read, and the exported ones.
   alloc_stats last{};
   Counters out;
@@ -858,30 +856,16 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   if (!pol) return {};
   double now = mono_now();
 
-  // on_leak: watch the anon RSS slope over the leak window; over budget,
-  // turn address tracking with stacks on for on_leak_duration.
+  // on_leak: the daemon's leak slope of this target (its heap series is the
+  // anon RSS while tracing is not exact from the start) over the leak window;
+  // over budget, turn address tracking with stacks on for on_leak_duration.
   if (pol->alloc_mode == AllocMode::on_leak) {
-    auto status = read_file(s_->fs.path(t.pid(), "status"));
-    if (status) {
-      auto st = parse_status(*status);
-      if (st) tr.anon.emplace_back(now, static_cast<double>(st->rss_anon));
-    }
-    double window = std::chrono::duration<double>(s_->cfg.leak_window).count();
-    while (!tr.anon.empty() && tr.anon.front().first < now - window) tr.anon.pop_front();
-    if (tr.anon.size() >= 5 && pol->leak_budget_bytes_per_second > 0 && now >= tr.on_leak_until) {
-      double n = static_cast<double>(tr.anon.size()), sx = 0, sy = 0, sxx = 0, sxy = 0;
-      for (auto& [x0, y] : tr.anon) {
-        double x = x0 - tr.anon.front().first;
-        sx += x; sy += y; sxx += x * x; sxy += x * y;
-      }
-      double den = n * sxx - sx * sx;
-      double slope = den > 0 ? (n * sxy - sx * sy) / den : 0;
-      if (slope > pol->leak_budget_bytes_per_second) {
-        spdlog::info("alloc: target {} pid {} grows {:.0f} B/s > budget {:.0f} B/s: tracing leak sites for {} s",
-                     t.name, t.pid(), slope, pol->leak_budget_bytes_per_second,
-                     std::chrono::duration<double>(pol->on_leak_duration).count());
-        tr.on_leak_until = now + std::chrono::duration<double>(pol->on_leak_duration).count();
-      }
+    if (t.leak_slope_valid && pol->leak_budget_bytes_per_second > 0 && now >= tr.on_leak_until &&
+        t.leak_slope_bytes_per_second > pol->leak_budget_bytes_per_second) {
+      spdlog::info("alloc: target {} pid {} grows {:.0f} B/s > budget {:.0f} B/s: tracing leak sites for {} s",
+                   t.name, t.pid(), t.leak_slope_bytes_per_second, pol->leak_budget_bytes_per_second,
+                   std::chrono::duration<double>(pol->on_leak_duration).count());
+      tr.on_leak_until = now + std::chrono::duration<double>(pol->on_leak_duration).count();
     }
     apply_mode(*s_, tr, now);
   }
