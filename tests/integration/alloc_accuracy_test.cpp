@@ -186,17 +186,17 @@ TEST(AllocAccuracy, ForkedChildStartsWithItsParentsHeap) {
   // The child reports to truth.jsonl.child; find its pid among the targets.
   ASSERT_TRUE(wait_until([&] { return latest_truth(truth + ".child").value("phase", "") == "steady"; }, 60s))
       << d->log();
-  std::this_thread::sleep_for(700ms);
-  std::vector<PromSample> s;
+  // The child is steady now; its live heap must settle on the truth within
+  // a few ticks (a scrape can hold the snapshot of a tick before it).
+  const double want = latest_truth(truth + ".child")["live_chunk_bytes"].get<double>();
   std::optional<double> child_live;
-  ASSERT_TRUE(wait_until([&] {
-    s = d->scrape();
-    for (const auto& p : s)
+  wait_until([&] {
+    for (const auto& p : d->scrape())
       if (p.name == "memlens_heap_live_bytes" && p.labels.count("pid") && p.labels.at("pid") != std::to_string(w.pid()))
         child_live = p.value;
-    return child_live.has_value();
-  }, 10s)) << "no live heap for the forked child\n" << d->log();
-  const double want = latest_truth(truth + ".child")["live_chunk_bytes"].get<double>();
+    return child_live && std::abs(*child_live - want) <= want * 0.01;
+  }, 10s);
+  ASSERT_TRUE(child_live) << "no live heap for the forked child\n" << d->log();
   std::printf("forked child live heap: memlens %.0f, workload %.0f\n", *child_live, want);
   EXPECT_NEAR(*child_live, want, want * 0.01);
 }
