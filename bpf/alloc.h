@@ -15,7 +15,9 @@
  * bucket everything larger (16 B .. 128 MiB, then +Inf). */
 #define ALLOC_HIST_BUCKETS 25
 
-/* Per target (tgid) and CPU; user space sums the CPUs. Sizes are glibc chunk
+/* Per target and CPU, in a per-CPU array indexed by the target's slot (the
+ * slot rides in every probe's attach cookie, so the hot path needs no hash
+ * lookup); user space sums the CPUs. Sizes are glibc chunk
  * bytes (header included, what the block takes from the heap) where the
  * allocator has a size header, else the requested bytes. */
 struct alloc_stats {
@@ -38,12 +40,13 @@ enum alloc_size_source {
   ALLOC_SIZE_REQUEST = 1, /* any allocator: the size asked for */
 };
 
-/* Per-target settings written by user space when the target is added. */
+/* Per-target settings (by tgid) written by user space when the target is
+ * added; read by the fork hold only (the probes carry them in the cookie). */
 struct alloc_target_cfg {
   __u32 size_source;   /* enum alloc_size_source */
   __u32 track_addrs;   /* keep ptr -> size (and stack) for leak sites */
   __u32 capture_stacks;
-  __u32 pad;
+  __u32 slot;          /* index into stats */
 };
 
 /* Address map key/value (address mode). */
@@ -88,20 +91,24 @@ enum alloc_fn {
 #define CK_HEADER 0x2000ULL  /* ALLOC_SIZE_HEADER */
 #define CK_TRACK 0x4000ULL   /* track_addrs */
 #define CK_STACKS 0x8000ULL  /* capture_stacks */
+#define CK_DUTY 0x10000ULL   /* duty mode: count only while slot_on[slot] */
+#define CK_SLOT_SHIFT 32     /* bits 32..63: the target's stats slot */
 
 enum alloc_stash_kind { STASH_MALLOC = 1, STASH_REALLOC = 2, STASH_MEMALIGN = 3 };
 
 /* Exec hold: a process whose new comm is in hold_comms is stopped at exec
  * (SIGSTOP from BPF) until memlensd has attached its probes; a slot in
  * hold_slots records it so a watchdog can release it after a bound even if
- * memlensd dies. */
+ * memlensd dies. The slot array is memory-mapped by user space: memlensd and
+ * the watchdog release a process by compare-and-swap of its pid to 0, so
+ * exactly one of them resumes it and memlensd knows whether its probes were
+ * in place first. */
 #define ALLOC_HOLD_SLOTS 64
 #define ALLOC_COMM_LEN 16
 
 struct hold_slot {
   __u64 since_ns; /* bpf_ktime_get_ns() when stopped */
-  __u32 pid;      /* 0: free */
-  __u32 pad;
+  __u64 pid;      /* 0: free; 64 bits for the BPF compare-and-swap */
 };
 
 struct hold_event {
@@ -109,7 +116,7 @@ struct hold_event {
   __u32 policy; /* value stored in hold_comms for this comm */
   char comm[ALLOC_COMM_LEN];
   __u32 forked; /* 1: held at fork (the allocator is mapped already) */
-  __u32 pad;
+  __u32 slot;   /* forked: the stats slot the kernel gave the child */
 };
 
 /* Global drop counters (per-CPU array). */
@@ -120,7 +127,8 @@ enum alloc_drop_reason {
   DROP_RINGBUF = 3,
   DROP_HOLD_SLOT = 4,
   DROP_STACK = 5,
-  DROP_REASONS = 6,
+  DROP_NO_SLOT = 6, /* more traced targets than stats slots */
+  DROP_REASONS = 7,
 };
 
 /* Returns the histogram bucket of a block size: smallest i with
@@ -139,13 +147,6 @@ static inline __u32 alloc_hist_bucket(__u64 size) {
   if (v >> 1) { v >>= 1; b += 1; }
   b += (__u32)v;
   return b < ALLOC_HIST_BUCKETS - 1 ? b : ALLOC_HIST_BUCKETS - 1;
-}
-
-/* glibc 2.36 request2size on x86_64: chunk = request + 8 (size field),
- * aligned up to 16, at least MINSIZE (32). Used by the entry-only variant. */
-static inline __u64 glibc_chunk_size(__u64 req) {
-  __u64 n = (req + 8 + 15) & ~(__u64)15;
-  return n < 32 ? 32 : n;
 }
 
 #endif /* MEMLENS_BPF_ALLOC_H */

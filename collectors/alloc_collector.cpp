@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -99,6 +101,7 @@ const char* drop_reason_name(int r) {
     case DROP_RINGBUF: return "ringbuf";
     case DROP_HOLD_SLOT: return "hold_slot";
     case DROP_STACK: return "stack";
+    case DROP_NO_SLOT: return "no_slot";
     default: return "other";
   }
 }
@@ -116,7 +119,7 @@ uint64_t mono_ns() {
 // A regex that matches one fixed string (escaped dots allowed; a bare '.'
 // is taken literally too: holding is an optimisation, a process it misses
 // is still traced, only "since attach").
-std::optional<std::string> literal(const std::string& re) {
+std::optional<std::string> literal(std::string_view re) {
   std::string out;
   for (std::size_t i = 0; i < re.size(); ++i) {
     char c = re[i];
@@ -132,20 +135,52 @@ std::optional<std::string> literal(const std::string& re) {
   return out;
 }
 
-// The comm a selector's processes get at exec (the executable's base name,
-// 15 bytes at most), when it is known before the process runs.
-std::optional<std::string> hold_comm(const Selector& s) {
-  std::optional<std::string> c;
-  if (s.comm) c = literal(*s.comm);
-  if (!c && s.exe) {
-    std::string e = *s.exe;
-    if (e.rfind(".*/", 0) == 0) e = e.substr(2);
-    auto whole = literal(e);
-    if (whole && whole->find('/') != std::string::npos) c = whole->substr(whole->rfind('/') + 1);
+// The top-level alternatives of a regex ("api|worker", "(api|worker)",
+// "(?:api|worker)" give two), or the regex itself.
+std::vector<std::string_view> alternatives(std::string_view re) {
+  if (re.size() >= 2 && re.front() == '(' && re.back() == ')') {
+    std::string_view inner = re.substr(1, re.size() - 2);
+    if (inner.rfind("?:", 0) == 0) inner.remove_prefix(2);
+    // Only when the parentheses enclose everything ("(a)|(b)" does not).
+    if (inner.find_first_of("()") == std::string_view::npos) re = inner;
   }
-  if (c && c->size() > ALLOC_COMM_LEN - 1) c = c->substr(0, ALLOC_COMM_LEN - 1);
-  return c;
+  std::vector<std::string_view> out;
+  for (std::size_t i = 0;;) {
+    std::size_t bar = re.find('|', i);
+    out.push_back(re.substr(i, bar == std::string_view::npos ? std::string_view::npos : bar - i));
+    if (bar == std::string_view::npos) return out;
+    i = bar + 1;
+  }
 }
+
+}  // namespace
+
+// The comms a selector's processes get at exec (the executable's base name,
+// 15 bytes at most), when they are known before the process runs: a literal
+// comm or an alternation of literals, else an exe given as a literal path
+// (or ".*/name"), or an alternation of those. Empty when not known.
+std::vector<std::string> alloc_hold_comms(const Selector& s) {
+  std::vector<std::string> out;
+  auto add_all = [&](const std::string& re, bool path) {
+    for (auto alt : alternatives(re)) {
+      std::string a(alt);
+      if (path && a.rfind(".*/", 0) == 0) a = a.substr(2);
+      auto lit = literal(a);
+      if (!lit || (path && lit->find('/') == std::string::npos)) return false;
+      out.push_back(path ? lit->substr(lit->rfind('/') + 1) : *lit);
+    }
+    return true;
+  };
+  if (!(s.comm && add_all(*s.comm, false))) {
+    out.clear();
+    if (!(s.exe && add_all(*s.exe, true))) out.clear();
+  }
+  for (auto& c : out)
+    if (c.size() > ALLOC_COMM_LEN - 1) c.resize(ALLOC_COMM_LEN - 1);
+  return out;
+}
+
+namespace {
 
 uint64_t read_start_time(const ProcFs& fs, pid_t pid) {
   auto text = read_file(fs.path(pid, "stat"));
@@ -154,12 +189,21 @@ uint64_t read_start_time(const ProcFs& fs, pid_t pid) {
   return st ? st->starttime : 0;
 }
 
-// ---- the exec-hold watchdog ----
-// A forked child that only makes system calls (no allocation: the parent
-// is multi-threaded). It releases (SIGCONT) every process held longer than
+// ---- exec holds ----
+// The hold slots are shared memory (a memory-mapped BPF array) between the
+// kernel, memlensd and the watchdog. Whoever swaps a slot's pid to 0 first
+// owns the release and sends the SIGCONT: so a process is resumed exactly
+// once, and memlensd knows whether its probes were in place before it ran.
+bool claim_release(hold_slot* slots, uint32_t idx, uint64_t pid) {
+  __u64 expected = pid;
+  return __atomic_compare_exchange_n(&slots[idx].pid, &expected, __u64{0}, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+// The watchdog: a forked child that only makes system calls (no allocation:
+// the parent is multi-threaded). It releases every process held longer than
 // the bound, and all of them when memlensd goes away, so a held process is
 // never left stopped.
-[[noreturn]] void watchdog_main(int slots_fd, int pipe_rd, pid_t parent, uint64_t bound_ns) {
+[[noreturn]] void watchdog_main(hold_slot* slots, int pipe_rd, pid_t parent, uint64_t bound_ns) {
   prctl(PR_SET_NAME, "memlens-hold", 0, 0, 0);
   for (;;) {
     pollfd p{pipe_rd, POLLIN, 0};
@@ -167,13 +211,11 @@ uint64_t read_start_time(const ProcFs& fs, pid_t pid) {
     bool parent_gone = (r > 0) || getppid() != parent;
     uint64_t now = mono_ns();
     for (uint32_t i = 0; i < ALLOC_HOLD_SLOTS; ++i) {
-      hold_slot s{};
-      if (bpf_map_lookup_elem(slots_fd, &i, &s) != 0 || s.pid == 0) continue;
-      if (parent_gone || now - s.since_ns > bound_ns) {
-        kill(static_cast<pid_t>(s.pid), SIGCONT);
-        hold_slot zero{};
-        bpf_map_update_elem(slots_fd, &i, &zero, BPF_ANY);
-      }
+      uint64_t pid = __atomic_load_n(&slots[i].pid, __ATOMIC_SEQ_CST);
+      if (pid == 0) continue;
+      uint64_t since = __atomic_load_n(&slots[i].since_ns, __ATOMIC_SEQ_CST);
+      if ((parent_gone || now - since > bound_ns) && claim_release(slots, i, pid))
+        kill(static_cast<pid_t>(pid), SIGCONT);
     }
     if (parent_gone) _exit(0);
   }
@@ -184,7 +226,45 @@ struct Counters {
   std::vector<double> hist = std::vector<double>(ALLOC_HIST_BUCKETS, 0.0);
 };
 
+// The bound on a hold, and how far ahead of a duty on-phase the probes are
+// attached (attaching takes 1-3 ms; counting starts on time, by a flag).
+constexpr uint64_t kHoldBoundNs = 500ull * 1000000ull;
+constexpr double kDutyLead = 0.005;
+
 }  // namespace
+
+// Stats slots (see bpf/alloc.bpf.c): a target holds one for as long as
+// anything can write to it, its own trace or links still being detached;
+// the last holder gives it back, zeroed.
+struct SlotPool {
+  int stats_fd = -1, queue_fd = -1, on_fd = -1;
+  std::atomic<uint64_t> in_use{0};
+  std::atomic<uint64_t> exhausted{0};  // targets that found no free slot
+
+  static void release(SlotPool* pool, const uint32_t* slot) {
+    std::vector<alloc_stats> zero(static_cast<std::size_t>(bpf::possible_cpus()));
+    __u32 key = *slot, off = 0;
+    bpf_map_update_elem(pool->stats_fd, &key, zero.data(), BPF_ANY);
+    bpf_map_update_elem(pool->on_fd, &key, &off, BPF_ANY);
+    bpf_map_update_elem(pool->queue_fd, nullptr, &key, BPF_ANY);
+    pool->in_use.fetch_sub(1);
+    delete slot;
+  }
+  // Wraps a slot taken from the queue (by us or by the kernel's fork hold).
+  std::shared_ptr<const uint32_t> lease(uint32_t slot) {
+    in_use.fetch_add(1);
+    return {new uint32_t(slot), [this](const uint32_t* p) { release(this, p); }};
+  }
+  std::shared_ptr<const uint32_t> take() {
+    __u32 slot = 0;
+    if (bpf_map_lookup_and_delete_elem(queue_fd, nullptr, &slot) != 0) {
+      exhausted.fetch_add(1);
+      return nullptr;
+    }
+    return lease(slot);
+  }
+};
+using SlotLease = std::shared_ptr<const uint32_t>;
 
 // One process being traced (or held, waiting to be adopted by discovery).
 struct AllocTrace {
@@ -197,15 +277,19 @@ struct AllocTrace {
   double created_at = 0;
   elf::AllocatorLocation alloc;
   bool have_alloc = false;
+  SlotLease slot;
   std::vector<bpf::Link> links;
   bool track_addrs = false, stacks = false;
   // Modes.
-  double phase_start = 0;     // duty: start of the current period
+  double phase_start = 0;     // duty: origin of the periods
+  bool duty_counting = false; // duty: slot_on is 1
   double on_leak_until = 0;   // on_leak: tracing until then
   // Counters: raw kernel totals at the last read, and the exported ones.
   alloc_stats last{};
   Counters out;
   double last_leak_scan = -1e18;
+  // Fragmentation, refreshed every smaps_interval (a walk of every mapping).
+  double frag_at = -1e18, frag_ratio = -1, heap_res = 0;
   bool attached() const { return !links.empty(); }
 };
 
@@ -213,15 +297,19 @@ struct AllocState {
   std::mutex mu;
   Config cfg;
   std::unique_ptr<alloc_bpf, decltype(&alloc_bpf__destroy)> skel{nullptr, alloc_bpf__destroy};
+  SlotPool pool;
   bpf::Link hold_link;
   ring_buffer* rb = nullptr;
   std::map<pid_t, AllocTrace> traces;
   std::vector<uint8_t> hold_leak_sites;  // index = value in hold_comms (copied: reload replaces cfg)
+  std::size_t hold_count = 0;
   std::thread poller;
   std::atomic<bool> stop{false};
+  hold_slot* hold_view = nullptr;  // the mapped hold_slots array
+  std::size_t hold_view_len = 0;
   pid_t watchdog = -1;
   int watchdog_pipe = -1;
-  uint64_t holds_attached = 0, holds_failed = 0;
+  uint64_t holds_attached = 0, holds_failed = 0, holds_late = 0;
   ProcFs fs;
   bool started = false;
   bool multi = false;  // multi-uprobe links available
@@ -229,10 +317,11 @@ struct AllocState {
   bpf::Link fork_link;
   // Detaching a uprobe waits for an SRCU grace period (~10 ms each here):
   // links are destroyed by a few reaper threads so exec holds and ticks
-  // never wait, and concurrent waits share grace periods.
+  // never wait, and concurrent waits share grace periods. Each carries its
+  // target's slot, given back once the last of them is gone.
   std::mutex grave_mu;
   std::condition_variable grave_cv;
-  std::vector<bpf::Link> graveyard;
+  std::vector<std::pair<bpf::Link, SlotLease>> graveyard;
   std::atomic<uint64_t> detaching{0};
   std::vector<std::thread> reapers;
 };
@@ -242,17 +331,19 @@ namespace {
 std::mutex g_leaks_mu;
 std::map<std::string, nlohmann::json> g_leaks;  // target name -> json
 
-void init_target_maps(AllocState& s, AllocTrace& tr) {
-  alloc_stats zero{};
-  std::vector<alloc_stats> percpu(static_cast<std::size_t>(bpf::possible_cpus()), zero);
-  __u32 key = static_cast<__u32>(tr.pid);
-  // BPF_NOEXIST: a held process's entry already counts from exec.
-  bpf_map_update_elem(bpf_map__fd(s.skel->maps.stats), &key, percpu.data(), BPF_NOEXIST);
+// Gives the trace a slot (unless it has one: held, forked) and publishes its
+// settings for the fork hold. False when no slot is free (counted).
+bool init_target_maps(AllocState& s, AllocTrace& tr) {
+  if (!tr.slot) tr.slot = s.pool.take();
+  if (!tr.slot) return false;
   alloc_target_cfg c{};
   c.size_source = tr.alloc.kind == elf::AllocatorKind::glibc ? ALLOC_SIZE_HEADER : ALLOC_SIZE_REQUEST;
   c.track_addrs = tr.track_addrs;
   c.capture_stacks = tr.stacks;
+  c.slot = *tr.slot;
+  __u32 key = static_cast<__u32>(tr.pid);
   bpf_map_update_elem(bpf_map__fd(s.skel->maps.target_cfg), &key, &c, BPF_ANY);
+  return true;
 }
 
 void delete_addrs_of(AllocState& s, pid_t pid) {
@@ -268,16 +359,33 @@ void delete_addrs_of(AllocState& s, pid_t pid) {
   for (auto& key : mine) bpf_map_delete_elem(fd, &key);
 }
 
-void forget_maps(AllocState& s, pid_t pid) {
-  __u32 key = static_cast<__u32>(pid);
-  bpf_map_delete_elem(bpf_map__fd(s.skel->maps.stats), &key);
-  bpf_map_delete_elem(bpf_map__fd(s.skel->maps.target_cfg), &key);
-  delete_addrs_of(s, pid);
+void bury(AllocState& s, AllocTrace& tr) {
+  if (tr.links.empty()) return;
+  if (tr.duty_counting && tr.slot) {
+    __u32 key = *tr.slot, off = 0;
+    bpf_map_update_elem(bpf_map__fd(s.skel->maps.slot_on), &key, &off, BPF_ANY);
+    tr.duty_counting = false;
+  }
+  {
+    std::lock_guard lock(s.grave_mu);
+    for (auto& l : tr.links) s.graveyard.emplace_back(std::move(l), tr.slot);
+  }
+  s.detaching.fetch_add(tr.links.size());
+  tr.links.clear();
+  s.grave_cv.notify_all();
 }
 
-void bury(AllocState& s, std::vector<bpf::Link>& links);
+void detach(AllocState& s, AllocTrace& tr) { bury(s, tr); }
 
-void bury(AllocState& s, std::vector<bpf::Link>& links);
+// Everything the kernel holds for a trace that ends (its slot goes back
+// once its links are detached).
+void forget(AllocState& s, AllocTrace& tr) {
+  detach(s, tr);
+  __u32 key = static_cast<__u32>(tr.pid);
+  bpf_map_delete_elem(bpf_map__fd(s.skel->maps.target_cfg), &key);
+  if (tr.track_addrs) delete_addrs_of(s, tr.pid);
+  tr.slot.reset();
+}
 
 // The probe set for an allocator and mode: (function, where, return?, cookie).
 struct ProbeSpec {
@@ -337,18 +445,27 @@ Result<std::vector<ProbeSpec>> probe_specs(const AllocTrace& tr) {
 }
 
 // Attaches the probe set: two multi-uprobe links (entry, return) where the
-// kernel has them, else one classic link per probe.
+// kernel has them, else one classic link per probe; the same two programs
+// either way, the cookie telling them the function, the target's settings
+// and its slot.
 Result<void> attach(AllocState& s, AllocTrace& tr) {
   if (tr.attached()) return {};
+  if (!tr.slot) return make_error(Errc::unavailable, "no stats slot");
   auto specs = probe_specs(tr);
   if (!specs) return specs.error();
   auto& p = s.skel->progs;
+  const bool duty = tr.policy && tr.policy->alloc_mode == AllocMode::duty;
+  const uint64_t settings = CK_VALID | (tr.alloc.kind == elf::AllocatorKind::glibc ? CK_HEADER : 0) |
+                            (tr.track_addrs ? CK_TRACK : 0) | (tr.stacks ? CK_STACKS : 0) |
+                            (duty ? CK_DUTY : 0) | (static_cast<uint64_t>(*tr.slot) << CK_SLOT_SHIFT);
   std::vector<bpf::Link> links;
+  auto fail = [&](const Error& e) -> Result<void> {
+    tr.links = std::move(links);
+    bury(s, tr);
+    return e;
+  };
   if (s.multi) {
     for (bool ret : {false, true}) {
-      // The cookie carries the function and the target's settings.
-      const uint64_t settings = CK_VALID | (tr.alloc.kind == elf::AllocatorKind::glibc ? CK_HEADER : 0) |
-                                (tr.track_addrs ? CK_TRACK : 0) | (tr.stacks ? CK_STACKS : 0);
       std::vector<uint64_t> offs, cookies;
       for (const auto& sp : *specs)
         if (sp.ret == ret) {
@@ -356,51 +473,22 @@ Result<void> attach(AllocState& s, AllocTrace& tr) {
           cookies.push_back(sp.fn | settings);
         }
       if (offs.empty()) continue;
-      auto l = bpf::attach_uprobe_multi(ret ? p.alloc_return_multi : p.alloc_entry_multi, tr.pid,
-                                        tr.alloc.open_path, offs, cookies, ret);
-      if (!l) {
-        bury(s, links);
-        return l.error();
-      }
+      auto l = bpf::attach_uprobe_multi(ret ? p.alloc_return : p.alloc_entry, tr.pid, tr.alloc.open_path, offs,
+                                        cookies, ret);
+      if (!l) return fail(l.error());
       links.push_back(std::move(*l));
     }
-    tr.links = std::move(links);
-    return {};
-  }
-  const bool header = tr.alloc.kind == elf::AllocatorKind::glibc && !tr.track_addrs;
-  for (const auto& sp : *specs) {
-    bpf_program* prog = nullptr;
-    switch (sp.fn & ~uint32_t{FN_HEADER_ONLY}) {
-      case FN_MALLOC: prog = sp.ret ? p.malloc_return : p.malloc_entry; break;
-      case FN_CALLOC: prog = sp.ret ? p.malloc_return : p.calloc_entry; break;
-      case FN_MEMALIGN: prog = sp.ret ? p.malloc_return : p.memalign_entry; break;
-      case FN_POSIX_MEMALIGN: prog = sp.ret ? p.posix_memalign_return : p.posix_memalign_entry; break;
-      case FN_REALLOC: prog = sp.ret ? p.realloc_return : (header ? p.realloc_entry_hdr : p.realloc_entry); break;
-      default: prog = p.free_entry; break;
+  } else {
+    for (const auto& sp : *specs) {
+      auto l = bpf::attach_uprobe(sp.ret ? p.alloc_return : p.alloc_entry, tr.pid, tr.alloc.open_path, sp.offset,
+                                  sp.ret, sp.fn | settings);
+      if (!l) return fail(l.error());
+      links.push_back(std::move(*l));
     }
-    auto l = bpf::attach_uprobe(prog, tr.pid, tr.alloc.open_path, sp.offset, sp.ret);
-    if (!l) {
-      bury(s, links);
-      return l.error();
-    }
-    links.push_back(std::move(*l));
   }
   tr.links = std::move(links);
   return {};
 }
-
-void bury(AllocState& s, std::vector<bpf::Link>& links) {
-  if (links.empty()) return;
-  {
-    std::lock_guard lock(s.grave_mu);
-    for (auto& l : links) s.graveyard.push_back(std::move(l));
-  }
-  s.detaching.fetch_add(links.size());
-  links.clear();
-  s.grave_cv.notify_all();
-}
-
-void detach(AllocState& s, AllocTrace& tr) { bury(s, tr.links); }
 
 void reaper_loop(AllocState* s) {
   std::unique_lock lock(s->grave_mu);
@@ -410,52 +498,69 @@ void reaper_loop(AllocState* s) {
       s->grave_cv.wait_for(lock, std::chrono::milliseconds(200));
       continue;
     }
-    bpf::Link dead = std::move(s->graveyard.back());
+    auto dead = std::move(s->graveyard.back());
     s->graveyard.pop_back();
     lock.unlock();
-    dead.reset();
+    dead.first.reset();
+    dead.second.reset();
     s->detaching.fetch_sub(1);
     lock.lock();
   }
 }
 
-bool configure_trace(AllocState& s, AllocTrace& tr, const TargetPolicy* pol) {
+void configure_trace(AllocState& s, AllocTrace& tr, const TargetPolicy* pol) {
   tr.policy = pol;
   tr.target_name = pol ? pol->name : "";
   tr.track_addrs = pol && (pol->leak_sites || pol->alloc_mode == AllocMode::on_leak);
   tr.stacks = tr.track_addrs;
   if (tr.have_alloc && tr.alloc.kind != elf::AllocatorKind::glibc) tr.track_addrs = true;
-  if (s.skel) init_target_maps(s, tr);
-  return true;
+  if (s.skel && !init_target_maps(s, tr))
+    spdlog::warn("alloc: pid {}: no free stats slot (bpf.max_targets); not traced", tr.pid);
 }
 
-// Whether the mode wants the probes on now.
+void apply_mode(AllocState& s, AllocTrace& tr, bool on) {
+  if (!tr.have_alloc) return;
+  if (on && !tr.attached()) {
+    if (auto r = attach(s, tr); !r) spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
+  } else if (!on && tr.attached()) {
+    detach(s, tr);
+  }
+}
+
+// Duty mode: period P, on for D = P x fraction from each period's start.
+// Probes go on kDutyLead before the on-phase and off at its end; counting
+// follows the slot's flag, set and cleared on time, so observed / fraction
+// is an unbiased estimate. Returns when the next transition is due.
+double duty_step(AllocState& s, AllocTrace& tr, double now) {
+  const double period = std::max(0.1, std::chrono::duration<double>(tr.policy->duty_period).count());
+  const double on_for = period * std::clamp(tr.policy->duty_fraction, 0.0, 1.0);
+  const double k = std::floor((now - tr.phase_start + kDutyLead) / period);
+  const double on_at = tr.phase_start + k * period, off_at = on_at + on_for;
+  const bool want_links = on_for > 0 && now >= on_at - kDutyLead && now < off_at;
+  const bool want_count = want_links && now >= on_at;
+  if (want_links) apply_mode(s, tr, true);
+  if (want_count != tr.duty_counting && tr.attached() && tr.slot) {
+    __u32 key = *tr.slot, v = want_count ? 1 : 0;
+    bpf_map_update_elem(bpf_map__fd(s.skel->maps.slot_on), &key, &v, BPF_ANY);
+    tr.duty_counting = want_count;
+  }
+  if (!want_links) apply_mode(s, tr, false);
+  if (now < on_at - kDutyLead) return on_at - kDutyLead;
+  if (now < on_at) return on_at;
+  if (now < off_at) return off_at;
+  return on_at + period - kDutyLead;
+}
+
+// Whether a non-duty mode wants the probes on now.
 bool wants_on(const AllocTrace& tr, double now) {
   if (!tr.policy) return true;  // held, not yet adopted: trace from start
   switch (tr.policy->alloc_mode) {
     case AllocMode::off: return false;
     case AllocMode::full: return true;
-    case AllocMode::duty: {
-      double period = std::max(0.1, std::chrono::duration<double>(tr.policy->duty_period).count());
-      double into = std::fmod(now - tr.phase_start, period);
-      return into < period * std::clamp(tr.policy->duty_fraction, 0.0, 1.0);
-    }
+    case AllocMode::duty: return tr.attached();  // duty_step decides
     case AllocMode::on_leak: return now < tr.on_leak_until;
   }
   return false;
-}
-
-void apply_mode(AllocState& s, AllocTrace& tr, double now) {
-  if (!tr.have_alloc) return;
-  bool on = wants_on(tr, now);
-  if (on && !tr.attached()) {
-    if (auto r = attach(s, tr); !r) {
-      spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
-      detach(s, tr);
-    }
-  } else if (!on && tr.attached()) {
-    detach(s, tr);
-  }
 }
 
 void on_hold_event(AllocState& s, const hold_event& e) {
@@ -466,40 +571,51 @@ void on_hold_event(AllocState& s, const hold_event& e) {
   tr.start_time = read_start_time(s.fs, pid);
   tr.created_at = mono_now();
   tr.phase_start = tr.created_at;
-  tr.from_start = true;
+  if (e.forked) tr.slot = s.pool.lease(e.slot);  // the kernel took it, with the inheritance
   bool ok = false;
   auto exe = read_link(s.fs.path(pid, "exe"));
   if (exe) {
-    // At exec the libraries are not mapped yet: decide from the executable;
-    // a forked child has its parent's mappings.
-    auto loc = e.forked ? elf::find_allocator(s.fs.root(), pid)
-                        : elf::find_allocator_for_exe(s.fs.path(pid, "root") + *exe);
+    // At exec the libraries are not mapped yet: decide from the executable
+    // and what the loader will preload; a forked child has its parent's
+    // mappings.
+    const std::string root = s.fs.path(pid, "root");
+    Result<elf::AllocatorLocation> loc = make_error(Errc::not_found, "");
+    if (e.forked) {
+      loc = elf::find_allocator(s.fs.root(), pid);
+    } else {
+      auto env = read_file(s.fs.path(pid, "environ"), 1 << 20);
+      auto etc = read_file(root + "/etc/ld.so.preload");
+      loc = elf::find_allocator_for_exe(root + *exe, elf::preload_libraries(env ? *env : "", etc ? *etc : "", root));
+    }
     if (loc) {
       tr.alloc = *loc;
       tr.have_alloc = true;
-      configure_trace(s, tr, nullptr);
       tr.track_addrs = tr.alloc.kind != elf::AllocatorKind::glibc || leak_sites;
       tr.stacks = leak_sites;
-      init_target_maps(s, tr);
-      auto r = attach(s, tr);
-      ok = r.ok();
-      if (!ok) spdlog::warn("alloc: exec hold of pid {} ({}): {}", pid, e.comm, r.error().message);
+      if (init_target_maps(s, tr)) {
+        auto r = attach(s, tr);
+        ok = r.ok();
+        if (!ok) spdlog::warn("alloc: exec hold of pid {} ({}): {}", pid, e.comm, r.error().message);
+      }
     }
   }
-  // Release now; the watchdog also would after the bound.
-  kill(pid, SIGCONT);
-  spdlog::debug("alloc: exec hold of pid {} ({}): {} after {:.1f} ms", pid, e.comm, ok ? "attached" : "failed",
+  // Release it now, unless the watchdog did already at the bound: then it
+  // ran for a while without probes and is traced since attach only.
+  const uint32_t idx = e.pid % ALLOC_HOLD_SLOTS;
+  const bool in_time = claim_release(s.hold_view, idx, e.pid);
+  if (in_time) kill(pid, SIGCONT);
+  tr.from_start = ok && in_time;
+  spdlog::debug("alloc: {} hold of pid {} ({}): {} after {:.1f} ms", e.forked ? "fork" : "exec", pid, e.comm,
+                !ok ? "failed" : in_time ? "attached" : "released by the bound first",
                 (mono_now() - tr.created_at) * 1e3);
-  __u32 idx = e.pid % ALLOC_HOLD_SLOTS;
-  hold_slot zero{};
-  bpf_map_update_elem(bpf_map__fd(s.skel->maps.hold_slots), &idx, &zero, BPF_ANY);
-  if (ok) {
-    ++s.holds_attached;
-    s.traces[pid] = std::move(tr);
-  } else {
+  if (!ok) {
     ++s.holds_failed;
-    forget_maps(s, pid);
+    forget(s, tr);
+    return;
   }
+  if (in_time) ++s.holds_attached;
+  else ++s.holds_late;
+  s.traces[pid] = std::move(tr);
 }
 
 int ringbuf_cb(void* ctx, void* data, size_t size) {
@@ -513,34 +629,33 @@ int ringbuf_cb(void* ctx, void* data, size_t size) {
 }
 
 // Poller thread: exec holds (must be fast: the process is stopped), duty
-// phases (finer than the tick), and held processes never adopted.
+// phases (on time, not at tick granularity), and held processes never
+// adopted.
 void poll_loop(AllocState* s) {
+  double next_due = 0;
   while (!s->stop.load()) {
+    const double wait = std::clamp(next_due - mono_now(), 0.0, 0.05);
+    const int ms = static_cast<int>(std::ceil(wait * 1000));
     if (s->rb) {
-      int n = ring_buffer__poll(s->rb, 50);
-      if (n < 0 && n != -EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      int n = ring_buffer__poll(s->rb, ms);
+      if (n < 0 && n != -EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     }
     std::lock_guard lock(s->mu);
-    double now = mono_now();
+    const double now = mono_now();
+    next_due = now + 0.05;
     for (auto it = s->traces.begin(); it != s->traces.end();) {
       AllocTrace& tr = it->second;
       // A held process discovery never adopted (exited, or the selector's
       // other fields did not match): drop it after a grace period.
-      if (!tr.adopted && now - tr.created_at > 15.0) {
-        forget_maps(*s, tr.pid);
-        detach(*s, tr);
+      if (!tr.adopted && (now - tr.created_at > 15.0 || (kill(tr.pid, 0) != 0 && errno == ESRCH))) {
+        forget(*s, tr);
         it = s->traces.erase(it);
         continue;
       }
-      if (!tr.adopted && kill(tr.pid, 0) != 0 && errno == ESRCH) {
-        forget_maps(*s, tr.pid);
-        detach(*s, tr);
-        it = s->traces.erase(it);
-        continue;
-      }
-      if (tr.adopted && tr.policy && tr.policy->alloc_mode == AllocMode::duty) apply_mode(*s, tr, now);
+      if (tr.adopted && tr.policy && tr.policy->alloc_mode == AllocMode::duty)
+        next_due = std::min(next_due, duty_step(*s, tr, now));
       ++it;
     }
   }
@@ -560,7 +675,7 @@ Result<uint64_t> heap_resident(const ProcFs& fs, pid_t pid) {
     std::string_view line = t.substr(0, nl);
     t = nl == std::string_view::npos ? std::string_view{} : t.substr(nl + 1);
     if (line.rfind("Rss:", 0) == 0) {
-      if (in_heap) total += std::strtoull(std::string(line.substr(4)).c_str(), nullptr, 10) * 1024;
+      if (in_heap) total += parse_u64(line.substr(4)).value_or(0) * 1024;
       continue;
     }
     // A mapping header: "start-end perms offset dev inode [path]".
@@ -643,6 +758,83 @@ void scan_leak_sites(AllocState& s, AllocTrace& tr, double now) {
 
 }  // namespace
 
+namespace {
+
+// Loads hold_comms from the configuration (at start and at every reload) and
+// starts the hold machinery the first time some target needs it: the
+// watchdog first, so no process is ever held without it, then the exec and
+// fork hooks.
+void update_holds(AllocState& s) {
+  std::vector<std::pair<std::string, uint32_t>> hold;
+  std::vector<uint8_t> leak_sites;
+  // Only full mode is held: duty and on-leak report no live heap anyway.
+  for (const auto& p : s.cfg.targets) {
+    if (p.alloc_mode != AllocMode::full) continue;
+    auto comms = alloc_hold_comms(p.selector);
+    if (comms.empty()) continue;
+    for (const auto& c : comms) hold.emplace_back(c, static_cast<uint32_t>(leak_sites.size()));
+    leak_sites.push_back(p.leak_sites ? 1 : 0);
+  }
+  int fd = bpf_map__fd(s.skel->maps.hold_comms);
+  char key[ALLOC_COMM_LEN] = {}, next[ALLOC_COMM_LEN] = {};
+  std::vector<std::array<char, ALLOC_COMM_LEN>> old;
+  for (const void* prev = nullptr; bpf_map_get_next_key(fd, prev, next) == 0; prev = key) {
+    std::memcpy(key, next, sizeof key);
+    std::array<char, ALLOC_COMM_LEN> k{};
+    std::memcpy(k.data(), next, sizeof next);
+    old.push_back(k);
+  }
+  for (auto& k : old) bpf_map_delete_elem(fd, k.data());
+  s.hold_leak_sites = std::move(leak_sites);
+  std::size_t loaded = 0;
+  for (const auto& [comm, idx] : hold) {
+    char k[ALLOC_COMM_LEN] = {};
+    std::memcpy(k, comm.data(), std::min(comm.size(), sizeof k - 1));
+    if (bpf_map_update_elem(fd, k, &idx, BPF_ANY) == 0) ++loaded;
+  }
+  if (loaded < hold.size())
+    spdlog::warn("alloc: exec hold for {} of {} comm(s) only (the hold table is full)", loaded, hold.size());
+  s.hold_count = loaded;
+  if (hold.empty() || s.hold_link || !s.hold_view) return;
+
+  int pfd[2];
+  if (pipe2(pfd, O_CLOEXEC) != 0) {
+    spdlog::warn("alloc: no exec hold (pipe: {})", std::strerror(errno));
+    return;
+  }
+  pid_t parent = getpid();
+  pid_t child = fork();
+  if (child == 0) {
+    // Keep only the pipe (the slots are shared memory); drop every other fd
+    // (sockets, logs, maps) so nothing outlives memlensd through us.
+    for (int fd2 = 3; fd2 < 1024; ++fd2)
+      if (fd2 != pfd[0]) close(fd2);
+    watchdog_main(s.hold_view, pfd[0], parent, kHoldBoundNs);
+  }
+  close(pfd[0]);
+  if (child < 0) {
+    close(pfd[1]);
+    spdlog::warn("alloc: no exec hold (fork: {})", std::strerror(errno));
+    return;
+  }
+  s.watchdog = child;
+  s.watchdog_pipe = pfd[1];
+  bpf_link* l = bpf_program__attach(s.skel->progs.hold_on_exec);
+  if (!l) {
+    spdlog::warn("alloc: exec hold unavailable ({}); targets started later are traced since attach",
+                 std::strerror(errno));
+    return;
+  }
+  s.hold_link = bpf::Link(l);
+  if (s.fork_hold) {
+    bpf_link* fl = bpf_program__attach(s.skel->progs.hold_on_fork);
+    if (fl) s.fork_link = bpf::Link(fl);
+    else spdlog::info("alloc: fork hold unavailable ({})", std::strerror(errno));
+  }
+}
+
+}  // namespace
+
 AllocCollector::AllocCollector() : s_(std::make_unique<AllocState>()) {}
 
 AllocCollector::~AllocCollector() {
@@ -659,31 +851,21 @@ AllocCollector::~AllocCollector() {
     close(s_->watchdog_pipe);  // the watchdog releases everything and exits
     waitpid(s_->watchdog, nullptr, 0);
   }
+  if (s_->hold_view) munmap(s_->hold_view, s_->hold_view_len);
 }
 
 Result<void> AllocCollector::start(const Config& cfg) {
   if (s_->started) {
     // Reload: policies are re-resolved when discovery re-adds the targets;
-    // the loaded programs and maps stay.
+    // the loaded programs and maps stay, the held names follow the config.
     std::lock_guard lock(s_->mu);
     s_->cfg = cfg;
+    update_holds(*s_);
     return {};
   }
   if (auto r = bpf::prepare(); !r) return make_error(r.error().code, "eBPF unavailable: " + r.error().message);
   s_->cfg = cfg;
   s_->fs = ProcFs(cfg.procfs);
-
-  // Exec hold: only when some target has allocation tracing and a selector
-  // whose comm is known before the process runs.
-  std::vector<std::pair<std::string, uint32_t>> hold;
-  // Only full mode is held: duty and on-leak report no live heap anyway.
-  for (const auto& p : s_->cfg.targets) {
-    if (p.alloc_mode != AllocMode::full) continue;
-    if (auto c = hold_comm(p.selector)) {
-      hold.emplace_back(*c, static_cast<uint32_t>(s_->hold_leak_sites.size()));
-      s_->hold_leak_sites.push_back(p.leak_sites ? 1 : 0);
-    }
-  }
 
   // The stack map is preallocated (127 frames x 8 bytes an entry): only
   // sized up when some target wants leak sites. Enabling leak sites later
@@ -691,21 +873,19 @@ Result<void> AllocCollector::start(const Config& cfg) {
   const bool want_stacks = std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) {
     return p.alloc_mode != AllocMode::off && (p.leak_sites || p.alloc_mode == AllocMode::on_leak);
   });
+  // Held processes take slots before discovery adopts them.
+  const uint32_t slots = std::max(16u, cfg.bpf.max_targets) + ALLOC_HOLD_SLOTS;
   auto open_and_load = [&](bool multi, bool fork) -> int {
     s_->skel.reset(alloc_bpf__open());
     if (!s_->skel) return -errno;
     auto& ob = *s_->skel;
-    bpf_map__set_max_entries(ob.maps.stats, std::max(16u, cfg.bpf.max_targets));
-    bpf_map__set_max_entries(ob.maps.target_cfg, std::max(16u, cfg.bpf.max_targets));
+    for (bpf_map* mp : {ob.maps.stats, ob.maps.free_slots, ob.maps.slot_on, ob.maps.target_cfg})
+      bpf_map__set_max_entries(mp, slots);
     bpf_map__set_max_entries(ob.maps.addrs, std::max(1u, cfg.bpf.max_tracked_allocs));
     bpf_map__set_max_entries(ob.maps.stacks, want_stacks ? std::max(1u, cfg.bpf.max_stacks) : 1u);
-    ob.rodata->hold_enabled = hold.empty() ? 0 : 1;
     if (multi) {
-      bpf::set_uprobe_multi(ob.progs.alloc_entry_multi);
-      bpf::set_uprobe_multi(ob.progs.alloc_return_multi);
-    } else {
-      bpf_program__set_autoload(ob.progs.alloc_entry_multi, false);
-      bpf_program__set_autoload(ob.progs.alloc_return_multi, false);
+      bpf::set_uprobe_multi(ob.progs.alloc_entry);
+      bpf::set_uprobe_multi(ob.progs.alloc_return);
     }
     if (!fork) bpf_program__set_autoload(ob.progs.hold_on_fork, false);
     int err = alloc_bpf__load(s_->skel.get());
@@ -727,53 +907,25 @@ Result<void> AllocCollector::start(const Config& cfg) {
     return make_error(Errc::unavailable, std::string("alloc: load: ") + std::strerror(-err2));
   }
   auto& o = *s_->skel;
-  if (!hold.empty()) {
-    int fd = bpf_map__fd(o.maps.hold_comms);
-    for (const auto& [comm, idx] : hold) {
-      char key[ALLOC_COMM_LEN] = {};
-      std::memcpy(key, comm.data(), std::min(comm.size(), sizeof key - 1));
-      bpf_map_update_elem(fd, key, &idx, BPF_ANY);
-    }
-    // The watchdog first, so no process is ever held without it.
-    int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) == 0) {
-      int slots_fd = bpf_map__fd(o.maps.hold_slots);
-      pid_t parent = getpid();
-      pid_t child = fork();
-      if (child == 0) {
-        // Keep only the slot map and the pipe; drop every other fd
-        // (sockets, logs) so nothing outlives memlensd through us.
-        int keep_a = std::min(slots_fd, pfd[0]), keep_b = std::max(slots_fd, pfd[0]);
-        for (int fd2 = 3; fd2 < 1024; ++fd2)
-          if (fd2 != keep_a && fd2 != keep_b) close(fd2);
-        watchdog_main(slots_fd, pfd[0], parent, 500ull * 1000000ull);
-      }
-      close(pfd[0]);
-      if (child > 0) {
-        s_->watchdog = child;
-        s_->watchdog_pipe = pfd[1];
-        bpf_link* l = bpf_program__attach(o.progs.hold_on_exec);
-        if (l && s_->fork_hold) {
-          bpf_link* fl = bpf_program__attach(o.progs.hold_on_fork);
-          if (fl) s_->fork_link = bpf::Link(fl);
-          else spdlog::info("alloc: fork hold unavailable ({})", std::strerror(errno));
-        }
-        if (l) {
-          s_->hold_link = bpf::Link(l);
-          s_->rb = ring_buffer__new(bpf_map__fd(o.maps.hold_events), ringbuf_cb, s_.get(), nullptr);
-        } else {
-          spdlog::warn("alloc: exec hold unavailable ({}); targets started later are traced since attach",
-                       std::strerror(errno));
-        }
-      } else {
-        close(pfd[1]);
-      }
-    }
+  s_->pool.stats_fd = bpf_map__fd(o.maps.stats);
+  s_->pool.queue_fd = bpf_map__fd(o.maps.free_slots);
+  s_->pool.on_fd = bpf_map__fd(o.maps.slot_on);
+  for (__u32 i = 0; i < slots; ++i) bpf_map_update_elem(s_->pool.queue_fd, nullptr, &i, BPF_ANY);
+  // The hold slots, shared with the kernel and the watchdog.
+  s_->hold_view_len = static_cast<std::size_t>(std::max(sizeof(hold_slot) * ALLOC_HOLD_SLOTS,
+                                                        static_cast<std::size_t>(sysconf(_SC_PAGESIZE))));
+  void* view = mmap(nullptr, s_->hold_view_len, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(o.maps.hold_slots), 0);
+  if (view == MAP_FAILED) spdlog::warn("alloc: no exec hold (mmap of the hold slots: {})", std::strerror(errno));
+  else s_->hold_view = static_cast<hold_slot*>(view);
+  s_->rb = ring_buffer__new(bpf_map__fd(o.maps.hold_events), ringbuf_cb, s_.get(), nullptr);
+  {
+    std::lock_guard lock(s_->mu);
+    update_holds(*s_);
   }
   s_->poller = std::thread(poll_loop, s_.get());
   for (int i = 0; i < 8; ++i) s_->reapers.emplace_back(reaper_loop, s_.get());
   s_->started = true;
-  spdlog::info("alloc: loaded; exec hold for {} comm(s)", hold.size());
+  spdlog::info("alloc: loaded; exec hold for {} comm(s)", s_->hold_count);
   return {};
 }
 
@@ -782,15 +934,13 @@ void AllocCollector::target_added(const Target& t) {
   if (!s_->skel || !t.policy) return;
   auto it = s_->traces.find(t.pid());
   if (it != s_->traces.end() && it->second.start_time != t.id.start_time) {
-    forget_maps(*s_, t.pid());
-    detach(*s_, it->second);
+    forget(*s_, it->second);
     s_->traces.erase(it);
     it = s_->traces.end();
   }
   if (t.policy->alloc_mode == AllocMode::off) {
     if (it != s_->traces.end()) {
-      forget_maps(*s_, t.pid());
-      detach(*s_, it->second);
+      forget(*s_, it->second);
       s_->traces.erase(it);
     }
     return;
@@ -815,22 +965,28 @@ void AllocCollector::target_added(const Target& t) {
   tr.adopted = true;
   bool had_links = tr.attached();
   bool was_tracking = tr.track_addrs, was_stacks = tr.stacks;
+  const bool was_duty = tr.policy && tr.policy->alloc_mode == AllocMode::duty;
   configure_trace(*s_, tr, t.policy);
   // A held process attached before its policy was known: keep its probes
-  // unless the policy wants a different probe set.
-  if (had_links && (was_tracking != tr.track_addrs || was_stacks != tr.stacks)) {
+  // unless the policy wants a different probe set (or duty's cookie).
+  if (had_links && (was_tracking != tr.track_addrs || was_stacks != tr.stacks ||
+                    was_duty != (t.policy->alloc_mode == AllocMode::duty))) {
     detach(*s_, tr);
     tr.from_start = false;  // the probe set changed: counts restart from now
   }
-  if (tr.policy->alloc_mode == AllocMode::on_leak && !tr.attached()) tr.from_start = false;
-  apply_mode(*s_, tr, now);
+  if (t.policy->alloc_mode == AllocMode::duty) {
+    tr.from_start = false;
+    duty_step(*s_, tr, now);
+  } else {
+    if (t.policy->alloc_mode == AllocMode::on_leak && !tr.attached()) tr.from_start = false;
+    apply_mode(*s_, tr, wants_on(tr, now));
+  }
 }
 
 void AllocCollector::target_removed(const Target& t) {
   std::lock_guard lock(s_->mu);
   auto it = s_->traces.find(t.pid());
   if (it == s_->traces.end()) return;
-  if (s_->skel) forget_maps(*s_, t.pid());
   {
     std::lock_guard l2(g_leaks_mu);
     auto j = g_leaks.find(it->second.target_name);
@@ -843,12 +999,12 @@ void AllocCollector::target_removed(const Target& t) {
         }
     }
   }
-  detach(*s_, it->second);
+  if (s_->skel) forget(*s_, it->second);
   s_->traces.erase(it);
 }
 
 Result<void> AllocCollector::collect(const Target& t, Sample& out) {
-  std::lock_guard lock(s_->mu);
+  std::unique_lock lock(s_->mu);
   auto it = s_->traces.find(t.pid());
   if (it == s_->traces.end()) return {};
   AllocTrace& tr = it->second;
@@ -867,52 +1023,69 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
                    std::chrono::duration<double>(pol->on_leak_duration).count());
       tr.on_leak_until = now + std::chrono::duration<double>(pol->on_leak_duration).count();
     }
-    apply_mode(*s_, tr, now);
+    apply_mode(*s_, tr, wants_on(tr, now));
   }
 
-  out.gauge(m().tracing, tr.attached() ? 1 : 0,
+  const bool duty = pol->alloc_mode == AllocMode::duty;
+  out.gauge(m().tracing, (duty ? tr.duty_counting : tr.attached()) ? 1 : 0,
             {{"mode", alloc_mode_name(pol->alloc_mode)},
              {"allocator", tr.have_alloc ? elf::allocator_name(tr.alloc.kind) : "none"},
              {"coverage", tr.from_start ? "since_start" : "since_attach"}});
-  if (!tr.have_alloc) return {};
+  if (!tr.have_alloc || !tr.slot) return {};
 
-  __u32 key = static_cast<__u32>(t.pid());
-  auto raw = bpf::sum_percpu_fields(bpf_map__fd(s_->skel->maps.stats), &key, sizeof(alloc_stats));
+  // Fragmentation needs resident bytes (a walk of every mapping, so only
+  // every smaps_interval, outside the lock: holds and duty phases must not
+  // wait for it) and the live bytes of the same moment, read right after.
+  const bool exact = tr.from_start && tr.attached() && tr.out.drops == 0 && !duty;
+  const bool frag_due = exact && tr.alloc.kind == elf::AllocatorKind::glibc &&
+                        now - tr.frag_at >= std::chrono::duration<double>(s_->cfg.smaps_interval).count();
+  std::optional<Result<uint64_t>> resident;
+  if (frag_due) {
+    lock.unlock();
+    resident = heap_resident(s_->fs, t.pid());
+    lock.lock();
+    it = s_->traces.find(t.pid());
+    if (it == s_->traces.end() || !it->second.slot) return {};
+  }
+  AllocTrace& trc = it->second;
+  __u32 key = *trc.slot;
+  auto raw = bpf::sum_percpu_fields(s_->pool.stats_fd, &key, sizeof(alloc_stats));
   if (!raw) return raw.error();
   alloc_stats cur{};
   std::memcpy(&cur, raw->data(), sizeof cur);
-  // Counters grow by the kernel's deltas, scaled up in duty mode.
+  // Counters grow by the kernel's deltas, scaled up in duty mode (counting
+  // runs exactly duty_fraction of the time, see duty_step).
   double scale = 1.0;
-  if (pol->alloc_mode == AllocMode::duty && pol->duty_fraction > 0) scale = 1.0 / pol->duty_fraction;
+  if (duty && pol->duty_fraction > 0) scale = 1.0 / pol->duty_fraction;
   auto add = [&](double& acc, uint64_t now_v, uint64_t last_v) {
     if (now_v >= last_v) acc += static_cast<double>(now_v - last_v) * scale;
   };
-  add(tr.out.alloc_bytes, cur.alloc_bytes, tr.last.alloc_bytes);
-  add(tr.out.free_bytes, cur.free_bytes, tr.last.free_bytes);
-  add(tr.out.allocs, cur.allocs, tr.last.allocs);
-  add(tr.out.frees, cur.frees, tr.last.frees);
-  add(tr.out.unknown_frees, cur.unknown_frees, tr.last.unknown_frees);
-  tr.out.drops += static_cast<double>(cur.drops - std::min(cur.drops, tr.last.drops));
-  for (int i = 0; i < ALLOC_HIST_BUCKETS; ++i) add(tr.out.hist[static_cast<std::size_t>(i)], cur.hist[i], tr.last.hist[i]);
-  tr.last = cur;
+  add(trc.out.alloc_bytes, cur.alloc_bytes, trc.last.alloc_bytes);
+  add(trc.out.free_bytes, cur.free_bytes, trc.last.free_bytes);
+  add(trc.out.allocs, cur.allocs, trc.last.allocs);
+  add(trc.out.frees, cur.frees, trc.last.frees);
+  add(trc.out.unknown_frees, cur.unknown_frees, trc.last.unknown_frees);
+  trc.out.drops += static_cast<double>(cur.drops - std::min(cur.drops, trc.last.drops));
+  for (int i = 0; i < ALLOC_HIST_BUCKETS; ++i)
+    add(trc.out.hist[static_cast<std::size_t>(i)], cur.hist[i], trc.last.hist[i]);
+  trc.last = cur;
 
-  out.counter(m().alloc_bytes, tr.out.alloc_bytes);
-  out.counter(m().free_bytes, tr.out.free_bytes);
-  out.counter(m().allocs, tr.out.allocs);
-  out.counter(m().frees, tr.out.frees);
-  out.counter(m().drops, tr.out.drops);
-  if (tr.track_addrs) out.counter(m().unknown_frees, tr.out.unknown_frees);
+  out.counter(m().alloc_bytes, trc.out.alloc_bytes);
+  out.counter(m().free_bytes, trc.out.free_bytes);
+  out.counter(m().allocs, trc.out.allocs);
+  out.counter(m().frees, trc.out.frees);
+  out.counter(m().drops, trc.out.drops);
+  if (trc.track_addrs) out.counter(m().unknown_frees, trc.out.unknown_frees);
   HistogramValue h;
-  double sum_est = 0;
   for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; ++i) h.bounds.push_back(static_cast<double>(16ull << i));
-  for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; ++i) h.counts.push_back(static_cast<uint64_t>(tr.out.hist[static_cast<std::size_t>(i)]));
-  h.count = static_cast<uint64_t>(tr.out.allocs);
-  sum_est = tr.out.alloc_bytes;
-  h.sum = sum_est;
+  for (int i = 0; i < ALLOC_HIST_BUCKETS - 1; ++i)
+    h.counts.push_back(static_cast<uint64_t>(trc.out.hist[static_cast<std::size_t>(i)]));
+  h.count = static_cast<uint64_t>(trc.out.allocs);
+  h.sum = trc.out.alloc_bytes;
   out.histogram(m().hist, std::move(h));
 
   // Net and live only where counting is continuous (not duty).
-  if (pol->alloc_mode != AllocMode::duty) {
+  if (!duty) {
     double net = static_cast<double>(cur.alloc_bytes) - static_cast<double>(cur.free_bytes);
     out.gauge(m().net, net);
     // A child held at fork starts with its parent's live blocks.
@@ -921,23 +1094,24 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
                              static_cast<double>(static_cast<int64_t>(cur.inherited_mmap_bytes));
     // Exact only with every block seen: traced from the start, and nothing
     // dropped (a dropped block is missing from both sides of the sum).
-    if (tr.from_start && tr.attached() && tr.out.drops == 0) {
+    if (trc.from_start && trc.attached() && trc.out.drops == 0) {
       out.gauge(m().live, live);
       out.series(SeriesId::heap, live);
-      if (tr.alloc.kind == elf::AllocatorKind::glibc) {
-        auto res = heap_resident(s_->fs, t.pid());
-        if (res && *res > 0) {
-          double arena_live = live - mmap_live;
-          out.gauge(m().heap_resident, static_cast<double>(*res));
-          out.gauge(m().frag, std::clamp(1.0 - arena_live / static_cast<double>(*res), 0.0, 1.0));
-        }
+      if (resident && *resident && **resident > 0) {
+        trc.frag_at = now;
+        trc.heap_res = static_cast<double>(**resident);
+        trc.frag_ratio = std::clamp(1.0 - (live - mmap_live) / trc.heap_res, 0.0, 1.0);
+      }
+      if (trc.frag_ratio >= 0) {
+        out.gauge(m().heap_resident, trc.heap_res);
+        out.gauge(m().frag, trc.frag_ratio);
       }
     } else if (pol->alloc_mode == AllocMode::full) {
       // Same slope as the live heap (they differ by a constant).
       out.series(SeriesId::heap, net);
     }
   }
-  if (tr.track_addrs && tr.stacks) scan_leak_sites(*s_, tr, now);
+  if (trc.track_addrs && trc.stacks) scan_leak_sites(*s_, trc, now);
   return {};
 }
 
@@ -953,26 +1127,26 @@ void AllocCollector::collect_global(GlobalSample& out) {
   for (int r = 0; r < DROP_REASONS; ++r) {
     __u32 key = static_cast<__u32>(r);
     auto v = bpf::sum_percpu_u64(bpf_map__fd(s_->skel->maps.drops), &key);
-    if (v) out.counter(m().dropped, static_cast<double>(*v), {{"collector", "alloc"}, {"reason", drop_reason_name(r)}});
+    // Targets that found no free slot are counted in user space.
+    const double extra = r == DROP_NO_SLOT ? static_cast<double>(s_->pool.exhausted.load()) : 0.0;
+    if (v) out.counter(m().dropped, static_cast<double>(*v) + extra, {{"collector", "alloc"}, {"reason", drop_reason_name(r)}});
   }
   out.gauge(m().map_mem, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "alloc"}});
-  auto count = [](bpf_map* mp) {
-    int fd = bpf_map__fd(mp);
-    uint64_t n = 0;
+  uint64_t cfg_entries = 0;
+  {
+    int fd = bpf_map__fd(s_->skel->maps.target_cfg);
     uint32_t k = 0, next = 0;
-    const void* prev = nullptr;
-    while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-      ++n;
+    for (const void* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &k) {
+      ++cfg_entries;
       k = next;
-      prev = &k;
     }
-    return n;
-  };
-  out.gauge(m().map_entries, static_cast<double>(count(s_->skel->maps.stats)), {{"map", "alloc_stats"}});
-  out.gauge(m().map_entries, static_cast<double>(count(s_->skel->maps.target_cfg)), {{"map", "alloc_target_cfg"}});
+  }
+  out.gauge(m().map_entries, static_cast<double>(s_->pool.in_use.load()), {{"map", "alloc_stats"}});
+  out.gauge(m().map_entries, static_cast<double>(cfg_entries), {{"map", "alloc_target_cfg"}});
   out.gauge(m().map_entries, static_cast<double>(s_->traces.size()), {{"map", "alloc_traces"}});
   out.gauge(m().detaching, static_cast<double>(s_->detaching.load()));
   out.counter(m().held, static_cast<double>(s_->holds_attached), {{"outcome", "attached"}});
+  out.counter(m().held, static_cast<double>(s_->holds_late), {{"outcome", "released_by_bound"}});
   out.counter(m().held, static_cast<double>(s_->holds_failed), {{"outcome", "failed"}});
 }
 

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "collectors/collector.h"
 #include "daemon/config.h"
@@ -55,5 +56,11 @@ class AllocCollector : public Collector {
 //                   "sites": [{"bytes": B, "blocks": K, "stack": ["fn+0x1a (lib)", ...]}]}]}
 // Sites are the top 20 stacks by outstanding bytes.
 nlohmann::json alloc_leak_sites_json(const std::string& target_name);
+
+// The comms under which a selector's processes can be held at exec (see
+// README, "Targets started after memlensd"): literal comm names or
+// alternations of them, else the base names of literal exe paths. Empty
+// when the selector gives no name known before the process runs.
+std::vector<std::string> alloc_hold_comms(const Selector& s);
 
 }  // namespace memlens

@@ -184,8 +184,13 @@ Result<Link> attach_uprobe_multi(bpf_program* prog, pid_t pid, const std::string
 
 Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
                            uint64_t file_offset, bool retprobe) {
+  return attach_uprobe(prog, pid, binary, file_offset, retprobe, 0);
+}
+
+Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
+                           uint64_t file_offset, bool retprobe, uint64_t cookie) {
   if (pid <= 0) return make_error(Errc::invalid, "uprobes are attached per pid");
-  LIBBPF_OPTS(bpf_uprobe_opts, opts, .retprobe = retprobe);
+  LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = cookie, .retprobe = retprobe);
   bpf_link* l = bpf_program__attach_uprobe_opts(prog, pid, binary.c_str(),
                                                 static_cast<size_t>(file_offset), &opts);
   if (!l) {

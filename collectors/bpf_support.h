@@ -79,6 +79,9 @@ class Link {
 // process that runs the code pay the trap).
 Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
                            uint64_t file_offset, bool retprobe);
+// Same, with a cookie the program reads with bpf_get_attach_cookie().
+Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
+                           uint64_t file_offset, bool retprobe, uint64_t cookie);
 
 // Marks `prog` for multi-uprobe links; call between open and load (libbpf
 // 1.1 knows no SEC("uprobe.multi")). Such a program can only be attached

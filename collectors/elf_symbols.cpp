@@ -351,16 +351,73 @@ Result<AllocatorLocation> find_allocator(const std::string& procfs, pid_t pid) {
   return make_error(Errc::not_found, fmt::format("pid {}: no mapped file defines malloc", pid));
 }
 
+namespace {
+const char* const kLibDirs[] = {"/lib/x86_64-linux-gnu/", "/usr/lib/x86_64-linux-gnu/", "/lib64/",
+                                "/usr/lib64/", "/lib/", "/usr/lib/", "/usr/local/lib/"};
+}  // namespace
+
+std::vector<std::string> preload_libraries(std::string_view environ, std::string_view ld_so_preload,
+                                           const std::string& root) {
+  std::vector<std::string> words;
+  auto split = [&](std::string_view v) {
+    std::size_t i = 0;
+    while (i < v.size()) {
+      while (i < v.size() && (v[i] == ' ' || v[i] == ':' || v[i] == '\t' || v[i] == '\n')) ++i;
+      std::size_t j = i;
+      while (j < v.size() && v[j] != ' ' && v[j] != ':' && v[j] != '\t' && v[j] != '\n') ++j;
+      if (j > i) words.emplace_back(v.substr(i, j - i));
+      i = j;
+    }
+  };
+  for (std::size_t i = 0; i < environ.size();) {
+    std::size_t end = environ.find('\0', i);
+    if (end == std::string_view::npos) end = environ.size();
+    std::string_view var = environ.substr(i, end - i);
+    if (var.rfind("LD_PRELOAD=", 0) == 0) split(var.substr(11));
+    i = end + 1;
+  }
+  split(ld_so_preload);
+  std::vector<std::string> out;
+  for (const auto& w : words) {
+    if (w.find('/') != std::string::npos) {
+      std::string p = root + w;
+      if (access(p.c_str(), R_OK) == 0) out.push_back(p);
+      continue;
+    }
+    for (const char* d : kLibDirs) {
+      std::string p = root + d + w;
+      if (access(p.c_str(), R_OK) == 0) {
+        out.push_back(p);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path,
+                                                 const std::vector<std::string>& preload) {
+  // The loader binds malloc to the first object in its search order that
+  // defines it: the executable, then the preloads, then the needed libraries.
+  auto exe = open_cached(exe_path);
+  if (exe && (*exe)->defines("malloc") && (*exe)->defines("free"))
+    return AllocatorLocation{classify(exe_path, **exe), exe_path, exe_path, *exe};
+  for (const auto& p : preload) {
+    auto f = open_cached(p);
+    if (!f || !(*f)->defines("malloc") || !(*f)->defines("free")) continue;
+    return AllocatorLocation{classify(p, **f), p, p, *f};
+  }
+  return find_allocator_for_exe(exe_path);
+}
+
 Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path) {
   auto exe = open_cached(exe_path);
   if (!exe) return exe.error();
   if ((*exe)->defines("malloc") && (*exe)->defines("free"))
     return AllocatorLocation{classify(exe_path, **exe), exe_path, exe_path, *exe};
-  static const char* dirs[] = {"/lib/x86_64-linux-gnu/", "/usr/lib/x86_64-linux-gnu/", "/lib64/",
-                               "/usr/lib64/", "/lib/", "/usr/lib/", "/usr/local/lib/"};
   std::optional<AllocatorLocation> libc;
   for (const auto& lib : (*exe)->needed()) {
-    for (const char* d : dirs) {
+    for (const char* d : kLibDirs) {
       std::string p = std::string(d) + lib;
       if (access(p.c_str(), R_OK) != 0) continue;
       auto f = open_cached(p);

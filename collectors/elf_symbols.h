@@ -122,6 +122,21 @@ Result<AllocatorLocation> find_allocator(const std::string& procfs, pid_t pid);
 // Same decision for an executable that has not run yet (exec hold): its own
 // symbols, then its DT_NEEDED libraries in the standard library directories.
 Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path);
+// Same, with the libraries the dynamic loader will preload first
+// (LD_PRELOAD, /etc/ld.so.preload; paths as they are opened): a preloaded
+// allocator wins over libc's (not over the executable's own, which the
+// loader searches first).
+Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path,
+                                                 const std::vector<std::string>& preload);
+
+// The libraries a process's dynamic loader preloads: the words of LD_PRELOAD
+// in `environ` (NUL-separated, as /proc/PID/environ), then those of
+// `ld_so_preload` (the file's text). Separators are spaces and colons, as
+// ld.so(8) takes them. Names without a slash are looked up in the standard
+// library directories under `root` (the process's root, "" for ours).
+// Pure but for the directory lookup; names that resolve nowhere are dropped.
+std::vector<std::string> preload_libraries(std::string_view environ, std::string_view ld_so_preload,
+                                           const std::string& root);
 
 // ---- symbolisation -----------------------------------------------------
 

@@ -28,7 +28,7 @@ namespace {
 
 std::string config(const std::string& comm, const std::string& dir, const std::string& alloc,
                    const std::string& extra = "") {
-  return "global: {tick_interval: 250ms, rescan_interval: 500ms}\n" + extra +
+  return "global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 1s}\n" + extra +
          "targets:\n"
          "  - name: work\n"
          "    comm: " + comm + "\n"
@@ -51,8 +51,9 @@ std::optional<Steady> steady(const Daemon& d, const std::string& truth_path, pid
     return st.truth.value("phase", "") == "steady";
   }, timeout);
   if (!ok) return std::nullopt;
-  // Two ticks after the last change, so the scrape sees the final state.
-  std::this_thread::sleep_for(700ms);
+  // The fragmentation ratio is refreshed every smaps_interval (1 s here):
+  // wait past one, plus two ticks, so the scrape sees the final state.
+  std::this_thread::sleep_for(1700ms);
   ok = wait_until([&] {
     st.s = d.scrape();
     return find_sample(st.s, metric, {{"pid", std::to_string(pid)}}).has_value();
