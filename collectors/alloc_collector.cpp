@@ -26,6 +26,7 @@
 #include "collectors/bpf_support.h"
 #include "collectors/elf_symbols.h"
 #include "collectors/proc_parse.h"
+#include "daemon/discovery.h"
 #include "daemon/procfs.h"
 
 namespace memlens {
@@ -85,7 +86,9 @@ struct AllocMetrics {
                                 "kernel grace period).");
   MetricDesc held = metric("exec_holds", "", MetricKind::counter,
                            "Processes stopped at exec until their allocation probes were attached, by "
-                           "outcome (attached, failed, released_by_bound).");
+                           "outcome: attached (before it ran), released_early (it ran before its probes were in place: "
+                           "the 500 ms bound, or a SIGCONT from elsewhere; traced since attach), failed, "
+                           "not_selected (its name matched, the rest of the selector did not).");
 };
 
 const AllocMetrics& m() {
@@ -199,6 +202,38 @@ bool claim_release(hold_slot* slots, uint32_t idx, uint64_t pid) {
   return __atomic_compare_exchange_n(&slots[idx].pid, &expected, __u64{0}, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
 
+// Whether a held process has not run since its stop at exec or fork: it is
+// stopped, or the SIGSTOP is still pending (not yet back in user mode).
+// Waits up to 100 ms for a pending stop to take effect.
+bool still_held(const ProcFs& fs, pid_t pid) {
+  for (int i = 0; i < 100; ++i) {
+    auto text = read_file(fs.path(pid, "status"));
+    if (!text) return false;
+    char state = '?';
+    bool pending = false;
+    std::string_view t = *text;
+    while (!t.empty()) {
+      auto nl = t.find('\n');
+      std::string_view line = t.substr(0, nl);
+      t = nl == std::string_view::npos ? std::string_view{} : t.substr(nl + 1);
+      if (line.rfind("State:", 0) == 0) {
+        auto v = line.substr(6);
+        auto at = v.find_first_not_of(" \t");
+        if (at != std::string_view::npos) state = v[at];
+      } else if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0) {
+        auto v = line.substr(7);
+        auto at = v.find_first_not_of(" \t");
+        uint64_t mask = at == std::string_view::npos ? 0 : std::strtoull(std::string(v.substr(at)).c_str(), nullptr, 16);
+        if (mask & (1ull << (SIGSTOP - 1))) pending = true;
+      }
+    }
+    if (state == 'T' || state == 't') return true;
+    if (!pending) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
 // The watchdog: a forked child that only makes system calls (no allocation:
 // the parent is multi-threaded). It releases every process held longer than
 // the bound, and all of them when memlensd goes away, so a held process is
@@ -301,7 +336,6 @@ struct AllocState {
   bpf::Link hold_link;
   ring_buffer* rb = nullptr;
   std::map<pid_t, AllocTrace> traces;
-  std::vector<uint8_t> hold_leak_sites;  // index = value in hold_comms (copied: reload replaces cfg)
   std::size_t hold_count = 0;
   std::thread poller;
   std::atomic<bool> stop{false};
@@ -309,7 +343,7 @@ struct AllocState {
   std::size_t hold_view_len = 0;
   pid_t watchdog = -1;
   int watchdog_pipe = -1;
-  uint64_t holds_attached = 0, holds_failed = 0, holds_late = 0;
+  uint64_t holds_attached = 0, holds_failed = 0, holds_late = 0, holds_not_selected = 0;
   ProcFs fs;
   bool started = false;
   bool multi = false;  // multi-uprobe links available
@@ -565,7 +599,22 @@ bool wants_on(const AllocTrace& tr, double now) {
 
 void on_hold_event(AllocState& s, const hold_event& e) {
   pid_t pid = static_cast<pid_t>(e.pid);
-  const bool leak_sites = e.policy < s.hold_leak_sites.size() && s.hold_leak_sites[e.policy];
+  const uint32_t idx = e.pid % ALLOC_HOLD_SLOTS;
+  // The kernel held it by name; the rest of the selector (cmdline, cgroup,
+  // ...) is checked now, so a process that only shares the name is let go
+  // at once, without probes.
+  const TargetPolicy* pol = e.policy < s.cfg.targets.size() ? &s.cfg.targets[e.policy] : nullptr;
+  if (!pol || !process_matches(s.fs, pol->selector, pid, getpid())) {
+    if (claim_release(s.hold_view, idx, e.pid)) kill(pid, SIGCONT);
+    if (e.forked) {
+      __u32 key = e.pid;
+      bpf_map_delete_elem(bpf_map__fd(s.skel->maps.target_cfg), &key);
+      s.pool.lease(e.slot);  // given back at once
+    }
+    ++s.holds_not_selected;
+    return;
+  }
+  const bool leak_sites = pol->leak_sites;
   AllocTrace tr;
   tr.pid = pid;
   tr.start_time = read_start_time(s.fs, pid);
@@ -599,14 +648,18 @@ void on_hold_event(AllocState& s, const hold_event& e) {
       }
     }
   }
+  // Still stopped (or about to stop) at exec, so nothing ran before the
+  // probes? Anyone may send a SIGCONT: another tracer holding the same
+  // name, a shell, a supervisor.
+  const bool unran = ok && still_held(s.fs, pid);
   // Release it now, unless the watchdog did already at the bound: then it
   // ran for a while without probes and is traced since attach only.
-  const uint32_t idx = e.pid % ALLOC_HOLD_SLOTS;
-  const bool in_time = claim_release(s.hold_view, idx, e.pid);
-  if (in_time) kill(pid, SIGCONT);
-  tr.from_start = ok && in_time;
+  const bool claimed = claim_release(s.hold_view, idx, e.pid);
+  if (claimed) kill(pid, SIGCONT);
+  const bool in_time = claimed && unran;
+  tr.from_start = in_time;
   spdlog::debug("alloc: {} hold of pid {} ({}): {} after {:.1f} ms", e.forked ? "fork" : "exec", pid, e.comm,
-                !ok ? "failed" : in_time ? "attached" : "released by the bound first",
+                !ok ? "failed" : in_time ? "attached" : "released before the probes were in place",
                 (mono_now() - tr.created_at) * 1e3);
   if (!ok) {
     ++s.holds_failed;
@@ -765,15 +818,13 @@ namespace {
 // watchdog first, so no process is ever held without it, then the exec and
 // fork hooks.
 void update_holds(AllocState& s) {
+  // name -> index of its policy in cfg.targets. Only full mode is held:
+  // duty and on-leak report no live heap anyway.
   std::vector<std::pair<std::string, uint32_t>> hold;
-  std::vector<uint8_t> leak_sites;
-  // Only full mode is held: duty and on-leak report no live heap anyway.
-  for (const auto& p : s.cfg.targets) {
+  for (std::size_t i = 0; i < s.cfg.targets.size(); ++i) {
+    const auto& p = s.cfg.targets[i];
     if (p.alloc_mode != AllocMode::full) continue;
-    auto comms = alloc_hold_comms(p.selector);
-    if (comms.empty()) continue;
-    for (const auto& c : comms) hold.emplace_back(c, static_cast<uint32_t>(leak_sites.size()));
-    leak_sites.push_back(p.leak_sites ? 1 : 0);
+    for (const auto& c : alloc_hold_comms(p.selector)) hold.emplace_back(c, static_cast<uint32_t>(i));
   }
   int fd = bpf_map__fd(s.skel->maps.hold_comms);
   char key[ALLOC_COMM_LEN] = {}, next[ALLOC_COMM_LEN] = {};
@@ -785,7 +836,6 @@ void update_holds(AllocState& s) {
     old.push_back(k);
   }
   for (auto& k : old) bpf_map_delete_elem(fd, k.data());
-  s.hold_leak_sites = std::move(leak_sites);
   std::size_t loaded = 0;
   for (const auto& [comm, idx] : hold) {
     char k[ALLOC_COMM_LEN] = {};
@@ -1146,8 +1196,9 @@ void AllocCollector::collect_global(GlobalSample& out) {
   out.gauge(m().map_entries, static_cast<double>(s_->traces.size()), {{"map", "alloc_traces"}});
   out.gauge(m().detaching, static_cast<double>(s_->detaching.load()));
   out.counter(m().held, static_cast<double>(s_->holds_attached), {{"outcome", "attached"}});
-  out.counter(m().held, static_cast<double>(s_->holds_late), {{"outcome", "released_by_bound"}});
+  out.counter(m().held, static_cast<double>(s_->holds_late), {{"outcome", "released_early"}});
   out.counter(m().held, static_cast<double>(s_->holds_failed), {{"outcome", "failed"}});
+  out.counter(m().held, static_cast<double>(s_->holds_not_selected), {{"outcome", "not_selected"}});
 }
 
 nlohmann::json alloc_leak_sites_json(const std::string& target_name) {

@@ -7,11 +7,19 @@
 
 namespace memlens {
 
-// One process seen during a scan; the expensive fields are read on demand.
-struct Discovery::Proc {
+namespace {
+// What a selector looks at in one process; the expensive fields are read
+// on demand.
+struct ProcFacts {
   ProcStat stat;
   TargetId id;
   std::optional<std::string> exe, cmdline, cgroup;
+};
+bool match_facts(const ProcFs& proc_, pid_t self_pid_, const Selector& s, ProcFacts& p);
+}  // namespace
+
+// One process seen during a scan.
+struct Discovery::Proc : ProcFacts {
   bool claimed = false;
 };
 
@@ -30,7 +38,21 @@ void Discovery::reconfigure(const Config& cfg) {
   }
 }
 
-bool Discovery::matches(const Selector& s, Proc& p) {
+bool Discovery::matches(const Selector& s, Proc& p) { return match_facts(proc_, self_pid_, s, p); }
+
+bool process_matches(const ProcFs& fs, const Selector& s, pid_t pid, pid_t self_pid) {
+  auto text = read_file(fs.path(pid, "stat"));
+  if (!text) return false;
+  auto st = parse_stat(*text);
+  if (!st) return false;
+  ProcFacts p;
+  p.id = TargetId{pid, st->starttime};
+  p.stat = std::move(*st);
+  return match_facts(fs, self_pid, s, p);
+}
+
+namespace {
+bool match_facts(const ProcFs& proc_, pid_t self_pid_, const Selector& s, ProcFacts& p) {
   if (s.self && p.id.pid != self_pid_) return false;
   if (s.pid && p.id.pid != *s.pid) return false;
   if (s.comm_re && !std::regex_match(p.stat.comm, *s.comm_re)) return false;
@@ -88,6 +110,7 @@ bool Discovery::matches(const Selector& s, Proc& p) {
   }
   return true;
 }
+}  // namespace
 
 DiscoveryResult Discovery::scan() {
   DiscoveryResult res;

@@ -21,6 +21,11 @@ struct DiscoveryResult {
   std::size_t scan_errors = 0;   // unreadable or malformed stat files
 };
 
+// Whether process `pid` matches the per-process fields of a selector (all
+// but top_rss), reading what it needs from procfs: the exec hold asks before
+// discovery has seen the process.
+bool process_matches(const ProcFs& fs, const Selector& s, pid_t pid, pid_t self_pid);
+
 class Discovery {
  public:
   Discovery(const Config& cfg, pid_t self_pid);

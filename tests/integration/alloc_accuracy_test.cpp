@@ -71,10 +71,11 @@ TEST(AllocAccuracy, LiveHeapAndFragmentationOfATargetStartedLater) {
   REQUIRE_ROOT();
   REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
-  auto d = start_daemon(config("alloc_truth", dir, "{mode: full}"));
+  const std::string exe = private_workload("alloc_truth", dir);
+  auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
   ASSERT_TRUE(d);
   const std::string truth = dir + "/truth.jsonl";
-  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "20000", "--ops", "200000",
+  Child w = spawn({exe, "--truth", truth, "--blocks", "20000", "--ops", "200000",
                    "--large", "--leak", "300"});
   auto st = steady(*d, truth, w.pid(), "memlens_heap_live_bytes");
   ASSERT_TRUE(st) << "no live heap for the target\n" << d->log();
@@ -108,10 +109,11 @@ TEST(AllocAccuracy, HolesShowHighFragmentation) {
   REQUIRE_ROOT();
   REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
-  auto d = start_daemon(config("alloc_truth", dir, "{mode: full}"));
+  const std::string exe = private_workload("alloc_truth", dir);
+  auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
   ASSERT_TRUE(d);
   const std::string truth = dir + "/truth.jsonl";
-  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "40000", "--ops", "20000", "--holes"});
+  Child w = spawn({exe, "--truth", truth, "--blocks", "40000", "--ops", "20000", "--holes"});
   auto st = steady(*d, truth, w.pid(), "memlens_heap_fragmentation_ratio");
   ASSERT_TRUE(st) << d->log();
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
@@ -129,10 +131,11 @@ TEST(AllocAccuracy, JemallocLiveBytes) {
   REQUIRE_ROOT();
   REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
-  auto d = start_daemon(config("alloc_truth_jem", dir, "{mode: full}"));
+  const std::string exe = private_workload("alloc_truth_jemalloc", dir);
+  auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
   ASSERT_TRUE(d);
   const std::string truth = dir + "/truth.jsonl";
-  Child w = spawn({workload_path("alloc_truth_jemalloc"), "--truth", truth, "--blocks", "20000", "--ops", "100000"});
+  Child w = spawn({exe, "--truth", truth, "--blocks", "20000", "--ops", "100000"});
   auto st = steady(*d, truth, w.pid(), "memlens_heap_live_bytes");
   ASSERT_TRUE(st) << d->log();
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
@@ -150,10 +153,11 @@ TEST(AllocAccuracy, AlreadyRunningTargetReportsOnlySinceAttach) {
   REQUIRE_ROOT();
   REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
+  const std::string exe = private_workload("alloc_truth", dir);
   const std::string truth = dir + "/truth.jsonl";
-  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "5000", "--ops", "400000000"});
+  Child w = spawn({exe, "--truth", truth, "--blocks", "5000", "--ops", "400000000"});
   ASSERT_TRUE(wait_until([&] { return !latest_truth(truth).empty(); }, 10s));
-  auto d = start_daemon(config("alloc_truth", dir, "{mode: full}"));
+  auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
   ASSERT_TRUE(d);
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
   std::vector<PromSample> s;
@@ -178,12 +182,13 @@ TEST(AllocAccuracy, ForkedChildStartsWithItsParentsHeap) {
   REQUIRE_ROOT();
   REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
-  auto d = start_daemon(config("alloc_truth", dir, "{mode: full}"));
+  const std::string exe = private_workload("alloc_truth", dir);
+  auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
   ASSERT_TRUE(d);
   if (d->log().find("no fork hold") != std::string::npos)
     GTEST_SKIP() << "kernel without bpf_send_signal_task: children are traced since attach";
   const std::string truth = dir + "/truth.jsonl";
-  Child w = spawn({workload_path("alloc_truth"), "--truth", truth, "--blocks", "5000", "--ops", "50000", "--fork"});
+  Child w = spawn({exe, "--truth", truth, "--blocks", "5000", "--ops", "50000", "--fork"});
   // The child reports to truth.jsonl.child; find its pid among the targets.
   ASSERT_TRUE(wait_until([&] { return latest_truth(truth + ".child").value("phase", "") == "steady"; }, 60s))
       << d->log();

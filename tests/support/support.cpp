@@ -247,6 +247,24 @@ std::string last_line(const std::string& path) {
 std::string memlensd_path() { return std::string(MEMLENS_BINARY_DIR) + "/memlensd"; }
 std::string workload_path(const std::string& name) { return std::string(MEMLENS_WORKLOAD_DIR) + "/" + name; }
 
+std::string exe_comm(const std::string& path) {
+  std::string base = path.substr(path.rfind('/') + 1);
+  if (base.size() > 15) base.resize(15);
+  return base;
+}
+
+std::string private_workload(const std::string& name, const std::string& dir) {
+  static int n = 0;
+  // "w<pid>-<n>": at most 15 bytes, so it is the whole comm.
+  const std::string path = dir + "/w" + std::to_string(getpid() % 1000000) + "-" + std::to_string(n++ % 100);
+  std::ifstream in(workload_path(name), std::ios::binary);
+  std::ofstream out(path, std::ios::binary);
+  out << in.rdbuf();
+  out.close();
+  chmod(path.c_str(), 0755);
+  return path;
+}
+
 std::string Daemon::url(const std::string& path) const {
   return "http://127.0.0.1:" + std::to_string(port) + path;
 }

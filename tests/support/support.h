@@ -70,6 +70,13 @@ std::string last_line(const std::string& path);
 
 std::string memlensd_path();
 std::string workload_path(const std::string& name);
+// A copy of workload `name` in `dir` under a name no other test uses, for an
+// `exe:` selector: tests running at the same time each hold their own
+// processes at exec (a hold is by name; another memlensd holding the same
+// name would release ours before our probes are in place).
+std::string private_workload(const std::string& name, const std::string& dir);
+// The comm a process of that copy gets (its base name).
+std::string exe_comm(const std::string& path);
 
 // A memlensd running on a free port with the given YAML config.
 struct Daemon {

@@ -15,7 +15,10 @@
  *                    [--holes] [--large] [--wait-ms N] [--exit-after-ms N]
  *                    [--quick]   (one malloc/free and exit: exec-hold churn)
  *                    [--fork]    (after the churn, fork: the child churns
- *                                 again and reports to FILE.child) */
+ *                                 again and reports to FILE.child)
+ *                    [--no-header] (an allocator without glibc's size field
+ *                                 is preloaded: live_chunk_bytes are usable
+ *                                 sizes) */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
@@ -53,7 +56,10 @@ static uint64_t next_rand(void) {
 
 /* The chunk glibc handed out: usable size plus the size field, plus the
  * prev_size field for mmapped chunks (bit 1 of the header). */
+static int no_header; /* --no-header: another allocator is preloaded */
+
 static size_t chunk_of(void* p) {
+  if (no_header) return malloc_usable_size(p);
 #if defined(ALLOC_TRUTH_JEMALLOC) || defined(__SANITIZE_ADDRESS__)
   /* jemalloc has no size field; under ASan the bytes before a block are
    * its redzone (and the allocator is not glibc's anyway). */
@@ -160,6 +166,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--large")) large = 1;
     else if (!strcmp(argv[i], "--quick")) quick = 1;
     else if (!strcmp(argv[i], "--fork")) do_fork = 1;
+    else if (!strcmp(argv[i], "--no-header")) no_header = 1;
     else {
       static const char msg[] = "alloc_truth: bad argument\n";
       if (write(2, msg, sizeof msg - 1) < 0) return 2;

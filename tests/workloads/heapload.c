@@ -2,7 +2,8 @@
  * (frees a random block and allocates its replacement, of the same size
  * unless --resize 1), optionally leaks at a
  * fixed rate, and writes its own ground truth once a second as one JSON line:
- * the bytes it holds and leaked, its RSS (/proc/self/statm), peak RSS
+ * the bytes it holds and leaked, the replacements (malloc/free pairs) done
+ * since the warm-up, its RSS (/proc/self/statm), peak RSS
  * (getrusage) and glibc's own view (mallinfo2). */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -117,14 +118,17 @@ int main(int argc, char** argv) {
   const long page = sysconf(_SC_PAGESIZE);
   const double start = now();
   double next_report = start, leak_debt = 0, churn_debt = 0, last = start;
-  size_t leaked = 0, leaked_blocks = 0;
+  size_t leaked = 0, leaked_blocks = 0, replacements = 0; /* after warm-up */
   while (!stop) {
     const double t = now();
     if (duration > 0 && t - start >= duration) break;
     const double dt = t - last;
     last = t;
     churn_debt += churn * dt;
-    for (; churn_debt >= 1; churn_debt -= 1) replace_one(&set);
+    for (; churn_debt >= 1; churn_debt -= 1) {
+      replace_one(&set);
+      ++replacements;
+    }
     if (leak > 0 && t - start >= leak_after) {
       leak_debt += leak * dt;
       for (; leak_debt >= (double)leak_block; leak_debt -= (double)leak_block) {
@@ -146,9 +150,9 @@ int main(int argc, char** argv) {
       struct mallinfo2 mi = mallinfo2();
       fprintf(out,
               "{\"time\":%.3f,\"elapsed\":%.3f,\"live_bytes\":%zu,\"leaked_bytes\":%zu,"
-              "\"leaked_blocks\":%zu,\"rss_bytes\":%ld,\"rss_peak_bytes\":%ld,\"arena\":%zu,"
+              "\"leaked_blocks\":%zu,\"replacements\":%zu,\"rss_bytes\":%ld,\"rss_peak_bytes\":%ld,\"arena\":%zu,"
               "\"uordblks\":%zu,\"fordblks\":%zu,\"hblkhd\":%zu,\"leaking\":%s}\n",
-              wall(), t - start, set.live + leaked, leaked, leaked_blocks, statm_res * page, ru.ru_maxrss * 1024L,
+              wall(), t - start, set.live + leaked, leaked, leaked_blocks, replacements, statm_res * page, ru.ru_maxrss * 1024L,
               mi.arena, mi.uordblks, mi.fordblks, mi.hblkhd,
               leak > 0 && t - start >= leak_after ? "true" : "false");
       fflush(out);
