@@ -8,6 +8,8 @@
 #include <cstring>
 #include <memory>
 
+#include "collectors/elf_symbols.h"
+
 namespace memlens {
 
 std::optional<int64_t> PerfData::get(std::string_view name) const {
@@ -162,18 +164,14 @@ pid_t ns_pid(const ProcFs& proc, pid_t pid) {
 }  // namespace
 
 std::optional<std::string> hsperfdata_path_from_maps(std::string_view maps) {
-  while (!maps.empty()) {
-    auto nl = maps.find('\n');
-    std::string_view line = maps.substr(0, nl);
-    maps = nl == std::string_view::npos ? std::string_view{} : maps.substr(nl + 1);
-    auto slash = line.find('/');
-    if (slash == std::string_view::npos) continue;
-    std::string_view path = line.substr(slash);
+  for (const auto& m : elf::parse_maps(maps)) {
+    const std::string& path = m.path;
     auto dir = path.rfind("/hsperfdata_");
     // The JVM's own file: .../hsperfdata_<user>/<pid>, a shared mapping, not deleted.
-    if (dir == std::string_view::npos || path.find('/', dir + 1) == std::string_view::npos) continue;
+    if (path.empty() || path[0] != '/' || dir == std::string::npos || path.find('/', dir + 1) == std::string::npos)
+      continue;
     if (path.ends_with(" (deleted)")) continue;
-    return std::string(path);
+    return path;
   }
   return std::nullopt;
 }

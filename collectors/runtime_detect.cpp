@@ -2,6 +2,8 @@
 
 #include <regex>
 
+#include "collectors/elf_symbols.h"
+
 namespace memlens {
 
 const char* runtime_name(Runtime r) {
@@ -29,19 +31,13 @@ std::string_view strip_deleted(std::string_view p) {
   return p;
 }
 
-// The path column of each line of /proc/PID/maps that has one, deduplicated.
-std::vector<std::string_view> mapped_files(std::string_view maps) {
-  std::vector<std::string_view> out;
-  while (!maps.empty()) {
-    auto nl = maps.find('\n');
-    std::string_view line = maps.substr(0, nl);
-    maps = nl == std::string_view::npos ? std::string_view{} : maps.substr(nl + 1);
-    // address perms offset dev inode path: the path starts at the first '/'
-    // after the five fixed columns.
-    auto slash = line.find('/');
-    if (slash == std::string_view::npos) continue;
-    std::string_view p = strip_deleted(line.substr(slash));
-    if (out.empty() || out.back() != p) out.push_back(p);
+// The files mapped into a process (/proc/PID/maps paths), deduplicated.
+std::vector<std::string> mapped_files(std::string_view maps) {
+  std::vector<std::string> out;
+  for (const auto& m : elf::parse_maps(maps)) {
+    if (m.path.empty() || m.path[0] != '/') continue;
+    std::string_view p = strip_deleted(m.path);
+    if (out.empty() || out.back() != p) out.emplace_back(p);
   }
   return out;
 }
@@ -58,7 +54,7 @@ RuntimeInfo detect_runtime(std::string_view exe, std::string_view maps) {
   exe = strip_deleted(exe);
   RuntimeInfo info;
   std::string lib_python;
-  for (std::string_view f : mapped_files(maps)) {
+  for (const std::string& f : mapped_files(maps)) {
     std::string base(basename_of(f));
     if (std::regex_match(base, kLibJvm)) {
       info.runtime = Runtime::jvm;

@@ -30,10 +30,4 @@ void Sample::series(SeriesId id, double v) {
   has_[static_cast<size_t>(id)] = true;
 }
 
-const MetricValue* Sample::find(std::string_view name) const {
-  for (auto it = values_.rbegin(); it != values_.rend(); ++it)
-    if (it->desc->name == name && it->labels.empty()) return &*it;
-  return nullptr;
-}
-
 }  // namespace memlens

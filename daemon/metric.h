@@ -60,8 +60,6 @@ class Sample {
   const std::vector<MetricValue>& values() const { return values_; }
   bool has_series(SeriesId id) const { return has_[static_cast<size_t>(id)]; }
   double series_value(SeriesId id) const { return series_[static_cast<size_t>(id)]; }
-  // Latest value of a gauge by name (for the JSON view); nullptr if unset.
-  const MetricValue* find(std::string_view name) const;
 
  private:
   std::vector<MetricValue> values_;
