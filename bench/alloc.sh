@@ -166,11 +166,52 @@ if [[ -n ${cpu["memleak-equivalent (bpftrace)"]:-} ]]; then
 fi
 printf 'non-target / untraced: %.3f\n' "$(echo "${cpu["non-target (memlensd tracing another process)"]} / ${cpu[untraced]}" | bc -l)"
 
-# 7. Duty mode at 100k allocations a second (CPU per pair, rate held).
-u=$("$bench" --pairs 300000 --rate 100000 | field cpu_ns_per_pair)
+# 7. Duty mode at 100k allocations a second (CPU per pair, rate held), best
+#    of $RUNS each, untraced and traced runs alternating.
+#    The untraced runs use a copy under another name: not a target.
+ubest="" dbest=""
+untraced_copy=$work/plain_bench
+cp "$bench" "$untraced_copy"
 start_daemon "$(mode_cfg '{mode: duty, duty_fraction: 0.1, duty_period: 1s}')"
-dt=$("$bench" --pairs 300000 --rate 100000 | field cpu_ns_per_pair)
+for _ in $(seq "$RUNS"); do
+  u=$("$untraced_copy" --pairs 300000 --rate 100000 --wait-ms 1500 | field cpu_ns_per_pair)
+  d=$("$bench" --pairs 300000 --rate 100000 --wait-ms 1500 | field cpu_ns_per_pair)
+  if [[ -z $ubest ]] || (($(echo "$u < $ubest" | bc -l))); then ubest=$u; fi
+  if [[ -z $dbest ]] || (($(echo "$d < $dbest" | bc -l))); then dbest=$d; fi
+done
 cleanup
 echo
 printf 'duty 10%% (period 1s) at 100k pairs/s: CPU ns/pair %s vs untraced %s at the same rate (%.2fx)\n' \
-  "$dt" "$u" "$(echo "$dt / $u" | bc -l)"
+  "$dbest" "$ubest" "$(echo "$dbest / $ubest" | bc -l)"
+
+# 8. The eBPF programs' own time per hit (kernel.bpf_stats_enabled: the
+#    kernel times every run), memlensd's against the empty ones at the same
+#    sites. Independent of the VM's trap cost and of its neighbours.
+prog_ns() { # prog_ns NAME: ns per run of the loaded program NAME
+  bpftool prog show 2>/dev/null | awk -v n="$1" '$0 ~ ("name " n " ") {
+    for (i = 1; i <= NF; i++) { if ($i == "run_time_ns") t = $(i + 1); if ($i == "run_cnt") c = $(i + 1) } }
+    END { if (c > 0) printf "%.0f", t / c; else printf "-" }'
+}
+old_stats=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo 0)
+if sysctl -qw kernel.bpf_stats_enabled=1 2>/dev/null; then
+  start_daemon "$(mode_cfg '{mode: full}')"
+  "$bench" --pairs "$N" >/dev/null
+  full_free=$(prog_ns alloc_entry) full_malloc=$(prog_ns alloc_return)
+  cleanup
+  "$bench" --pairs "$N" --wait-ms 1500 >/dev/null &
+  bg_pid=$!
+  "$trapper" "$bg_pid" --multi >"$work/trapper.out" 2>&1 &
+  bt_pid=$!
+  sleep 1.4
+  wait "$bg_pid"
+  bg_pid=""
+  bare_free=$(prog_ns bare_entry) bare_malloc=$(prog_ns bare_return)
+  cleanup
+  sysctl -qw kernel.bpf_stats_enabled="$old_stats"
+  echo
+  printf '| program time per hit (bpf_stats) | free entry ns | malloc return ns |\n|---|---:|---:|\n'
+  printf '| memlensd full (header mode) | %s | %s |\n| empty programs | %s | %s |\n' \
+    "$full_free" "$full_malloc" "$bare_free" "$bare_malloc"
+else
+  echo "(kernel.bpf_stats_enabled cannot be set: program time per hit skipped)"
+fi

@@ -18,14 +18,6 @@ namespace {
 #define REQUIRE_ROOT() \
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF uprobes)"
 
-// In a sanitizer build the workloads allocate through ASan's allocator, not
-// glibc's or jemalloc's: there is no allocator truth to compare with.
-#if defined(__SANITIZE_ADDRESS__)
-#define REQUIRE_REAL_ALLOCATOR() GTEST_SKIP() << "workloads built with ASan use its allocator"
-#else
-#define REQUIRE_REAL_ALLOCATOR() (void)0
-#endif
-
 std::string config(const std::string& comm, const std::string& dir, const std::string& alloc,
                    const std::string& extra = "") {
   return "global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 1s}\n" + extra +
@@ -69,7 +61,6 @@ std::optional<Steady> steady(const Daemon& d, const std::string& truth_path, pid
 // place, so every allocation is seen: live bytes match its own count.
 TEST(AllocAccuracy, LiveHeapAndFragmentationOfATargetStartedLater) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
@@ -107,7 +98,6 @@ TEST(AllocAccuracy, LiveHeapAndFragmentationOfATargetStartedLater) {
 // fragmentation, and still within 3 points of glibc's own view.
 TEST(AllocAccuracy, HolesShowHighFragmentation) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
@@ -129,7 +119,6 @@ TEST(AllocAccuracy, HolesShowHighFragmentation) {
 // jemalloc has no size header: address tracking with requested sizes.
 TEST(AllocAccuracy, JemallocLiveBytes) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth_jemalloc", dir);
   auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));
@@ -151,7 +140,6 @@ TEST(AllocAccuracy, JemallocLiveBytes) {
 // made-up live heap.
 TEST(AllocAccuracy, AlreadyRunningTargetReportsOnlySinceAttach) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   const std::string truth = dir + "/truth.jsonl";
@@ -180,7 +168,6 @@ TEST(AllocAccuracy, AlreadyRunningTargetReportsOnlySinceAttach) {
 // fork, starts with its parent's live blocks, and its live heap is exact.
 TEST(AllocAccuracy, ForkedChildStartsWithItsParentsHeap) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   auto d = start_daemon(config(exe_comm(exe), dir, "{mode: full}"));

@@ -17,14 +17,6 @@ using namespace std::chrono_literals;
 #define REQUIRE_ROOT() \
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF uprobes)"
 
-// In a sanitizer build the workloads allocate through ASan's allocator, not
-// glibc's or jemalloc's: there is no allocator truth to compare with.
-#if defined(__SANITIZE_ADDRESS__)
-#define REQUIRE_REAL_ALLOCATOR() GTEST_SKIP() << "workloads built with ASan use its allocator"
-#else
-#define REQUIRE_REAL_ALLOCATOR() (void)0
-#endif
-
 TEST(AllocFaults, ThousandShortLivedTargetsLeaveNoMapEntries) {
   REQUIRE_ROOT();
   const std::string dir = make_temp_dir();
@@ -74,7 +66,6 @@ TEST(AllocFaults, ThousandShortLivedTargetsLeaveNoMapEntries) {
 
 TEST(AllocFaults, TinyAddressMapCountsDropsAndKeepsRunning) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   auto d = start_daemon(

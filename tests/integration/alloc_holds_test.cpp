@@ -20,12 +20,6 @@ namespace {
 #define REQUIRE_ROOT() \
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF uprobes)"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define REQUIRE_REAL_ALLOCATOR() GTEST_SKIP() << "workloads built with ASan use its allocator"
-#else
-#define REQUIRE_REAL_ALLOCATOR() (void)0
-#endif
-
 const char* kJemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 
 std::string target(const std::string& comm, const std::string& dir) {
@@ -58,7 +52,6 @@ double holds(const std::vector<PromSample>& s, const std::string& outcome) {
 // of literal comms; a process started after the reload is held and exact.
 TEST(AllocHolds, ReloadAddsHeldNamesGivenAsAnAlternation) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   auto d = start_daemon(kGlobal + "targets: [{name: self, self: true}]\n");
@@ -87,7 +80,6 @@ TEST(AllocHolds, ReloadAddsHeldNamesGivenAsAnAlternation) {
 // the loader maps anything, and probe jemalloc, not libc.
 TEST(AllocHolds, PreloadedAllocatorIsTracedFromExec) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   if (access(kJemalloc, R_OK) != 0) GTEST_SKIP() << kJemalloc << " missing (libjemalloc2)";
   const std::string dir = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
@@ -142,7 +134,6 @@ TEST(AllocHolds, HoldReleasedByTheBoundIsTracedSinceAttachOnly) {
 // notice: never a live heap that is not exact.
 TEST(AllocHolds, AnotherHolderOfTheSameNameDoesNotSpoilTheCount) {
   REQUIRE_ROOT();
-  REQUIRE_REAL_ALLOCATOR();
   const std::string dir = make_temp_dir(), other = make_temp_dir();
   const std::string exe = private_workload("alloc_truth", dir);
   auto mine = start_daemon(kGlobal + target(exe_comm(exe), dir));

@@ -60,9 +60,8 @@ static int no_header; /* --no-header: another allocator is preloaded */
 
 static size_t chunk_of(void* p) {
   if (no_header) return malloc_usable_size(p);
-#if defined(ALLOC_TRUTH_JEMALLOC) || defined(__SANITIZE_ADDRESS__)
-  /* jemalloc has no size field; under ASan the bytes before a block are
-   * its redzone (and the allocator is not glibc's anyway). */
+#if defined(ALLOC_TRUTH_JEMALLOC)
+  /* jemalloc has no size field. */
   return malloc_usable_size(p);
 #else
   /* glibc's size field, just before the block (through an integer so the
