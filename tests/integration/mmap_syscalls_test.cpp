@@ -117,6 +117,48 @@ TEST(MmapSyscalls, PerCallBytesAndCallsEqualTheWorkloadsOwn) {
   EXPECT_GT(find_sample(s, "memlens_bpf_map_memory_bytes", {{"collector", "mmap"}}).value_or(0), 0);
 }
 
+// Exec replaces the address space: what the old one held must not be
+// charged to the new image's first call (as a huge unmap), and the new
+// image's calls are exact again.
+TEST(MmapSyscalls, ExecStartsAFreshBaseline) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/truth.jsonl", pre = dir + "/pre", start = dir + "/start";
+  const double big = 64.0 * 1024 * 1024;
+  Child w = spawn({workload_path("mmapload"), "--truth", truth, "--start", start, "--iterations", "5",
+                   "--pre-exec-mib", "64", "--pre-exec-start", pre});
+  auto d = start_daemon(pid_config("exec", w.pid()));
+  ASSERT_TRUE(d);
+  REQUIRE_MMAP_COLLECTOR(d);
+  const std::string pid = std::to_string(w.pid());
+  ASSERT_TRUE(wait_until([&] { return traced(d->scrape(), pid); }, 15s)) << d->log();
+  write_text(pre, "");
+  nlohmann::json t;
+  ASSERT_TRUE(wait_until([&] {
+    t = latest_truth(truth);
+    return t.value("phase", "") == "waiting" && t.value("execed", 0) == 1;
+  }, 20s)) << t.dump();
+  auto s0 = fresh_scrape(*d);
+  double unmapped0 = 0;
+  for (const char* c : kCalls) unmapped0 += sample(s0, "memlens_unmapped_bytes_total", pid, c);
+  std::printf("after exec, before the script: mapped by mmap %.0f, unmapped by any call %.0f\n",
+              sample(s0, "memlens_mapped_bytes_total", pid, "mmap"), unmapped0);
+  EXPECT_GE(sample(s0, "memlens_mapped_bytes_total", pid, "mmap"), big) << "the old image's 64 MiB mapping";
+  EXPECT_LT(unmapped0, big / 2) << "the old address space was charged to a call of the new image";
+
+  write_text(start, "");
+  t = wait_phase(truth, "done");
+  ASSERT_FALSE(HasFailure());
+  auto s1 = fresh_scrape(*d);
+  // The new image's script alone: the difference of the two scrapes.
+  for (const char* c : kCalls) {
+    for (auto [name, field] : {std::pair{"memlens_mmap_calls_total", "calls"},
+                               std::pair{"memlens_mapped_bytes_total", "mapped_bytes"},
+                               std::pair{"memlens_unmapped_bytes_total", "unmapped_bytes"}})
+      EXPECT_EQ(sample(s1, name, pid, c) - sample(s0, name, pid, c), t[field][c].get<double>()) << name << " " << c;
+  }
+}
+
 TEST(MmapSyscalls, StrippedStaticBinaryGrowthIsSeen) {
   REQUIRE_ROOT();
   const std::string dir = make_temp_dir();

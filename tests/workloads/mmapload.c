@@ -9,7 +9,10 @@
  * (the script is done; waits until --start2 FILE exists when given), then an
  * optional malloc phase (--malloc-kib: heap growth through the allocator,
  * whatever system calls it makes), "done"; then it stays until SIGTERM unless
- * --linger-ms says how long. --quick: no waiting, one iteration. */
+ * --linger-ms says how long. --quick: no waiting, one iteration.
+ * --pre-exec-mib M: first ("pre_exec", after --pre-exec-start FILE exists)
+ * map and touch M MiB, then exec itself without these two options: the old
+ * address space's memory is gone, the new image reports "execed":1. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -64,14 +67,15 @@ static uint64_t vmdata_bytes(void) {
 }
 
 static int truth_fd = 1;
+static int execed;
 
 static void report(const char* phase, int iterations, uint64_t before, uint64_t after) {
   char buf[2048];
   int n = snprintf(buf, sizeof buf,
-                   "{\"phase\":\"%s\",\"pid\":%d,\"iterations\":%d,\"page_bytes\":%ld,"
+                   "{\"phase\":\"%s\",\"pid\":%d,\"execed\":%d,\"iterations\":%d,\"page_bytes\":%ld,"
                    "\"vmdata_before_bytes\":%llu,\"vmdata_after_bytes\":%llu,\"failed_calls\":%llu,"
                    "\"malloc_small_bytes\":%llu,\"malloc_large_bytes\":%llu",
-                   phase, (int)getpid(), iterations, P, (unsigned long long)before, (unsigned long long)after,
+                   phase, (int)getpid(), execed, iterations, P, (unsigned long long)before, (unsigned long long)after,
                    (unsigned long long)failed_calls, (unsigned long long)malloc_small_bytes,
                    (unsigned long long)malloc_large_bytes);
   const char* fields[3] = {"calls", "mapped_bytes", "unmapped_bytes"};
@@ -203,15 +207,16 @@ static void on_signal(int sig) {
 static void usage(void) {
   static const char msg[] =
       "usage: mmapload --truth FILE [--start FILE] [--start2 FILE] [--iterations N] [--pages N]\n"
-      "                [--keep 0|1] [--malloc-kib K] [--linger-ms MS] [--quick]\n";
+      "                [--keep 0|1] [--malloc-kib K] [--linger-ms MS] [--quick]\n"
+      "                [--pre-exec-mib M --pre-exec-start FILE]\n";
   if (write(2, msg, sizeof msg - 1) < 0) _exit(3);
   _exit(2);
 }
 
 int main(int argc, char** argv) {
-  const char *truth = NULL, *start = NULL, *start2 = NULL;
+  const char *truth = NULL, *start = NULL, *start2 = NULL, *pre_exec_start = NULL;
   int iterations = 20, keep = 1, quick = 0;
-  long pages = 64, malloc_kib = 0, linger_ms = -1;
+  long pages = 64, malloc_kib = 0, linger_ms = -1, pre_exec_mib = 0;
   for (int i = 1; i < argc; ++i) {
     const char* k = argv[i];
     if (!strcmp(k, "--quick")) {
@@ -228,6 +233,9 @@ int main(int argc, char** argv) {
     else if (!strcmp(k, "--keep")) keep = atoi(v);
     else if (!strcmp(k, "--malloc-kib")) malloc_kib = atol(v);
     else if (!strcmp(k, "--linger-ms")) linger_ms = atol(v);
+    else if (!strcmp(k, "--pre-exec-mib")) pre_exec_mib = atol(v);
+    else if (!strcmp(k, "--pre-exec-start")) pre_exec_start = v;
+    else if (!strcmp(k, "--execed")) execed = atoi(v);
     else usage();
   }
   if (!truth || pages < 8 || pages % 2 || iterations < 1) usage();
@@ -236,16 +244,36 @@ int main(int argc, char** argv) {
   signal(SIGINT, on_signal);
   P = sysconf(_SC_PAGESIZE);
 
-  truth_fd = open(truth, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  truth_fd = open(truth, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (truth_fd < 0) die("open truth");
   /* The file behind the file mappings, beside the truth file. */
   char data[4096];
   snprintf(data, sizeof data, "%s.%d.data", truth, (int)getpid());
-  int fd = open(data, O_RDWR | O_CREAT | O_TRUNC, 0600);
+  int fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) die("open data file");
   if (ftruncate(fd, 16 * P) != 0) die("ftruncate");
   unlink(data);
 
+  if (pre_exec_mib > 0) {
+    report("pre_exec", iterations, 0, 0);
+    if (pre_exec_start) wait_for(pre_exec_start);
+    const size_t big_pages = ((size_t)pre_exec_mib << 20) / (size_t)P;
+    touch(map(NULL, big_pages, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1), big_pages);
+    char* args[64];
+    int n = 0;
+    for (int i = 0; i < argc && n < 60; ++i) {
+      if (!strcmp(argv[i], "--pre-exec-mib") || !strcmp(argv[i], "--pre-exec-start") || !strcmp(argv[i], "--execed")) {
+        ++i;
+        continue;
+      }
+      args[n++] = argv[i];
+    }
+    args[n++] = "--execed";
+    args[n++] = "1";
+    args[n] = NULL;
+    execv("/proc/self/exe", args);
+    die("execv");
+  }
   report("waiting", iterations, 0, 0);
   if (start && !quick) wait_for(start);
 
