@@ -72,7 +72,8 @@ std::array<MmapCallCounts, MMAP_CALLS> mmap_call_counts(const mmap_stats& v, uin
 struct MmapState {
   std::unique_ptr<mmap_bpf, decltype(&mmap_bpf__destroy)> skel{nullptr, mmap_bpf__destroy};
   std::vector<bpf::Link> links;
-  uint64_t map_full = 0;  // targets refused because mmap_stats was full
+  uint64_t map_full = 0;       // targets refused because mmap_stats was full
+  uint64_t update_failed = 0;  // targets refused for another reason
   uint64_t page_bytes = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   ProcFs fs;
 };
@@ -120,7 +121,7 @@ void MmapCollector::target_added(const Target& t) {
   }
   // BPF_ANY: a new target with the pid of a gone one starts from zero.
   if (bpf_map_update_elem(bpf_map__fd(s_->skel->maps.mmap_stats), &key, &v, BPF_ANY) != 0) {
-    ++s_->map_full;
+    ++(errno == E2BIG ? s_->map_full : s_->update_failed);
     spdlog::debug("mmap: target {} pid {} not traced: {}", t.name, t.pid(), std::strerror(errno));
   }
 }
@@ -158,6 +159,7 @@ void MmapCollector::collect_global(GlobalSample& out) {
     if (v) out.counter(m().dropped, static_cast<double>(*v), {{"collector", "mmap"}, {"reason", drop_reason_name(r)}});
   }
   out.counter(m().dropped, static_cast<double>(s_->map_full), {{"collector", "mmap"}, {"reason", "map_full"}});
+  out.counter(m().dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
   out.gauge(m().map_mem, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
   int fd = bpf_map__fd(s_->skel->maps.mmap_stats);
   uint64_t n = 0;
