@@ -98,9 +98,19 @@ static void sleep_ms(long ms) {
   }
 }
 
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) {
+  (void)sig;
+  stop = 1;
+}
+
+/* SIGTERM while waiting ends the process. */
 static void wait_for(const char* path) {
   struct stat st;
-  while (stat(path, &st) != 0) sleep_ms(20);
+  while (stat(path, &st) != 0) {
+    if (stop) _exit(0);
+    sleep_ms(20);
+  }
 }
 
 static void* map(void* addr, size_t pages, int prot, int flags, int fd) {
@@ -196,12 +206,6 @@ static void script(size_t N, int fd, int keep) {
   /* Clean up; what is left of the reservation is N/2 RW pages. */
   if (!keep) unmap(b, N / 2, N / 2);
   unmap(r, R, N / 2);
-}
-
-static volatile sig_atomic_t stop;
-static void on_signal(int sig) {
-  (void)sig;
-  stop = 1;
 }
 
 static void usage(void) {
