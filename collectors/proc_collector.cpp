@@ -29,6 +29,10 @@ struct ProcMetrics {
   MetricDesc peak = metric("rss_peak", "bytes", MetricKind::gauge,
                            "Peak resident set size over the process lifetime (status VmHWM).");
   MetricDesc virt = metric("virtual", "bytes", MetricKind::gauge, "Virtual address space size (status VmSize).");
+  MetricDesc data = metric("data", "bytes", MetricKind::gauge,
+                           "Private writable virtual memory (status VmData: heaps, anonymous and private writable "
+                           "mappings, thread stacks; not the main stack, not PROT_NONE reservations), resident "
+                           "or not.");
   MetricDesc heap = metric("heap_mapping", "bytes", MetricKind::gauge,
                            "Size of the [heap] (brk) mapping, read every smaps_interval; 0 when the process has none.");
   MetricDesc faults = metric("page_faults", "", MetricKind::counter,
@@ -117,6 +121,7 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   out.gauge(m().swap, static_cast<double>(status->vm_swap));
   out.gauge(m().peak, static_cast<double>(status->vm_hwm));
   out.gauge(m().virt, static_cast<double>(status->vm_size));
+  out.gauge(m().data, static_cast<double>(status->vm_data));
   out.series(SeriesId::rss, static_cast<double>(status->vm_rss));
   out.series(SeriesId::anon, static_cast<double>(status->rss_anon));
   out.series(SeriesId::heap, static_cast<double>(status->rss_anon));

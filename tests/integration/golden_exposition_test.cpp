@@ -30,7 +30,8 @@ std::string per_target(const std::string& exposition) {
     // (they trace live processes, not files; their own tests cover them).
     bool skip = false;
     for (const char* p : {"memlens_timeline_points", "memlens_leak_slope", "memlens_bpf_", "memlens_heap_live",
-                          "memlens_heap_fragmentation", "memlens_alloc", "memlens_frees", "memlens_gc_", "memlens_jvm_"})
+                          "memlens_heap_fragmentation", "memlens_alloc", "memlens_frees", "memlens_gc_", "memlens_jvm_",
+                          "memlens_mmap_", "memlens_mapped_", "memlens_unmapped_"})
       skip |= line.rfind(p, 0) == 0;
     if (skip) continue;
     out += pending;

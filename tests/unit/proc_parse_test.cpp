@@ -49,6 +49,7 @@ TEST(ParseStatus, RealProcessInBytes) {
   EXPECT_EQ(s->vm_rss, s->rss_anon + s->rss_file + s->rss_shmem);  // as the kernel sums them
   EXPECT_GE(s->vm_hwm, s->vm_rss);
   EXPECT_EQ(s->vm_rss % 1024, 0u);
+  EXPECT_EQ(s->vm_data, 8812u * 1024);  // "VmData:	    8812 kB", the level memlens_data_bytes reports
 }
 
 TEST(ParseStatus, KernelThreadAndZombieHaveNoMemory) {
