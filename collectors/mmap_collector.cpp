@@ -84,6 +84,8 @@ MmapCollector::~MmapCollector() = default;
 Result<void> MmapCollector::start(const Config& cfg) {
   s_->fs = ProcFs(cfg.procfs);
   if (s_->skel) return {};  // reload: maps and programs stay
+  if (!cfg.bpf.syscalls)
+    return make_error(Errc::invalid, "disabled by config (bpf.syscalls: false)");
   if (auto r = bpf::prepare(); !r) return make_error(r.error().code, "eBPF unavailable: " + r.error().message);
   s_->skel.reset(mmap_bpf__open());
   if (!s_->skel) return make_error(Errc::unavailable, std::string("mmap: open: ") + std::strerror(errno));

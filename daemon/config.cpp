@@ -247,8 +247,15 @@ class Parser {
   }
 
   Result<void> parse_bpf(const YAML::Node& b, Config& c) const {
-    if (auto r = known_keys(b, "bpf", {"max_targets", "max_tracked_allocs", "max_stacks", "ringbuf_bytes"}); !r)
+    if (auto r = known_keys(b, "bpf", {"max_targets", "max_tracked_allocs", "max_stacks", "ringbuf_bytes",
+                                       "syscalls"});
+        !r)
       return r;
+    if (b["syscalls"]) {
+      auto v = boolean(b["syscalls"], "bpf.syscalls");
+      if (!v) return v.error();
+      c.bpf.syscalls = *v;
+    }
     auto u32 = [&](const char* key, uint32_t& out, int64_t lo, int64_t hi) -> Result<void> {
       if (!b[key]) return {};
       auto v = integer(b[key], std::string("bpf.") + key, lo, hi);

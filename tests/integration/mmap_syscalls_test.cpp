@@ -316,3 +316,21 @@ TEST(MmapSyscalls, WithoutBpfCapabilitiesTheCollectorSaysWhy) {
   EXPECT_TRUE(why) << "the reason names the missing capability";
   EXPECT_FALSE(traced(s, pid));
 }
+
+// bpf.syscalls: false leaves the tracepoints off (every system call on the
+// host pays while they are on): the collector says so, /proc goes on.
+TEST(MmapSyscalls, SwitchedOffByConfig) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  Child w = spawn({workload_path("mmapload"), "--truth", dir + "/t", "--start", dir + "/never"});
+  auto d = start_daemon("bpf: {syscalls: false}\n" + pid_config("off", w.pid()));
+  ASSERT_TRUE(d);
+  const std::string pid = std::to_string(w.pid());
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_data_bytes", {{"pid", pid}}).has_value();
+  }, 10s)) << d->log();
+  EXPECT_EQ(find_sample(s, "memlens_collector_enabled", {{"collector", "mmap"}}), 0.0);
+  EXPECT_FALSE(traced(s, pid));
+}

@@ -41,6 +41,18 @@ TEST(Config, ExampleCoversEveryFieldAndIsValid) {
   EXPECT_TRUE(duty && on_leak && sites);
 }
 
+TEST(Config, SyscallTracingSwitch) {
+  auto on = parse_config("targets: [{name: a, comm: a}]\n", "t.yaml");
+  ASSERT_TRUE(on.ok());
+  EXPECT_TRUE(on->bpf.syscalls);
+  auto off = parse_config("bpf: {syscalls: false}\ntargets: [{name: a, comm: a}]\n", "t.yaml");
+  ASSERT_TRUE(off.ok()) << off.error().message;
+  EXPECT_FALSE(off->bpf.syscalls);
+  auto bad = parse_config("bpf: {syscalls: maybe}\ntargets: [{name: a, comm: a}]\n", "t.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("bpf.syscalls"), std::string::npos) << bad.error().message;
+}
+
 TEST(Config, FullParse) {
   auto c = parse_config(R"(
 global:
