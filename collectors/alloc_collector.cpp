@@ -555,9 +555,12 @@ void configure_trace(AllocState& s, AllocTrace& tr, const TargetPolicy* pol) {
 void apply_mode(AllocState& s, AllocTrace& tr, bool on) {
   if (!tr.have_alloc) return;
   if (on && !tr.attached()) {
+    const double t0 = mono_now();
     if (auto r = attach(s, tr); !r) spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
+    else spdlog::debug("alloc: pid {}: attached in {:.2f} ms", tr.pid, (mono_now() - t0) * 1e3);
   } else if (!on && tr.attached()) {
     detach(s, tr);
+    spdlog::debug("alloc: pid {}: detaching", tr.pid);
   }
 }
 
