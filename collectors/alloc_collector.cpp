@@ -262,7 +262,8 @@ struct Counters {
 };
 
 // The bound on a hold, and how far ahead of a duty on-phase the probes are
-// attached (attaching takes 1-3 ms; counting starts on time, by a flag).
+// attached at least (twice the last attach time; counting starts on time,
+// by a flag).
 constexpr uint64_t kHoldBoundNs = 500ull * 1000000ull;
 constexpr double kDutyLead = 0.005;
 
@@ -317,6 +318,7 @@ struct AllocTrace {
   bool track_addrs = false, stacks = false;
   // Modes.
   double phase_start = 0;     // duty: origin of the periods
+  double attach_seconds = 0;  // how long the last attach took
   bool duty_counting = false; // duty: slot_on is 1
   double on_leak_until = 0;   // on_leak: tracing until then
   // Counters: raw kernel totals at the last read, and the exported ones.
@@ -556,8 +558,12 @@ void apply_mode(AllocState& s, AllocTrace& tr, bool on) {
   if (!tr.have_alloc) return;
   if (on && !tr.attached()) {
     const double t0 = mono_now();
-    if (auto r = attach(s, tr); !r) spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
-    else spdlog::debug("alloc: pid {}: attached in {:.2f} ms", tr.pid, (mono_now() - t0) * 1e3);
+    if (auto r = attach(s, tr); !r) {
+      spdlog::debug("alloc: pid {}: {}", tr.pid, r.error().message);
+    } else {
+      tr.attach_seconds = mono_now() - t0;
+      spdlog::debug("alloc: pid {}: attached in {:.2f} ms", tr.pid, tr.attach_seconds * 1e3);
+    }
   } else if (!on && tr.attached()) {
     detach(s, tr);
     spdlog::debug("alloc: pid {}: detaching", tr.pid);
@@ -565,15 +571,18 @@ void apply_mode(AllocState& s, AllocTrace& tr, bool on) {
 }
 
 // Duty mode: period P, on for D = P x fraction from each period's start.
-// Probes go on kDutyLead before the on-phase and off at its end; counting
-// follows the slot's flag, set and cleared on time, so observed / fraction
-// is an unbiased estimate. Returns when the next transition is due.
+// Probes go on a lead (twice the last attach time, at least kDutyLead)
+// before the on-phase and off at its end; counting follows the slot's flag,
+// set and cleared on time, so observed / fraction is an unbiased estimate. Returns when the next transition is due.
 double duty_step(AllocState& s, AllocTrace& tr, double now) {
   const double period = std::max(0.1, std::chrono::duration<double>(tr.policy->duty_period).count());
   const double on_for = period * std::clamp(tr.policy->duty_fraction, 0.0, 1.0);
-  const double k = std::floor((now - tr.phase_start + kDutyLead) / period);
+  // Attaching takes a few ms (the kernel walks every process that maps the
+  // library): start early enough that the probes are in place on time.
+  const double lead = std::clamp(2 * tr.attach_seconds, kDutyLead, 0.05);
+  const double k = std::floor((now - tr.phase_start + lead) / period);
   const double on_at = tr.phase_start + k * period, off_at = on_at + on_for;
-  const bool want_links = on_for > 0 && now >= on_at - kDutyLead && now < off_at;
+  const bool want_links = on_for > 0 && now >= on_at - lead && now < off_at;
   const bool want_count = want_links && now >= on_at;
   if (want_links) apply_mode(s, tr, true);
   if (want_count != tr.duty_counting && tr.attached() && tr.slot) {
@@ -582,10 +591,10 @@ double duty_step(AllocState& s, AllocTrace& tr, double now) {
     tr.duty_counting = want_count;
   }
   if (!want_links) apply_mode(s, tr, false);
-  if (now < on_at - kDutyLead) return on_at - kDutyLead;
+  if (now < on_at - lead) return on_at - lead;
   if (now < on_at) return on_at;
   if (now < off_at) return off_at;
-  return on_at + period - kDutyLead;
+  return on_at + period - lead;
 }
 
 // Whether a non-duty mode wants the probes on now.
