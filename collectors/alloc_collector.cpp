@@ -74,13 +74,6 @@ struct AllocMetrics {
   MetricDesc tracing = metric("alloc_tracing", "", MetricKind::gauge,
                               "1 while allocation probes are attached to this target, 0 while off "
                               "(duty off-phase, on_leak waiting); labels give mode and coverage.");
-  // Global.
-  MetricDesc dropped = metric("bpf_events_dropped", "", MetricKind::counter,
-                              "Events the eBPF programs could not record, by collector and reason.");
-  MetricDesc map_mem = metric("bpf_map_memory", "bytes", MetricKind::gauge,
-                              "Kernel memory charged to the eBPF maps of a collector.");
-  MetricDesc map_entries = metric("bpf_map_entries", "", MetricKind::gauge,
-                                  "Entries in a per-target eBPF map (bounded by config.bpf limits).");
   MetricDesc detaching = metric("alloc_probes_detaching", "", MetricKind::gauge,
                                 "Uprobe links of gone targets still being detached (each waits for a "
                                 "kernel grace period).");
@@ -223,7 +216,8 @@ bool still_held(const ProcFs& fs, pid_t pid) {
       } else if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0) {
         auto v = line.substr(7);
         auto at = v.find_first_not_of(" \t");
-        uint64_t mask = at == std::string_view::npos ? 0 : std::strtoull(std::string(v.substr(at)).c_str(), nullptr, 16);
+        const std::string hex = at == std::string_view::npos ? "0" : std::string(v.substr(at));
+        const uint64_t mask = std::strtoull(hex.c_str(), nullptr, 16);
         if (mask & (1ull << (SIGSTOP - 1))) pending = true;
       }
     }
@@ -1178,6 +1172,7 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
 }
 
 void AllocCollector::collect_global(GlobalSample& out) {
+  const auto& self = bpf::self_metrics();
   {
     // Leak sites go out as /api/v1/targets/<name>/leaks documents: the HTTP
     // threads only copy them from the snapshot.
@@ -1191,21 +1186,16 @@ void AllocCollector::collect_global(GlobalSample& out) {
     auto v = bpf::sum_percpu_u64(bpf_map__fd(s_->skel->maps.drops), &key);
     // Targets that found no free slot are counted in user space.
     const double extra = r == DROP_NO_SLOT ? static_cast<double>(s_->pool.exhausted.load()) : 0.0;
-    if (v) out.counter(m().dropped, static_cast<double>(*v) + extra, {{"collector", "alloc"}, {"reason", drop_reason_name(r)}});
+    if (v)
+      out.counter(self.dropped, static_cast<double>(*v) + extra,
+                  {{"collector", "alloc"}, {"reason", drop_reason_name(r)}});
   }
-  out.gauge(m().map_mem, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "alloc"}});
-  uint64_t cfg_entries = 0;
-  {
-    int fd = bpf_map__fd(s_->skel->maps.target_cfg);
-    uint32_t k = 0, next = 0;
-    for (const void* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &k) {
-      ++cfg_entries;
-      k = next;
-    }
-  }
-  out.gauge(m().map_entries, static_cast<double>(s_->pool.in_use.load()), {{"map", "alloc_stats"}});
-  out.gauge(m().map_entries, static_cast<double>(cfg_entries), {{"map", "alloc_target_cfg"}});
-  out.gauge(m().map_entries, static_cast<double>(s_->traces.size()), {{"map", "alloc_traces"}});
+  out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)),
+            {{"collector", "alloc"}});
+  const uint64_t cfg_entries = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.target_cfg));
+  out.gauge(self.map_entries, static_cast<double>(s_->pool.in_use.load()), {{"map", "alloc_stats"}});
+  out.gauge(self.map_entries, static_cast<double>(cfg_entries), {{"map", "alloc_target_cfg"}});
+  out.gauge(self.map_entries, static_cast<double>(s_->traces.size()), {{"map", "alloc_traces"}});
   out.gauge(m().detaching, static_cast<double>(s_->detaching.load()));
   out.counter(m().held, static_cast<double>(s_->holds_attached), {{"outcome", "attached"}});
   out.counter(m().held, static_cast<double>(s_->holds_late), {{"outcome", "released_early"}});

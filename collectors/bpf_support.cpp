@@ -248,6 +248,27 @@ Result<uint64_t> sum_percpu_u64(int map_fd, const void* key) {
   return (*r)[0];
 }
 
+uint64_t count_u32_keys(int map_fd) {
+  uint64_t n = 0;
+  uint32_t k = 0, next = 0;
+  for (const void* prev = nullptr; bpf_map_get_next_key(map_fd, prev, &next) == 0; prev = &k) {
+    ++n;
+    k = next;
+  }
+  return n;
+}
+
+const SelfMetrics& self_metrics() {
+  static const SelfMetrics m{
+      metric("bpf_events_dropped", "", MetricKind::counter,
+             "Events the eBPF programs could not record, by collector and reason."),
+      metric("bpf_map_memory", "bytes", MetricKind::gauge, "Kernel memory charged to the eBPF maps of a collector."),
+      metric("bpf_map_entries", "", MetricKind::gauge,
+             "Entries in a per-target eBPF map (bounded by config.bpf limits)."),
+  };
+  return m;
+}
+
 uint64_t map_memory_bytes(int map_fd) {
   if (map_fd < 0) return 0;
   std::ifstream in("/proc/self/fdinfo/" + std::to_string(map_fd));

@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "daemon/metric.h"
 #include "daemon/result.h"
 
 struct bpf_link;
@@ -118,5 +119,16 @@ uint64_t object_map_memory_bytes(const bpf_object* obj);
 
 // Number of possible CPUs (size of per-CPU value arrays).
 int possible_cpus();
+
+// Number of keys in a map with 4-byte keys (per-target maps keyed by pid).
+uint64_t count_u32_keys(int map_fd);
+
+// The self-metric families every eBPF collector reports, declared once so
+// names and help texts agree: drops by collector and reason, map memory by
+// collector, entries by map.
+struct SelfMetrics {
+  MetricDesc dropped, map_memory, map_entries;
+};
+const SelfMetrics& self_metrics();
 
 }  // namespace memlens::bpf

@@ -22,10 +22,6 @@ struct FaultMetrics {
   MetricDesc faults = metric("bpf_page_faults", "", MetricKind::counter,
                              "User page faults handled by the kernel for the target since it was added "
                              "(eBPF tracepoint exceptions:page_fault_user), by access read/write.");
-  MetricDesc map_mem = metric("bpf_map_memory", "bytes", MetricKind::gauge,
-                              "Kernel memory charged to the eBPF maps of a collector.");
-  MetricDesc entries = metric("bpf_map_entries", "", MetricKind::gauge,
-                              "Entries in a per-target eBPF map (bounded by config.bpf limits).");
 };
 
 const FaultMetrics& m() {
@@ -91,18 +87,11 @@ Result<void> FaultsCollector::collect(const Target& t, Sample& out) {
 }
 
 void FaultsCollector::collect_global(GlobalSample& out) {
+  const auto& self = bpf::self_metrics();
   if (!s_->skel) return;
-  out.gauge(m().map_mem, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "faults"}});
-  int fd = bpf_map__fd(s_->skel->maps.fault_stats);
-  uint64_t n = 0;
-  __u32 k = 0, next = 0;
-  const void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    ++n;
-    k = next;
-    prev = &k;
-  }
-  out.gauge(m().entries, static_cast<double>(n), {{"map", "fault_stats"}});
+  out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "faults"}});
+  const uint64_t n = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.fault_stats));
+  out.gauge(self.map_entries, static_cast<double>(n), {{"map", "fault_stats"}});
 }
 
 }  // namespace memlens

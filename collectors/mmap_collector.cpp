@@ -38,13 +38,6 @@ struct MmapMetrics {
   MetricDesc unmapped = metric("unmapped", "bytes", MetricKind::counter,
                                "Shrinkage of the target's private writable memory (data_vm, status VmData) over "
                                "its mmap-family calls since it was added, by the call that made it.");
-  // Global; the same families (names and help) as the other eBPF collectors.
-  MetricDesc dropped = metric("bpf_events_dropped", "", MetricKind::counter,
-                              "Events the eBPF programs could not record, by collector and reason.");
-  MetricDesc map_mem = metric("bpf_map_memory", "bytes", MetricKind::gauge,
-                              "Kernel memory charged to the eBPF maps of a collector.");
-  MetricDesc entries = metric("bpf_map_entries", "", MetricKind::gauge,
-                              "Entries in a per-target eBPF map (bounded by config.bpf limits).");
 };
 
 const MmapMetrics& m() {
@@ -154,25 +147,18 @@ Result<void> MmapCollector::collect(const Target& t, Sample& out) {
 }
 
 void MmapCollector::collect_global(GlobalSample& out) {
+  const auto& self = bpf::self_metrics();
   if (!s_->skel) return;
   for (int r = 0; r < MMAP_DROP_REASONS; ++r) {
     __u32 key = static_cast<__u32>(r);
     auto v = bpf::sum_percpu_u64(bpf_map__fd(s_->skel->maps.mmap_drops), &key);
-    if (v) out.counter(m().dropped, static_cast<double>(*v), {{"collector", "mmap"}, {"reason", drop_reason_name(r)}});
+    if (v) out.counter(self.dropped, static_cast<double>(*v), {{"collector", "mmap"}, {"reason", drop_reason_name(r)}});
   }
-  out.counter(m().dropped, static_cast<double>(s_->map_full), {{"collector", "mmap"}, {"reason", "map_full"}});
-  out.counter(m().dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
-  out.gauge(m().map_mem, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
-  int fd = bpf_map__fd(s_->skel->maps.mmap_stats);
-  uint64_t n = 0;
-  __u32 k = 0, next = 0;
-  const void* prev = nullptr;
-  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    ++n;
-    k = next;
-    prev = &k;
-  }
-  out.gauge(m().entries, static_cast<double>(n), {{"map", "mmap_stats"}});
+  out.counter(self.dropped, static_cast<double>(s_->map_full), {{"collector", "mmap"}, {"reason", "map_full"}});
+  out.counter(self.dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
+  out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
+  const uint64_t n = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.mmap_stats));
+  out.gauge(self.map_entries, static_cast<double>(n), {{"map", "mmap_stats"}});
 }
 
 }  // namespace memlens
