@@ -33,13 +33,7 @@ cleanup() {
 trap 'cleanup; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
+source "$here/lib/common.sh"
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 
 start_daemon() { # start_daemon YAML
