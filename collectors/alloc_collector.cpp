@@ -72,8 +72,9 @@ struct AllocMetrics {
   MetricDesc heap_resident = metric("heap_resident", "bytes", MetricKind::gauge,
                                     "Resident bytes of the allocator's heap mappings ([heap] and glibc arenas).");
   MetricDesc tracing = metric("alloc_tracing", "", MetricKind::gauge,
-                              "1 while allocation probes are attached to this target, 0 while off "
-                              "(duty off-phase, on_leak waiting); labels give mode and coverage.");
+                              "1 while allocation probes are attached to this target (duty mode: counting at "
+                              "some time during the last tick), 0 while off (duty off-phase, on_leak waiting); "
+                              "labels give mode and coverage.");
   MetricDesc detaching = metric("alloc_probes_detaching", "", MetricKind::gauge,
                                 "Uprobe links of gone targets still being detached (each waits for a "
                                 "kernel grace period).");
@@ -314,6 +315,7 @@ struct AllocTrace {
   double phase_start = 0;     // duty: origin of the periods
   double attach_seconds = 0;  // how long the last attach took
   bool duty_counting = false; // duty: slot_on is 1
+  bool duty_counted = false;  // duty: it was at some time since the last collect
   double on_leak_until = 0;   // on_leak: tracing until then
   // Counters: raw kernel totals at the last read, and the exported ones.
   alloc_stats last{};
@@ -583,6 +585,7 @@ double duty_step(AllocState& s, AllocTrace& tr, double now) {
     __u32 key = *tr.slot, v = want_count ? 1 : 0;
     bpf_map_update_elem(bpf_map__fd(s.skel->maps.slot_on), &key, &v, BPF_ANY);
     tr.duty_counting = want_count;
+    tr.duty_counted |= want_count;
   }
   if (!want_links) apply_mode(s, tr, false);
   if (now < on_at - lead) return on_at - lead;
@@ -1083,7 +1086,11 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   }
 
   const bool duty = pol->alloc_mode == AllocMode::duty;
-  out.gauge(m().tracing, (duty ? tr.duty_counting : tr.attached()) ? 1 : 0,
+  // Duty: whether it counted during the tick (a sample at tick time would
+  // alias with the period).
+  const bool on = duty ? (tr.duty_counting || tr.duty_counted) : tr.attached();
+  tr.duty_counted = false;
+  out.gauge(m().tracing, on ? 1 : 0,
             {{"mode", alloc_mode_name(pol->alloc_mode)},
              {"allocator", tr.have_alloc ? elf::allocator_name(tr.alloc.kind) : "none"},
              {"coverage", tr.from_start ? "since_start" : "since_attach"}});

@@ -18,11 +18,10 @@ namespace fs = std::filesystem;
 TEST(AllocLeakSlope, LiveHeapSlopeWithin10PercentAfter60s) {
   if (!is_root()) GTEST_SKIP() << "eBPF needs root";
   const std::string dir = make_temp_dir();
-  // A private copy under a unique name: the selector is a literal exe path
-  // (what the exec hold needs), and no other test's process matches it.
-  const std::string exe = dir + "/leaker";
-  fs::copy_file(workload_path("heapload"), exe);
-  fs::permissions(exe, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+  // A private copy under a name no other test uses (the sanitizer variant of
+  // this test runs at the same time): the selector is a literal exe path,
+  // what the exec hold needs.
+  const std::string exe = private_workload("heapload", dir);
   auto d = start_daemon("global: {tick_interval: 1s, rescan_interval: 1s, leak_window: 60s}\n"
                         "targets:\n"
                         "  - name: leaker\n"
