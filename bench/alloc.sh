@@ -35,6 +35,9 @@ trap 'exit 130' INT TERM
 
 source "$here/lib/common.sh"
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
+lower() { # lower CURRENT NEW: the smaller (CURRENT may be empty)
+  if [[ -z $1 ]] || (($(echo "$2 < $1" | bc -l))); then echo "$2"; else echo "$1"; fi
+}
 
 start_daemon() { # start_daemon YAML
   local port
@@ -95,9 +98,8 @@ cleanup
 
 # 4. Bare trap cost: empty programs at the same sites (malloc return probe,
 #    free after its NULL test), and at malloc entry only.
-bare() { # bare LABEL [--entry-only]
-  local out
-  "$bench" --pairs "$N" --wait-ms 1500 >"$work/bare.out" &
+trapped_run() { # trapped_run BENCH [--entry-only|--multi]: its output line, empty if not attached
+  "$1" --pairs "$N" --wait-ms 1500 >"$work/bare.out" &
   bg_pid=$!
   "$trapper" "$bg_pid" ${2:-} >"$work/trapper.out" 2>&1 &
   bt_pid=$!
@@ -106,10 +108,15 @@ bare() { # bare LABEL [--entry-only]
   wait "$bt_pid" || true
   bt_pid=""
   if grep -q attached "$work/trapper.out"; then
-    record "$1" "$(cat "$work/bare.out")"
+    cat "$work/bare.out"
   else
     echo "alloc.sh: alloc_trap_cost did not attach: $(cat "$work/trapper.out")" >&2
   fi
+}
+bare() { # bare LABEL [--entry-only|--multi]
+  local out
+  out=$(trapped_run "$bench" "${2:-}")
+  [[ -n $out ]] && record "$1" "$out"
 }
 for _ in $(seq "$RUNS"); do
   bare "bare traps: empty programs, malloc entry+return, free+3"
@@ -171,18 +178,10 @@ fbest="" bbest=""
 start_daemon "$(mode_cfg '{mode: full}')"
 for _ in $(seq "$PAIR_RUNS"); do
   f=$("$bench" --pairs "$N" | field cpu_ns_per_pair)
-  "$plain" --pairs "$N" --wait-ms 1500 >"$work/bare.out" &
-  bg_pid=$!
-  "$trapper" "$bg_pid" --multi >"$work/trapper.out" 2>&1 &
-  bt_pid=$!
-  wait "$bg_pid"
-  bg_pid=""
-  wait "$bt_pid" || true
-  bt_pid=""
-  grep -q attached "$work/trapper.out" || continue
-  b=$(field cpu_ns_per_pair <"$work/bare.out")
-  if [[ -z $fbest ]] || (($(echo "$f < $fbest" | bc -l))); then fbest=$f; fi
-  if [[ -z $bbest ]] || (($(echo "$b < $bbest" | bc -l))); then bbest=$b; fi
+  b=$(trapped_run "$plain" --multi | field cpu_ns_per_pair)
+  [[ -n $b ]] || continue
+  fbest=$(lower "$fbest" "$f")
+  bbest=$(lower "$bbest" "$b")
 done
 cleanup
 echo
@@ -193,13 +192,10 @@ printf 'interleaved, best of %s: memlensd full %s vs bare traps (multi-uprobe li
 #    of $RUNS each, untraced and traced runs alternating.
 #    The untraced runs use a copy under another name: not a target.
 ubest="" dbest=""
-untraced_copy=$plain
 start_daemon "$(mode_cfg '{mode: duty, duty_fraction: 0.1, duty_period: 1s}')"
 for _ in $(seq "$RUNS"); do
-  u=$("$untraced_copy" --pairs 300000 --rate 100000 --wait-ms 1500 | field cpu_ns_per_pair)
-  d=$("$bench" --pairs 300000 --rate 100000 --wait-ms 1500 | field cpu_ns_per_pair)
-  if [[ -z $ubest ]] || (($(echo "$u < $ubest" | bc -l))); then ubest=$u; fi
-  if [[ -z $dbest ]] || (($(echo "$d < $dbest" | bc -l))); then dbest=$d; fi
+  ubest=$(lower "$ubest" "$("$plain" --pairs 300000 --rate 100000 --wait-ms 1500 | field cpu_ns_per_pair)")
+  dbest=$(lower "$dbest" "$("$bench" --pairs 300000 --rate 100000 --wait-ms 1500 | field cpu_ns_per_pair)")
 done
 cleanup
 echo

@@ -203,27 +203,10 @@ bool still_held(const ProcFs& fs, pid_t pid) {
   for (int i = 0; i < 100; ++i) {
     auto text = read_file(fs.path(pid, "status"));
     if (!text) return false;
-    char state = '?';
-    bool pending = false;
-    std::string_view t = *text;
-    while (!t.empty()) {
-      auto nl = t.find('\n');
-      std::string_view line = t.substr(0, nl);
-      t = nl == std::string_view::npos ? std::string_view{} : t.substr(nl + 1);
-      if (line.rfind("State:", 0) == 0) {
-        auto v = line.substr(6);
-        auto at = v.find_first_not_of(" \t");
-        if (at != std::string_view::npos) state = v[at];
-      } else if (line.rfind("SigPnd:", 0) == 0 || line.rfind("ShdPnd:", 0) == 0) {
-        auto v = line.substr(7);
-        auto at = v.find_first_not_of(" \t");
-        const std::string hex = at == std::string_view::npos ? "0" : std::string(v.substr(at));
-        const uint64_t mask = std::strtoull(hex.c_str(), nullptr, 16);
-        if (mask & (1ull << (SIGSTOP - 1))) pending = true;
-      }
-    }
-    if (state == 'T' || state == 't') return true;
-    if (!pending) return false;
+    auto st = parse_status(*text);
+    if (!st) return false;
+    if (st->state == 'T' || st->state == 't') return true;
+    if (!(st->sig_pending & (1ull << (SIGSTOP - 1)))) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return false;
@@ -391,7 +374,9 @@ void delete_addrs_of(AllocState& s, pid_t pid) {
   for (auto& key : mine) bpf_map_delete_elem(fd, &key);
 }
 
-void bury(AllocState& s, AllocTrace& tr) {
+// Hands the trace's links to the reapers (with its slot: given back once
+// the last of them is destroyed).
+void detach(AllocState& s, AllocTrace& tr) {
   if (tr.links.empty()) return;
   if (tr.duty_counting && tr.slot) {
     __u32 key = *tr.slot, off = 0;
@@ -406,8 +391,6 @@ void bury(AllocState& s, AllocTrace& tr) {
   tr.links.clear();
   s.grave_cv.notify_all();
 }
-
-void detach(AllocState& s, AllocTrace& tr) { bury(s, tr); }
 
 // Everything the kernel holds for a trace that ends (its slot goes back
 // once its links are detached).
@@ -493,7 +476,7 @@ Result<void> attach(AllocState& s, AllocTrace& tr) {
   std::vector<bpf::Link> links;
   auto fail = [&](const Error& e) -> Result<void> {
     tr.links = std::move(links);
-    bury(s, tr);
+    detach(s, tr);
     return e;
   };
   if (s.multi) {
@@ -569,7 +552,8 @@ void apply_mode(AllocState& s, AllocTrace& tr, bool on) {
 // Duty mode: period P, on for D = P x fraction from each period's start.
 // Probes go on a lead (twice the last attach time, at least kDutyLead)
 // before the on-phase and off at its end; counting follows the slot's flag,
-// set and cleared on time, so observed / fraction is an unbiased estimate. Returns when the next transition is due.
+// set and cleared on time, so observed / fraction is an unbiased estimate.
+// Returns when the next transition is due.
 double duty_step(AllocState& s, AllocTrace& tr, double now) {
   const double period = std::max(0.1, std::chrono::duration<double>(tr.policy->duty_period).count());
   const double on_for = period * std::clamp(tr.policy->duty_fraction, 0.0, 1.0);

@@ -108,7 +108,17 @@ Result<ProcStatus> parse_status(std::string_view text) {
     else if (k == "VmSwap") dst = &s.vm_swap;
     else if (k == "VmSize") dst = &s.vm_size;
     else if (k == "VmData") dst = &s.vm_data;
-    else if (k == "Uid") {
+    else if (k == "State") {
+      if (v.empty()) return malformed("status", line);
+      s.state = v[0];
+      return {};
+    } else if (k == "SigPnd" || k == "ShdPnd") {
+      uint64_t mask = 0;
+      auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), mask, 16);
+      if (ec != std::errc() || p == v.data()) return malformed("status", line);
+      s.sig_pending |= mask;
+      return {};
+    } else if (k == "Uid") {
       auto u = parse_u64(v);  // real uid is the first of four
       if (!u) return malformed("status", line);
       s.uid = static_cast<uid_t>(*u);

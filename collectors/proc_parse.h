@@ -36,6 +36,8 @@ struct ProcStatus {
   uint64_t vm_size = 0, vm_data = 0;
   bool has_memory = false;  // kernel threads and zombies have no Vm* lines
   uid_t uid = 0;
+  char state = '?';          // "State:" letter (R, S, T, ...)
+  uint64_t sig_pending = 0;  // SigPnd | ShdPnd: bit n-1 for signal n
 };
 Result<ProcStatus> parse_status(std::string_view text);
 

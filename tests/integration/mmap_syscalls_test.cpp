@@ -90,6 +90,17 @@ std::string pid_config(const std::string& name, pid_t pid, const std::string& ex
          "    pid: " + std::to_string(pid) + "\n" + extra;
 }
 
+// Waits for the target's /proc metrics (memlens_data_bytes) and checks the
+// mmap collector is reported disabled; `s` is the scrape.
+bool proc_metrics_without_mmap(const Daemon& d, const std::string& pid, std::vector<PromSample>& s) {
+  if (!wait_until([&] {
+        s = d.scrape();
+        return find_sample(s, "memlens_data_bytes", {{"pid", pid}}).has_value();
+      }, 10s))
+    return false;
+  return find_sample(s, "memlens_collector_enabled", {{"collector", "mmap"}}) == 0.0;
+}
+
 }  // namespace
 
 TEST(MmapSyscalls, PerCallBytesAndCallsEqualTheWorkloadsOwn) {
@@ -303,11 +314,7 @@ TEST(MmapSyscalls, WithoutBpfCapabilitiesTheCollectorSaysWhy) {
   ASSERT_TRUE(d);
   const std::string pid = std::to_string(w.pid());
   std::vector<PromSample> s;
-  ASSERT_TRUE(wait_until([&] {
-    s = d->scrape();
-    return find_sample(s, "memlens_data_bytes", {{"pid", pid}}).has_value();
-  }, 10s)) << d->log();
-  EXPECT_EQ(find_sample(s, "memlens_collector_enabled", {{"collector", "mmap"}}), 0.0);
+  ASSERT_TRUE(proc_metrics_without_mmap(*d, pid, s)) << d->log();
   bool why = false;
   for (const auto& p : s)
     if (p.name == "memlens_collector_enabled" && p.labels.count("collector") && p.labels.at("collector") == "mmap" &&
@@ -327,10 +334,6 @@ TEST(MmapSyscalls, SwitchedOffByConfig) {
   ASSERT_TRUE(d);
   const std::string pid = std::to_string(w.pid());
   std::vector<PromSample> s;
-  ASSERT_TRUE(wait_until([&] {
-    s = d->scrape();
-    return find_sample(s, "memlens_data_bytes", {{"pid", pid}}).has_value();
-  }, 10s)) << d->log();
-  EXPECT_EQ(find_sample(s, "memlens_collector_enabled", {{"collector", "mmap"}}), 0.0);
+  ASSERT_TRUE(proc_metrics_without_mmap(*d, pid, s)) << d->log();
   EXPECT_FALSE(traced(s, pid));
 }

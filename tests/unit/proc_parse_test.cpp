@@ -50,6 +50,17 @@ TEST(ParseStatus, RealProcessInBytes) {
   EXPECT_GE(s->vm_hwm, s->vm_rss);
   EXPECT_EQ(s->vm_rss % 1024, 0u);
   EXPECT_EQ(s->vm_data, 8812u * 1024);  // "VmData:	    8812 kB", the level memlens_data_bytes reports
+  EXPECT_EQ(s->state, 'S');
+  EXPECT_EQ(s->sig_pending, 0u);
+}
+
+TEST(ParseStatus, StateAndPendingSignals) {
+  // A process held at exec: stopped, or its SIGSTOP (19, bit 18) pending.
+  auto s = parse_status("State:\tT (stopped)\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000040000\n");
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ(s->state, 'T');
+  EXPECT_EQ(s->sig_pending, 1u << 18);
+  EXPECT_FALSE(parse_status("SigPnd:\tzz\n").ok());
 }
 
 TEST(ParseStatus, KernelThreadAndZombieHaveNoMemory) {
