@@ -362,9 +362,9 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(hold_on_exec, struct task_struct* p, pid_t old_pid, struct linux_binprm* bprm) {
   char comm[ALLOC_COMM_LEN] = {};
   bpf_get_current_comm(comm, sizeof(comm));
-  __u32* policy = bpf_map_lookup_elem(&hold_comms, comm);
-  if (!policy) return 0;
-  __u32 pol = *policy;
+  __u32* entry = bpf_map_lookup_elem(&hold_comms, comm);
+  if (!entry) return 0;
+  __u32 entry_id = *entry;
   __u32 pid = tgid();
   struct hold_event* e = bpf_ringbuf_reserve(&hold_events, sizeof(*e), 0);
   if (!e) {
@@ -376,7 +376,7 @@ int BPF_PROG(hold_on_exec, struct task_struct* p, pid_t old_pid, struct linux_bi
     return 0;
   }
   e->pid = pid;
-  e->policy = pol;
+  e->entry = entry_id;
   e->forked = 0;
   e->slot = 0;
   __builtin_memcpy(e->comm, comm, sizeof(comm));
@@ -401,9 +401,9 @@ int BPF_PROG(hold_on_fork, struct task_struct* parent, struct task_struct* child
   struct alloc_target_cfg cc = *c;
   char comm[ALLOC_COMM_LEN] = {};
   bpf_probe_read_kernel_str(comm, sizeof(comm), child->comm);
-  __u32* policy = bpf_map_lookup_elem(&hold_comms, comm);
-  if (!policy) return 0;
-  __u32 pol = *policy;
+  __u32* entry = bpf_map_lookup_elem(&hold_comms, comm);
+  if (!entry) return 0;
+  __u32 entry_id = *entry;
   struct hold_event* e = bpf_ringbuf_reserve(&hold_events, sizeof(*e), 0);
   if (!e) {
     count_drop(DROP_RINGBUF);
@@ -440,7 +440,7 @@ int BPF_PROG(hold_on_fork, struct task_struct* parent, struct task_struct* child
   cs->inherited_bytes = live;
   cs->inherited_mmap_bytes = mlive;
   e->pid = cpid;
-  e->policy = pol;
+  e->entry = entry_id;
   e->forked = 1;
   e->slot = cslot;
   __builtin_memcpy(e->comm, comm, sizeof(comm));

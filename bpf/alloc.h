@@ -113,7 +113,8 @@ struct hold_slot {
 
 struct hold_event {
   __u32 pid;
-  __u32 policy; /* value stored in hold_comms for this comm */
+  __u32 entry;  /* value stored in hold_comms for this comm: the stable id
+                   user space gave the config entry (never an index) */
   char comm[ALLOC_COMM_LEN];
   __u32 forked; /* 1: held at fork (the allocator is mapped already) */
   __u32 slot;   /* forked: the stats slot the kernel gave the child */

@@ -284,7 +284,7 @@ using SlotLease = std::shared_ptr<const uint32_t>;
 struct AllocTrace {
   pid_t pid = 0;
   uint64_t start_time = 0;
-  const TargetPolicy* policy = nullptr;
+  std::shared_ptr<const TargetPolicy> policy;  // null while held, not yet adopted
   std::string target_name;
   bool adopted = false;     // discovery reported it (target_added)
   bool from_start = false;  // probes in place before its first instruction
@@ -311,7 +311,12 @@ struct AllocTrace {
 
 struct AllocState {
   std::mutex mu;
-  Config cfg;
+  ConfigPtr cfg;
+  // Held names point at a config entry by a stable id (kept per entry name
+  // for the daemon's life), so a hold event read after a reload that moved
+  // or removed the entry still finds the right one, or none.
+  std::map<std::string, uint32_t> entry_ids;
+  uint32_t next_entry_id = 1;
   std::unique_ptr<alloc_bpf, decltype(&alloc_bpf__destroy)> skel{nullptr, alloc_bpf__destroy};
   SlotPool pool;
   bpf::Link hold_link;
@@ -523,10 +528,11 @@ void reaper_loop(AllocState* s) {
   }
 }
 
-void configure_trace(AllocState& s, AllocTrace& tr, const TargetPolicy* pol) {
-  tr.policy = pol;
-  tr.target_name = pol ? pol->name : "";
-  tr.track_addrs = pol && (pol->leak_sites || pol->alloc_mode == AllocMode::on_leak);
+void configure_trace(AllocState& s, AllocTrace& tr, std::shared_ptr<const TargetPolicy> pol) {
+  tr.policy = std::move(pol);
+  const TargetPolicy* p = tr.policy.get();
+  tr.target_name = p ? p->name : "";
+  tr.track_addrs = p && (p->leak_sites || p->alloc_mode == AllocMode::on_leak);
   tr.stacks = tr.track_addrs;
   if (tr.have_alloc && tr.alloc.kind != elf::AllocatorKind::glibc) tr.track_addrs = true;
   if (s.skel && !init_target_maps(s, tr))
@@ -596,7 +602,11 @@ void on_hold_event(AllocState& s, const hold_event& e) {
   // The kernel held it by name; the rest of the selector (cmdline, cgroup,
   // ...) is checked now, so a process that only shares the name is let go
   // at once, without probes.
-  const TargetPolicy* pol = e.policy < s.cfg.targets.size() ? &s.cfg.targets[e.policy] : nullptr;
+  const TargetPolicy* pol = nullptr;
+  for (const auto& [name, id] : s.entry_ids)
+    if (id == e.entry)
+      for (const auto& p : s.cfg->targets)
+        if (p.name == name) pol = &p;
   if (!pol || !process_matches(s.fs, pol->selector, pid, getpid())) {
     if (claim_release(s.hold_view, idx, e.pid)) kill(pid, SIGCONT);
     if (e.forked) {
@@ -789,7 +799,7 @@ void scan_leak_sites(AllocState& s, AllocTrace& tr, double now) {
                          {"outstanding_blocks", blocks},
                          {"sites", sites}};
   spdlog::debug("alloc: leak sites of pid {}: {} B outstanding in {} blocks, top {}", tr.pid, total, blocks,
-                sites.empty() ? std::string("-") : sites.front().dump());
+                sites.empty() ? std::string("-") : sites.front().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   std::lock_guard lock(g_leaks_mu);
   auto& j = g_leaks[tr.target_name];
   if (!j.is_object() || !j.contains("processes")) j = {{"target", tr.target_name}, {"available", true}, {"processes", nlohmann::json::array()}};
@@ -811,13 +821,14 @@ namespace {
 // watchdog first, so no process is ever held without it, then the exec and
 // fork hooks.
 void update_holds(AllocState& s) {
-  // name -> index of its policy in cfg.targets. Only full mode is held:
-  // duty and on-leak report no live heap anyway.
+  // comm -> the stable id of its entry. Only full mode is held: duty and
+  // on-leak report no live heap anyway.
   std::vector<std::pair<std::string, uint32_t>> hold;
-  for (std::size_t i = 0; i < s.cfg.targets.size(); ++i) {
-    const auto& p = s.cfg.targets[i];
+  for (const auto& p : s.cfg->targets) {
     if (p.alloc_mode != AllocMode::full) continue;
-    for (const auto& c : alloc_hold_comms(p.selector)) hold.emplace_back(c, static_cast<uint32_t>(i));
+    const uint32_t id = s.entry_ids.try_emplace(p.name, s.next_entry_id).first->second;
+    if (id == s.next_entry_id) ++s.next_entry_id;
+    for (const auto& c : alloc_hold_comms(p.selector)) hold.emplace_back(c, id);
   }
   int fd = bpf_map__fd(s.skel->maps.hold_comms);
   char key[ALLOC_COMM_LEN] = {}, next[ALLOC_COMM_LEN] = {};
@@ -897,17 +908,18 @@ AllocCollector::~AllocCollector() {
   if (s_->hold_view) munmap(s_->hold_view, s_->hold_view_len);
 }
 
-Result<void> AllocCollector::start(const Config& cfg) {
+Result<void> AllocCollector::start(const ConfigPtr& config) {
+  const Config& cfg = *config;
   if (s_->started) {
     // Reload: policies are re-resolved when discovery re-adds the targets;
     // the loaded programs and maps stay, the held names follow the config.
     std::lock_guard lock(s_->mu);
-    s_->cfg = cfg;
+    s_->cfg = config;
     update_holds(*s_);
     return {};
   }
   if (auto r = bpf::prepare(); !r) return make_error(r.error().code, "eBPF unavailable: " + r.error().message);
-  s_->cfg = cfg;
+  s_->cfg = config;
   s_->fs = ProcFs(cfg.procfs);
 
   // The stack map is preallocated (127 frames x 8 bytes an entry): only
@@ -1051,7 +1063,7 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   auto it = s_->traces.find(t.pid());
   if (it == s_->traces.end()) return {};
   AllocTrace& tr = it->second;
-  const TargetPolicy* pol = tr.policy;
+  const std::shared_ptr<const TargetPolicy> pol = tr.policy;
   if (!pol) return {};
   double now = mono_now();
 
@@ -1085,7 +1097,7 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   // wait for it) and the live bytes of the same moment, read right after.
   const bool exact = tr.from_start && tr.attached() && tr.out.drops == 0 && !duty;
   const bool frag_due = exact && tr.alloc.kind == elf::AllocatorKind::glibc &&
-                        now - tr.frag_at >= std::chrono::duration<double>(s_->cfg.smaps_interval).count();
+                        now - tr.frag_at >= std::chrono::duration<double>(s_->cfg->smaps_interval).count();
   std::optional<Result<uint64_t>> resident;
   if (frag_due) {
     lock.unlock();
@@ -1168,7 +1180,11 @@ void AllocCollector::collect_global(GlobalSample& out) {
     // Leak sites go out as /api/v1/targets/<name>/leaks documents: the HTTP
     // threads only copy them from the snapshot.
     std::lock_guard leaks_lock(g_leaks_mu);
-    for (const auto& [name, doc] : g_leaks) out.document("/api/v1/targets/" + name + "/leaks", doc.dump(2) + "\n");
+    // Symbol names come from the target's binary: any bytes at all (invalid
+    // UTF-8 would make dump() throw), replaced, never trusted.
+    for (const auto& [name, doc] : g_leaks)
+      out.document("/api/v1/targets/" + name + "/leaks",
+                   doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
   std::lock_guard lock(s_->mu);
   if (!s_->skel) return;

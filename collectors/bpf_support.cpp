@@ -107,16 +107,6 @@ Result<void> prepare() {
   return result;
 }
 
-const char* disabled_reason_label(Errc e) {
-  switch (e) {
-    case Errc::permission: return "capability";
-    case Errc::unavailable: return "kernel";
-    case Errc::invalid: return "config";
-    case Errc::not_found: return "attach";
-    default: return "load";
-  }
-}
-
 Link& Link::operator=(Link&& o) noexcept {
   if (this != &o) {
     reset();

@@ -47,10 +47,6 @@ Result<void> check_capabilities();
 // the framework reports it disabled.
 Result<void> prepare();
 
-// Why an eBPF collector is off, as a bounded label value ("capability",
-// "kernel", "load", "attach", "config"), for the disabled metric.
-const char* disabled_reason_label(Errc e);
-
 // Move-only owner of a bpf_link, or of a raw link fd made without libbpf
 // (detached on destruction).
 class Link {

@@ -2,6 +2,7 @@
 // call, exports success and duration, and keeps going when one fails.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -14,6 +15,7 @@
 namespace memlens {
 
 struct Config;
+using ConfigPtr = std::shared_ptr<const Config>;
 
 // Daemon-wide values a collector reports once per tick (drop counters,
 // map memory, "disabled because ..." flags), plus JSON documents served
@@ -28,15 +30,30 @@ class GlobalSample : public Sample {
   std::vector<std::pair<std::string, std::string>> docs_;
 };
 
+// The `reason` label of memlens_collector_enabled when start() failed: a
+// fixed set (the full message goes to the log, once).
+inline const char* disabled_reason(Errc e) {
+  switch (e) {
+    case Errc::permission: return "capability";  // no CAP_BPF / CAP_PERFMON / CAP_SYS_ADMIN
+    case Errc::unavailable: return "kernel";     // a kernel feature is missing or refused the load
+    case Errc::invalid:
+    case Errc::disabled: return "config";        // switched off by the configuration
+    case Errc::not_found: return "attach";       // nothing to attach to
+    default: return "load";
+  }
+}
+
 class Collector {
  public:
   virtual ~Collector() = default;
   virtual std::string_view name() const = 0;
 
   // Called once at start and after every successful reload. A collector that
-  // cannot run here (no CAP_BPF, missing kernel feature) returns an error: it
-  // is reported disabled, once, and the daemon goes on without it.
-  virtual Result<void> start(const Config& /*cfg*/) { return {}; }
+  // cannot run here (no CAP_BPF, missing kernel feature, switched off)
+  // returns an error: it is reported disabled, once, with the error's code as
+  // the reason, and the daemon goes on without it. A collector that keeps
+  // the config keeps this pointer (never a copy).
+  virtual Result<void> start(const ConfigPtr& /*cfg*/) { return {}; }
 
   // Target lifecycle, called on the collection thread before collect().
   virtual void target_added(const Target& /*t*/) {}

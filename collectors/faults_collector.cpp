@@ -39,7 +39,8 @@ struct FaultsState {
 FaultsCollector::FaultsCollector() : s_(std::make_unique<FaultsState>()) {}
 FaultsCollector::~FaultsCollector() = default;
 
-Result<void> FaultsCollector::start(const Config& cfg) {
+Result<void> FaultsCollector::start(const ConfigPtr& config) {
+  const Config& cfg = *config;
   if (s_->skel) return {};  // reload: maps and program stay
   if (auto r = bpf::prepare(); !r) return make_error(r.error().code, "eBPF unavailable: " + r.error().message);
   s_->skel.reset(faults_bpf__open());

@@ -16,7 +16,7 @@ class FaultsCollector : public Collector {
   FaultsCollector();
   ~FaultsCollector() override;
   std::string_view name() const override { return "faults"; }
-  Result<void> start(const Config& cfg) override;
+  Result<void> start(const ConfigPtr& cfg) override;
   void target_added(const Target& t) override;
   void target_removed(const Target& t) override;
   Result<void> collect(const Target& t, Sample& out) override;

@@ -279,7 +279,8 @@ GcCollector::~GcCollector() {
   skel_.reset();
 }
 
-Result<void> GcCollector::start(const Config& cfg) {
+Result<void> GcCollector::start(const ConfigPtr& config) {
+  const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
   if (skel_) return {};  // a reload keeps the loaded programs and attachments
   if (auto r = bpf::prepare(); !r) return r;

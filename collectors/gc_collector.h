@@ -36,7 +36,7 @@ class GcCollector : public Collector {
   GcCollector();
   ~GcCollector() override;
   std::string_view name() const override { return "gc"; }
-  Result<void> start(const Config& cfg) override;
+  Result<void> start(const ConfigPtr& cfg) override;
   void target_added(const Target& t) override;
   void target_removed(const Target& t) override;
   Result<void> collect(const Target& t, Sample& out) override;

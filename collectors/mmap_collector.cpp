@@ -74,11 +74,17 @@ struct MmapState {
 MmapCollector::MmapCollector() : s_(std::make_unique<MmapState>()) {}
 MmapCollector::~MmapCollector() = default;
 
-Result<void> MmapCollector::start(const Config& cfg) {
+Result<void> MmapCollector::start(const ConfigPtr& config) {
+  const Config& cfg = *config;
   s_->fs = ProcFs(cfg.procfs);
+  if (!cfg.bpf.syscalls) {
+    // Switched off, at start or by a reload: detached now, so system calls
+    // on the host stop paying for the tracepoints.
+    s_->links.clear();
+    s_->skel.reset();
+    return make_error(Errc::disabled, "disabled by config (bpf.syscalls: false)");
+  }
   if (s_->skel) return {};  // reload: maps and programs stay
-  if (!cfg.bpf.syscalls)
-    return make_error(Errc::invalid, "disabled by config (bpf.syscalls: false)");
   if (auto r = bpf::prepare(); !r) return make_error(r.error().code, "eBPF unavailable: " + r.error().message);
   s_->skel.reset(mmap_bpf__open());
   if (!s_->skel) return make_error(Errc::unavailable, std::string("mmap: open: ") + std::strerror(errno));

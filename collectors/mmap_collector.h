@@ -35,7 +35,7 @@ class MmapCollector : public Collector {
   MmapCollector();
   ~MmapCollector() override;
   std::string_view name() const override { return "mmap"; }
-  Result<void> start(const Config& cfg) override;
+  Result<void> start(const ConfigPtr& cfg) override;
   void target_added(const Target& t) override;
   void target_removed(const Target& t) override;
   Result<void> collect(const Target& t, Sample& out) override;

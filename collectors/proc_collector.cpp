@@ -48,7 +48,8 @@ const ProcMetrics& m() {
 
 }  // namespace
 
-Result<void> ProcCollector::start(const Config& cfg) {
+Result<void> ProcCollector::start(const ConfigPtr& config) {
+  const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
   smaps_interval_ = std::chrono::duration<double>(cfg.smaps_interval).count();
   for (auto& [id, pt] : per_target_) pt.next_smaps = 0;  // procfs root may have changed

@@ -16,7 +16,7 @@ namespace memlens {
 class ProcCollector : public Collector {
  public:
   std::string_view name() const override { return "proc"; }
-  Result<void> start(const Config& cfg) override;
+  Result<void> start(const ConfigPtr& cfg) override;
   void target_removed(const Target& t) override;
   Result<void> collect(const Target& t, Sample& out) override;
 

@@ -1,6 +1,6 @@
 #include "collectors/runtime_detect.h"
 
-#include <regex>
+#include <re2/re2.h>
 
 #include "collectors/elf_symbols.h"
 
@@ -45,38 +45,38 @@ std::vector<std::string> mapped_files(std::string_view maps) {
 }  // namespace
 
 RuntimeInfo detect_runtime(std::string_view exe, std::string_view maps) {
-  static const std::regex kLibJvm(R"(libjvm\.so)");
-  static const std::regex kLibNode(R"(libnode\.so(\.[0-9]+)*)");
-  static const std::regex kLibPython(R"(libpython[23](\.[0-9]+)?d?m?u?\.so(\.[0-9.]+)*)");
-  static const std::regex kNodeExe(R"(node(js)?[0-9]*)");
-  static const std::regex kPythonExe(R"(python[23]?(\.[0-9]+)?d?m?u?)");
+  static const RE2 kLibJvm(R"(libjvm\.so)");
+  static const RE2 kLibNode(R"(libnode\.so(\.[0-9]+)*)");
+  static const RE2 kLibPython(R"(libpython[23](\.[0-9]+)?d?m?u?\.so(\.[0-9.]+)*)");
+  static const RE2 kNodeExe(R"(node(js)?[0-9]*)");
+  static const RE2 kPythonExe(R"(python[23]?(\.[0-9]+)?d?m?u?)");
 
   exe = strip_deleted(exe);
   RuntimeInfo info;
   std::string lib_python;
   for (const std::string& f : mapped_files(maps)) {
     std::string base(basename_of(f));
-    if (std::regex_match(base, kLibJvm)) {
+    if (RE2::FullMatch(base, kLibJvm)) {
       info.runtime = Runtime::jvm;
       info.binaries = {std::string(f)};
       return info;
     }
-    if (std::regex_match(base, kLibNode)) {
+    if (RE2::FullMatch(base, kLibNode)) {
       info.runtime = Runtime::node;
       info.binaries = {std::string(f)};
       if (!exe.empty()) info.binaries.emplace_back(exe);
       return info;
     }
-    if (lib_python.empty() && std::regex_match(base, kLibPython)) lib_python = f;
+    if (lib_python.empty() && RE2::FullMatch(base, kLibPython)) lib_python = f;
   }
   std::string exe_base(basename_of(exe));
-  if (!lib_python.empty() || std::regex_match(exe_base, kPythonExe)) {
+  if (!lib_python.empty() || RE2::FullMatch(exe_base, kPythonExe)) {
     info.runtime = Runtime::python;
     if (!lib_python.empty()) info.binaries.push_back(lib_python);
     if (!exe.empty()) info.binaries.emplace_back(exe);
     return info;
   }
-  if (std::regex_match(exe_base, kNodeExe)) {
+  if (RE2::FullMatch(exe_base, kNodeExe)) {
     info.runtime = Runtime::node;
     info.binaries = {std::string(exe)};
   }

@@ -66,13 +66,16 @@ double unix_now() {
 
 }  // namespace
 
-App::App(Options opts, std::unique_ptr<Config> cfg, std::unique_ptr<Exporter> exporter,
+App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
          std::vector<std::unique_ptr<Collector>> collectors)
-    : opts_(std::move(opts)), cfg_(cfg.get()), exporter_(std::move(exporter)), timer_(io_),
+    : opts_(std::move(opts)), cfg_(std::move(cfg)), exporter_(std::move(exporter)), timer_(io_),
       signals_(sig_io_, SIGINT, SIGTERM, SIGHUP) {
-  configs_.push_back(std::move(cfg));
-  for (auto& c : collectors) collectors_.push_back(CollectorState{std::move(c), false, {}, 0, true, {}});
-  discovery_ = std::make_unique<Discovery>(*cfg_, getpid());
+  for (auto& c : collectors) {
+    CollectorState cs;
+    cs.c = std::move(c);
+    collectors_.push_back(std::move(cs));
+  }
+  discovery_ = std::make_unique<Discovery>(cfg_, getpid());
   start_collectors();
 }
 
@@ -86,7 +89,7 @@ double App::now_mono() const {
 
 void App::start_collectors() {
   for (auto& cs : collectors_) {
-    auto r = cs.c->start(*cfg_);
+    auto r = cs.c->start(cfg_);
     const bool was_up = cs.up;
     cs.up = r.ok();
     if (!r.ok() && cs.why_down != r.error().message) {
@@ -94,6 +97,7 @@ void App::start_collectors() {
       spdlog::warn("collector {} disabled: {}", cs.c->name(), r.error().message);
     }
     cs.why_down = r.ok() ? "" : r.error().message;
+    cs.reason = r.ok() ? "" : disabled_reason(r.error().code);
     if (cs.up && !was_up) {
       for (const auto& [id, t] : discovery_->targets()) cs.c->target_added(t);
     }
@@ -215,8 +219,9 @@ void App::tick() {
     b.gauge(m.coll_dur, cs.seconds, l);
     b.gauge(m.coll_ok, cs.up && cs.last_ok ? 1 : 0, l);
     if (cs.up) b.gauge(m.coll_up, 1, l);
-    else b.gauge(m.coll_up, 0, {{"collector", std::string(cs.c->name())}, {"reason", cs.why_down}});
-    for (const char* reason : {"not_found", "permission", "malformed", "unavailable", "full", "io", "invalid"}) {
+    else b.gauge(m.coll_up, 0, {{"collector", std::string(cs.c->name())}, {"reason", cs.reason}});
+    for (Errc code : kAllErrc) {
+      const char* reason = errc_name(code);
       auto it = cs.errors.find(reason);
       b.counter(m.coll_err, it == cs.errors.end() ? 0 : static_cast<double>(it->second),
                 {{"collector", std::string(cs.c->name())}, {"reason", reason}});
@@ -278,11 +283,15 @@ void App::reload() {
     return;
   }
   if (!opts_.procfs.empty()) cfg->procfs = opts_.procfs;
-  auto owned = std::make_unique<Config>(std::move(*cfg));
-  const bool resize = owned->timeline_points() != cfg_->timeline_points();
-  cfg_ = owned.get();
-  configs_.push_back(std::move(owned));
-  discovery_->reconfigure(*cfg_);
+  if (auto r = ProcFs(cfg->procfs).check(); !r) {
+    ++reload_failures_total_;
+    spdlog::error("reload failed, keeping the running config: global.path_procfs: {}", r.error().message);
+    return;
+  }
+  ConfigPtr next = std::make_shared<const Config>(std::move(*cfg));
+  const bool resize = next->timeline_points() != cfg_->timeline_points();
+  cfg_ = std::move(next);
+  discovery_->reconfigure(cfg_);
   if (resize) states_.clear();  // ring sizes changed: history restarts
   start_collectors();
   force_rescan_ = true;

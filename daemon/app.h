@@ -30,7 +30,7 @@ struct Options {
 
 class App {
  public:
-  App(Options opts, std::unique_ptr<Config> cfg, std::unique_ptr<Exporter> exporter,
+  App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
       std::vector<std::unique_ptr<Collector>> collectors);
   ~App();
   // Runs until SIGTERM/SIGINT; returns the exit code.
@@ -48,7 +48,8 @@ class App {
   struct CollectorState {
     std::unique_ptr<Collector> c;
     bool up = false;
-    std::string why_down;
+    std::string why_down;       // the message, logged once
+    const char* reason = "";    // its code, the metric's label
     double seconds = 0;  // last tick
     bool last_ok = true;
     std::map<std::string, uint64_t> errors;  // by reason
@@ -62,10 +63,9 @@ class App {
   double now_mono() const;
 
   Options opts_;
-  // Every config ever loaded stays alive: targets and collectors hold
-  // pointers to their policies, and reloads are rare.
-  std::vector<std::unique_ptr<Config>> configs_;
-  const Config* cfg_;
+  // The running config; targets and collectors that need it share it, and
+  // the previous one goes when its last holder lets go.
+  ConfigPtr cfg_;
   std::unique_ptr<Exporter> exporter_;
   std::vector<CollectorState> collectors_;
   std::unique_ptr<Discovery> discovery_;

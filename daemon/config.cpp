@@ -1,11 +1,15 @@
 #include "daemon/config.h"
 
+#include <re2/re2.h>
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iomanip>
 #include <set>
 #include <sstream>
 
@@ -23,24 +27,46 @@ const char* alloc_mode_name(AllocMode m) {
   return "off";
 }
 
-std::optional<Duration> parse_duration(const std::string& s) {
-  // A sequence of <number><unit>, e.g. "1h30m", as Prometheus writes them.
+namespace {
+
+// A plain decimal number: digits, at most one '.', digits after it. What
+// stod would also take ("1.2.3" as 1.2, "1e3", "inf", " 5") is refused.
+std::optional<double> parse_decimal(std::string_view s) {
+  std::size_t i = 0, digits = 0, dots = 0;
+  for (; i < s.size(); ++i) {
+    if (s[i] >= '0' && s[i] <= '9') ++digits;
+    else if (s[i] == '.' && dots == 0 && digits > 0) ++dots;
+    else return std::nullopt;
+  }
+  if (digits == 0 || s.back() == '.' || s.size() > 32) return std::nullopt;
+  double v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+std::size_t number_prefix(std::string_view s) {
+  std::size_t j = 0;
+  while (j < s.size() && ((s[j] >= '0' && s[j] <= '9') || s[j] == '.')) ++j;
+  return j;
+}
+
+}  // namespace
+
+std::optional<Duration> parse_duration(const std::string& text) {
+  // A sequence of <number><unit>, e.g. "1h30m", as Prometheus writes them;
+  // the total must be a whole number of milliseconds (the resolution of
+  // every interval here), at least 1 ms.
+  std::string_view s = text;
   if (s.empty()) return std::nullopt;
   double total_ms = 0;
-  std::size_t i = 0;
-  while (i < s.size()) {
-    std::size_t j = i;
-    while (j < s.size() && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '.')) ++j;
-    if (j == i) return std::nullopt;
-    double n = 0;
-    try {
-      n = std::stod(s.substr(i, j - i));
-    } catch (...) {
-      return std::nullopt;
-    }
+  while (!s.empty()) {
+    const std::size_t j = number_prefix(s);
+    auto n = parse_decimal(s.substr(0, j));
+    if (!n) return std::nullopt;
     std::size_t k = j;
     while (k < s.size() && std::isalpha(static_cast<unsigned char>(s[k]))) ++k;
-    const std::string unit = s.substr(j, k - j);
+    const std::string_view unit = s.substr(j, k - j);
     double mul = 0;
     if (unit == "ms") mul = 1;
     else if (unit == "s") mul = 1000;
@@ -48,35 +74,37 @@ std::optional<Duration> parse_duration(const std::string& s) {
     else if (unit == "h") mul = 3'600'000;
     else if (unit == "d") mul = 86'400'000;
     else return std::nullopt;
-    total_ms += n * mul;
-    i = k;
+    total_ms += *n * mul;
+    s.remove_prefix(k);
   }
-  if (total_ms <= 0 || total_ms > 1e12) return std::nullopt;
-  return Duration(static_cast<int64_t>(std::llround(total_ms)));
+  if (total_ms < 1 || total_ms > 1e12) return std::nullopt;
+  const double whole = std::round(total_ms);
+  if (std::fabs(total_ms - whole) > 1e-6 * std::max(1.0, whole)) return std::nullopt;
+  return Duration(static_cast<int64_t>(whole));
 }
 
-std::optional<uint64_t> parse_bytes(const std::string& s) {
-  std::size_t j = 0;
-  while (j < s.size() && (std::isdigit(static_cast<unsigned char>(s[j])) || s[j] == '.')) ++j;
-  if (j == 0) return std::nullopt;
-  double n = 0;
-  try {
-    n = std::stod(s.substr(0, j));
-  } catch (...) {
-    return std::nullopt;
-  }
-  std::string unit = s.substr(j);
-  while (!unit.empty() && unit.front() == ' ') unit.erase(0, 1);
+std::optional<uint64_t> parse_bytes(const std::string& text) {
+  std::string_view s = text;
+  const std::size_t j = number_prefix(s);
+  auto n = parse_decimal(s.substr(0, j));
+  if (!n) return std::nullopt;
+  std::string_view unit = s.substr(j);
+  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
   double mul = 0;
   if (unit.empty() || unit == "B") mul = 1;
   else if (unit == "KiB") mul = 1024.0;
   else if (unit == "MiB") mul = 1024.0 * 1024;
   else if (unit == "GiB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "TiB") mul = 1024.0 * 1024 * 1024 * 1024;
   else if (unit == "KB" || unit == "kB") mul = 1e3;
   else if (unit == "MB") mul = 1e6;
   else if (unit == "GB") mul = 1e9;
+  else if (unit == "TB") mul = 1e12;
   else return std::nullopt;
-  return static_cast<uint64_t>(std::llround(n * mul));
+  const double v = *n * mul;
+  // Whole bytes only, and within what a uint64 holds exactly enough.
+  if (v > 9.0e18 || std::fabs(v - std::round(v)) > 1e-6 * std::max(1.0, v)) return std::nullopt;
+  return static_cast<uint64_t>(std::llround(v));
 }
 
 std::string Selector::describe() const {
@@ -168,14 +196,18 @@ class Parser {
     return err(n, field, "expected true or false, got '" + s + "'");
   }
 
-  Result<std::shared_ptr<const std::regex>> regex(const YAML::Node& n, const std::string& field) const {
+  Result<std::shared_ptr<const re2::RE2>> regex(const YAML::Node& n, const std::string& field) const {
     auto s = str(n, field);
     if (!s) return s.error();
-    try {
-      return std::make_shared<const std::regex>(*s, std::regex::ECMAScript | std::regex::optimize);
-    } catch (const std::regex_error& e) {
-      return err(n, field, "invalid regular expression '" + *s + "': " + e.what());
-    }
+    if (s->size() > kMaxRegexBytes)
+      return err(n, field, "regular expression longer than " + std::to_string(kMaxRegexBytes) + " bytes");
+    RE2::Options o;
+    o.set_log_errors(false);
+    o.set_max_mem(8 << 20);  // RE2 refuses a program larger than this rather than grow
+    auto re = std::make_shared<const re2::RE2>(*s, o);
+    if (!re->ok())
+      return err(n, field, "invalid regular expression '" + s->substr(0, 200) + "': " + re->error().substr(0, 200));
+    return re;
   }
 
   // Rejects keys outside `known`, so a typo is an error, not a silent default.
@@ -183,7 +215,8 @@ class Parser {
                           const std::set<std::string>& known) const {
     if (!map.IsMap()) return err(map, where, "expected a mapping");
     for (const auto& kv : map) {
-      const std::string k = kv.first.as<std::string>();
+      if (!kv.first.IsScalar()) return err(kv.first, where, "a key must be a plain string");
+      const std::string k = kv.first.Scalar();
       if (!known.count(k)) {
         std::string list;
         for (const auto& s : known) list += (list.empty() ? "" : ", ") + s;
@@ -243,6 +276,18 @@ class Parser {
     if (c.leak_window < c.tick_interval * 4)
       return err(g["leak_window"] ? g["leak_window"] : g, "global.leak_window",
                  "must span at least 4 ticks");
+    // Timelines are reserved up front for every target: say so here rather
+    // than fail to allocate at start.
+    const double bytes = static_cast<double>(c.timeline_points()) * static_cast<double>(kTimelineBytesPerPoint) *
+                         static_cast<double>(c.max_targets);
+    if (bytes > static_cast<double>(kMaxTimelineBytes)) {
+      std::ostringstream o;
+      o << "timeline_window / tick_interval x max_targets would reserve " << std::fixed << std::setprecision(1)
+        << bytes / (1 << 20) << " MiB of timelines (" << c.timeline_points() << " points x "
+        << kTimelineBytesPerPoint << " B x " << c.max_targets << " targets); the most is "
+        << (kMaxTimelineBytes >> 20) << " MiB: shorten the window, lengthen the tick or lower max_targets";
+      return err(g["timeline_window"] ? g["timeline_window"] : g, "global.timeline_window", o.str());
+    }
     return {};
   }
 
@@ -302,7 +347,7 @@ class Parser {
       s.self = *v;
     }
     auto re_field = [&](const char* key, std::optional<std::string>& text,
-                        std::shared_ptr<const std::regex>& re) -> Result<void> {
+                        std::shared_ptr<const re2::RE2>& re) -> Result<void> {
       if (!t[key]) return {};
       auto r = regex(t[key], where + "." + key);
       if (!r) return r.error();
@@ -431,15 +476,33 @@ class Parser {
 }  // namespace
 
 Result<Config> parse_config(const std::string& yaml, const std::string& source) {
-  return Parser(source).parse(yaml);
+  // The parser checks every node's type before reading it; this is the net
+  // under it, so no input can take the daemon down on a reload.
+  try {
+    return Parser(source).parse(yaml);
+  } catch (const YAML::Exception& e) {
+    std::ostringstream o;
+    o << source << ":" << e.mark.line + 1 << ":" << e.mark.column + 1 << ": invalid YAML: " << e.msg;
+    return make_error(Errc::invalid, o.str());
+  } catch (const std::exception& e) {
+    return make_error(Errc::invalid, source + ": cannot be parsed: " + e.what());
+  }
 }
 
 Result<Config> load_config_file(const std::string& path) {
   std::ifstream in(path);
   if (!in) return make_error(Errc::invalid, path + ": cannot open: " + std::strerror(errno));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse_config(ss.str(), path);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return make_error(Errc::invalid, path + ": cannot open: " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) return make_error(Errc::invalid, path + ": not a regular file");
+  constexpr std::size_t kMaxConfigBytes = 16 << 20;
+  std::string text(kMaxConfigBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) return make_error(Errc::invalid, path + ": cannot read: " + std::strerror(errno));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  if (text.size() > kMaxConfigBytes)
+    return make_error(Errc::invalid, path + ": larger than " + std::to_string(kMaxConfigBytes >> 20) + " MiB");
+  return parse_config(text, path);
 }
 
 Result<Config> default_config() { return parse_config(kDefaultConfigYaml, "<embedded default>"); }

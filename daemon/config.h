@@ -8,11 +8,14 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <regex>
 #include <string>
 #include <vector>
 
 #include "daemon/result.h"
+
+namespace re2 {
+class RE2;
+}
 
 namespace memlens {
 
@@ -27,16 +30,28 @@ const char* alloc_mode_name(AllocMode m);
 struct Selector {
   std::optional<pid_t> pid;
   bool self = false;                      // memlensd itself
+  // Regexes are RE2 (the syntax of Prometheus relabelling): linear time in
+  // the text, no recursion, whatever a process puts in its argv.
   std::optional<std::string> comm;        // full-match regex on /proc/PID/comm
   std::optional<std::string> exe;         // full-match regex on the exe path
-  std::optional<std::string> cmdline;     // search regex on the joined cmdline
+  std::optional<std::string> cmdline;     // search regex on the joined cmdline (its first kCmdlineMatchBytes)
   std::optional<std::string> cgroup;      // prefix of the cgroup v2 path
   std::optional<std::string> systemd_unit;  // unit name in the cgroup path
   std::optional<int> top_rss;             // the N largest by RSS
   // Compiled forms (shared so a Config stays copyable).
-  std::shared_ptr<const std::regex> comm_re, exe_re, cmdline_re;
+  std::shared_ptr<const re2::RE2> comm_re, exe_re, cmdline_re;
   std::string describe() const;
 };
+
+// How much of a command line a cmdline selector sees, and how long a
+// configured regex may be: bounds on what one process or one config line
+// can cost a scan.
+constexpr std::size_t kCmdlineMatchBytes = 16 << 10;
+constexpr std::size_t kMaxRegexBytes = 4096;
+// The most the timelines of all targets may reserve (validated at load).
+constexpr uint64_t kMaxTimelineBytes = 1ull << 30;
+// A timeline point: a timestamp and one float per series (timeline.h checks).
+constexpr std::size_t kTimelineBytesPerPoint = 20;
 
 // Per-target policy: what the selector matches and how each is watched.
 struct TargetPolicy {
@@ -79,6 +94,11 @@ struct Config {
     return static_cast<std::size_t>(timeline_window / tick_interval);
   }
 };
+
+// A loaded configuration is immutable and shared by whoever needs it
+// (discovery, targets through their policy, collectors); it goes when the
+// last holder lets go, so a reload never leaves the old one behind.
+using ConfigPtr = std::shared_ptr<const Config>;
 
 // Parses YAML text; `source` names it in error messages.
 Result<Config> parse_config(const std::string& yaml, const std::string& source);

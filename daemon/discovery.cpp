@@ -1,5 +1,7 @@
 #include "daemon/discovery.h"
 
+#include <re2/re2.h>
+
 #include <algorithm>
 #include <optional>
 
@@ -23,18 +25,19 @@ struct Discovery::Proc : ProcFacts {
   bool claimed = false;
 };
 
-Discovery::Discovery(const Config& cfg, pid_t self_pid)
-    : cfg_(&cfg), proc_(cfg.procfs), self_pid_(self_pid) {}
+Discovery::Discovery(ConfigPtr cfg, pid_t self_pid)
+    : cfg_(std::move(cfg)), proc_(cfg_->procfs), self_pid_(self_pid) {}
 
-void Discovery::reconfigure(const Config& cfg) {
-  cfg_ = &cfg;
-  proc_ = ProcFs(cfg.procfs);
-  // Policies are owned by the config: re-point the kept targets at the new
-  // ones by name; targets whose entry vanished are dropped at the next scan.
+void Discovery::reconfigure(ConfigPtr cfg) {
+  cfg_ = std::move(cfg);
+  proc_ = ProcFs(cfg_->procfs);
+  // Re-point the kept targets at the new config's entries by name (letting
+  // go of the old config); targets whose entry vanished are dropped at the
+  // next scan.
   for (auto& [id, t] : targets_) {
-    t.policy = nullptr;
-    for (const auto& p : cfg.targets)
-      if (p.name == t.name) t.policy = &p;
+    t.policy.reset();
+    for (const auto& p : cfg_->targets)
+      if (p.name == t.name) t.policy = std::shared_ptr<const TargetPolicy>(cfg_, &p);
   }
 }
 
@@ -55,23 +58,23 @@ namespace {
 bool match_facts(const ProcFs& proc_, pid_t self_pid_, const Selector& s, ProcFacts& p) {
   if (s.self && p.id.pid != self_pid_) return false;
   if (s.pid && p.id.pid != *s.pid) return false;
-  if (s.comm_re && !std::regex_match(p.stat.comm, *s.comm_re)) return false;
+  if (s.comm_re && !RE2::FullMatch(p.stat.comm, *s.comm_re)) return false;
   if (s.exe_re) {
     if (!p.exe) {
       auto e = read_link(proc_.path(p.id.pid, "exe"));
       p.exe = e ? *e : std::string();
     }
-    if (p.exe->empty() || !std::regex_match(*p.exe, *s.exe_re)) return false;
+    if (p.exe->empty() || !RE2::FullMatch(*p.exe, *s.exe_re)) return false;
   }
   if (s.cmdline_re) {
     if (!p.cmdline) {
-      auto c = read_file(proc_.path(p.id.pid, "cmdline"), 1 << 16);
+      auto c = read_file(proc_.path(p.id.pid, "cmdline"), kCmdlineMatchBytes);
       std::string v = c ? *c : std::string();
       std::replace(v.begin(), v.end(), '\0', ' ');
       while (!v.empty() && v.back() == ' ') v.pop_back();
       p.cmdline = v;
     }
-    if (!std::regex_search(*p.cmdline, *s.cmdline_re)) return false;
+    if (!RE2::PartialMatch(*p.cmdline, *s.cmdline_re)) return false;
   }
   if (s.cgroup || s.systemd_unit) {
     if (!p.cgroup) {
@@ -182,7 +185,7 @@ DiscoveryResult Discovery::scan() {
         t.exe = *p->exe;
       }
       t.selector = pol.selector.describe();
-      t.policy = &pol;
+      t.policy = std::shared_ptr<const TargetPolicy>(cfg_, &pol);
       next.emplace(t.id, std::move(t));
     }
   }

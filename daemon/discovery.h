@@ -28,9 +28,9 @@ bool process_matches(const ProcFs& fs, const Selector& s, pid_t pid, pid_t self_
 
 class Discovery {
  public:
-  Discovery(const Config& cfg, pid_t self_pid);
+  Discovery(ConfigPtr cfg, pid_t self_pid);
   // Swaps in a new config; current targets are re-matched on the next scan.
-  void reconfigure(const Config& cfg);
+  void reconfigure(ConfigPtr cfg);
   DiscoveryResult scan();
   const std::map<TargetId, Target>& targets() const { return targets_; }
   std::size_t capped_now() const { return capped_now_; }
@@ -39,7 +39,7 @@ class Discovery {
   struct Proc;
   bool matches(const Selector& s, Proc& p);
 
-  const Config* cfg_;
+  ConfigPtr cfg_;
   ProcFs proc_;
   pid_t self_pid_;
   std::map<TargetId, Target> targets_;

@@ -105,6 +105,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!opts.procfs.empty()) cfg->procfs = opts.procfs;
+  if (auto r = memlens::ProcFs(cfg->procfs).check(); !r) {
+    std::fprintf(stderr, "memlensd: %s %s\n", opts.procfs.empty() ? "global.path_procfs:" : "--path.procfs:",
+                 r.error().message.c_str());
+    return 2;
+  }
   if (check_only) {
     std::printf("%s: OK (%zu target selector(s))\n", cfg->source.c_str(), cfg->targets.size());
     return 0;
@@ -124,7 +129,7 @@ int main(int argc, char** argv) {
   }
   spdlog::info("memlensd {} serving {} on {} ({} target selector(s) from {})", MEMLENS_VERSION,
                opts.metrics_path, opts.listen, cfg->targets.size(), cfg->source);
-  memlens::App app(opts, std::make_unique<memlens::Config>(std::move(*cfg)), std::move(*exporter),
+  memlens::App app(opts, std::make_shared<const memlens::Config>(std::move(*cfg)), std::move(*exporter),
                    memlens::make_collectors());
   const int rc = app.run();
   spdlog::info("stopped");

@@ -45,6 +45,14 @@ Result<std::vector<pid_t>> ProcFs::pids() const {
   return out;
 }
 
+Result<void> ProcFs::check() const {
+  auto ps = pids();
+  if (!ps) return ps.error();
+  for (pid_t pid : *ps)
+    if (read_file(path(pid, "stat"), 4096)) return {};
+  return make_error(Errc::invalid, root_ + ": not a procfs mount (no readable <pid>/stat entry)");
+}
+
 Result<std::string> read_file(const std::string& path, std::size_t limit) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));

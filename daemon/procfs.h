@@ -20,6 +20,10 @@ class ProcFs {
   std::string path(std::string_view file) const;  // e.g. "meminfo"
   // Numeric entries of the root directory.
   Result<std::vector<pid_t>> pids() const;
+  // Whether the root looks like a procfs mount: a process entry with a
+  // readable stat file. Checked at start and on reload (a wrong
+  // --path.procfs would otherwise serve an empty, "healthy" daemon).
+  Result<void> check() const;
 
  private:
   std::string root_;

@@ -13,6 +13,7 @@ const char* errc_name(Errc e) {
     case Errc::full: return "full";
     case Errc::io: return "io";
     case Errc::invalid: return "invalid";
+    case Errc::disabled: return "disabled";
   }
   return "io";
 }

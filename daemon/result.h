@@ -2,6 +2,7 @@
 // travel as values; only main() turns one into an exit code.
 #pragma once
 
+#include <array>
 #include <string>
 #include <utility>
 #include <variant>
@@ -17,8 +18,13 @@ enum class Errc {
   full,          // a bounded resource (map, table) is full
   io,            // any other system error
   invalid,       // bad argument or configuration
+  disabled,      // switched off by the configuration
 };
 
+// Every code, in declaration order: the fixed set of `reason` label values.
+inline constexpr std::array<Errc, 8> kAllErrc = {Errc::not_found, Errc::permission, Errc::malformed,
+                                                 Errc::unavailable, Errc::full, Errc::io,
+                                                 Errc::invalid, Errc::disabled};
 const char* errc_name(Errc e);
 Errc errc_from_errno(int err);
 

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace memlens {
@@ -23,7 +24,9 @@ struct Target {
   std::string selector;  // human-readable description of what matched
   std::string comm;
   std::string exe;       // readlink of /proc/PID/exe, may be empty
-  const TargetPolicy* policy = nullptr;  // owned by the running config
+  // Its entry in the config that selected it; shares ownership of that
+  // config, so the policy outlives any reload while the target is in use.
+  std::shared_ptr<const TargetPolicy> policy;
   // Leak slope of the previous tick (analysis), for collectors that switch
   // on when it crosses a budget; valid == false until the window has data.
   double leak_slope_bytes_per_second = 0;

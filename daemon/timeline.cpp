@@ -4,7 +4,12 @@
 #include <cmath>
 #include <limits>
 
+#include "daemon/config.h"
+
 namespace memlens {
+
+// config.cpp bounds the timelines' memory with this figure.
+static_assert(sizeof(double) + sizeof(float) * kSeriesCount == kTimelineBytesPerPoint);
 
 Timeline::Timeline(std::size_t capacity)
     : capacity_(std::max<std::size_t>(capacity, 2)), t_(new double[capacity_]) {

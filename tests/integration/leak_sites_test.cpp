@@ -84,3 +84,38 @@ TEST(LeakSites, ServedAsJsonWithTheLeakingStack) {
   EXPECT_EQ(unknown.status, 404);
   EXPECT_NE(unknown.body.find("no such target"), std::string::npos) << unknown.body;
 }
+
+// Symbol names are whatever bytes a binary holds: a target whose symbols
+// are not UTF-8 used to abort memlensd when its leak sites were served.
+TEST(LeakSites, SymbolsThatAreNotUtf8AreServedReplaced) {
+  if (!is_root()) GTEST_SKIP() << "eBPF needs root";
+  const std::string dir = make_temp_dir();
+  const std::string exe = dir + "/badsyms";
+  std::string out;
+  ASSERT_EQ(run("objcopy --redefine-sym \"main=$(printf 'main\\377\\376')\" --redefine-sym "
+                "\"replace_one=$(printf '\\355\\240\\200x')\" " + workload_path("heapload") + " " + exe, &out), 0)
+      << out;
+  Child w = spawn({exe, "--hold", "200000", "--churn", "500", "--leak", "65536", "--leak-block", "4096",
+                   "--truth", dir + "/truth.jsonl"});
+  auto d = start_daemon("global: {tick_interval: 500ms, rescan_interval: 500ms}\n"
+                        "targets:\n"
+                        "  - name: bad\n"
+                        "    pid: " + std::to_string(w.pid()) + "\n"
+                        "    alloc: {mode: full, leak_sites: true}\n");
+  ASSERT_TRUE(d);
+  nlohmann::json doc;
+  ASSERT_TRUE(wait_until([&] {
+    auto r = http_get(d->url("/api/v1/targets/bad/leaks"));
+    doc = nlohmann::json::parse(r.body, nullptr, false);
+    if (r.status != 200 || doc.is_discarded()) return false;
+    for (const auto& p : doc.value("processes", nlohmann::json::array()))
+      for (const auto& site : p["sites"])
+        if (!site["stack"].empty() && site["stack"][0].get<std::string>().rfind("main\xEF\xBF\xBD", 0) == 0)
+          return true;
+    return false;
+  }, 40s)) << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << d->log();
+  // Several scrapes later it is still there to answer.
+  std::this_thread::sleep_for(2s);
+  EXPECT_TRUE(d->child.running());
+  EXPECT_EQ(http_get(d->url("/api/v1/targets/bad/leaks")).status, 200);
+}

@@ -315,12 +315,8 @@ TEST(MmapSyscalls, WithoutBpfCapabilitiesTheCollectorSaysWhy) {
   const std::string pid = std::to_string(w.pid());
   std::vector<PromSample> s;
   ASSERT_TRUE(proc_metrics_without_mmap(*d, pid, s)) << d->log();
-  bool why = false;
-  for (const auto& p : s)
-    if (p.name == "memlens_collector_enabled" && p.labels.count("collector") && p.labels.at("collector") == "mmap" &&
-        p.labels.count("reason") && p.labels.at("reason").find("CAP_BPF") != std::string::npos)
-      why = true;
-  EXPECT_TRUE(why) << "the reason names the missing capability";
+  EXPECT_EQ(find_label(s, "memlens_collector_enabled", {{"collector", "mmap"}}, "reason"), "capability");
+  EXPECT_NE(d->log().find("collector mmap disabled: eBPF unavailable: missing CAP_BPF"), std::string::npos) << d->log();
   EXPECT_FALSE(traced(s, pid));
 }
 

@@ -170,8 +170,9 @@ std::vector<PromSample> parse_exposition(const std::string& text) {
   return out;
 }
 
-std::optional<double> find_sample(const std::vector<PromSample>& all, const std::string& name,
-                                  const std::map<std::string, std::string>& labels) {
+namespace {
+const PromSample* find_first(const std::vector<PromSample>& all, const std::string& name,
+                             const std::map<std::string, std::string>& labels) {
   for (const auto& s : all) {
     if (s.name != name) continue;
     bool ok = true;
@@ -182,9 +183,24 @@ std::optional<double> find_sample(const std::vector<PromSample>& all, const std:
         break;
       }
     }
-    if (ok) return s.value;
+    if (ok) return &s;
   }
-  return std::nullopt;
+  return nullptr;
+}
+}  // namespace
+
+std::optional<double> find_sample(const std::vector<PromSample>& all, const std::string& name,
+                                  const std::map<std::string, std::string>& labels) {
+  const PromSample* s = find_first(all, name, labels);
+  return s ? std::optional<double>(s->value) : std::nullopt;
+}
+
+std::optional<std::string> find_label(const std::vector<PromSample>& all, const std::string& name,
+                                      const std::map<std::string, std::string>& labels, const std::string& label) {
+  const PromSample* s = find_first(all, name, labels);
+  if (!s) return std::nullopt;
+  auto it = s->labels.find(label);
+  return it == s->labels.end() ? std::nullopt : std::optional<std::string>(it->second);
 }
 
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,

@@ -58,6 +58,10 @@ std::vector<PromSample> parse_exposition(const std::string& text);
 std::optional<double> find_sample(const std::vector<PromSample>& s, const std::string& name,
                                   const std::map<std::string, std::string>& labels = {});
 
+// The value of label `label` on that sample, if it is there and has it.
+std::optional<std::string> find_label(const std::vector<PromSample>& s, const std::string& name,
+                                      const std::map<std::string, std::string>& labels, const std::string& label);
+
 bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
                 std::chrono::milliseconds step = std::chrono::milliseconds(100));
 

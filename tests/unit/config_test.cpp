@@ -1,5 +1,6 @@
 // Config validation: every error names the file, line and field.
 #include <gtest/gtest.h>
+#include <re2/re2.h>
 
 #include <fstream>
 
@@ -78,8 +79,8 @@ targets:
   EXPECT_EQ(c->max_targets, 7);
   EXPECT_EQ(c->targets[0].alloc_mode, AllocMode::duty);
   EXPECT_DOUBLE_EQ(c->targets[0].duty_fraction, 0.25);
-  EXPECT_TRUE(std::regex_match("nginx", *c->targets[0].selector.comm_re));
-  EXPECT_FALSE(std::regex_match("nginx-worker", *c->targets[0].selector.comm_re)) << "comm is a full match";
+  EXPECT_TRUE(RE2::FullMatch("nginx", *c->targets[0].selector.comm_re));
+  EXPECT_FALSE(RE2::FullMatch("nginx-worker", *c->targets[0].selector.comm_re)) << "comm is a full match";
   EXPECT_FALSE(c->targets[1].gc);
 }
 
@@ -152,6 +153,81 @@ TEST(Units, DurationsAndSizes) {
   EXPECT_EQ(parse_bytes("4096"), 4096u);
   EXPECT_FALSE(parse_bytes("lots"));
   EXPECT_FALSE(parse_bytes("1 XB"));
+}
+
+// Reproducers of inputs that took the parser (or the daemon, on a reload)
+// down: each is now an error that names where.
+TEST(Config, KeysThatAreNotPlainStrings) {
+  auto e = bad("{[a]: 1}\n");
+  EXPECT_NE(e.message.find("test.yaml:1:"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("a key must be a plain string"), std::string::npos) << e.message;
+  EXPECT_NE(bad("targets:\n  - {name: a, self: true, {x: 1}: 2}\n").message.find("plain string"), std::string::npos);
+  EXPECT_NE(bad("global: {[tick]: 1s}\ntargets: [{name: a, self: true}]\n").message.find("plain string"),
+            std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    self: true\n    alloc: {? [m] : full}\n").message.find("plain string"),
+            std::string::npos);
+}
+
+TEST(Config, RegexesAreRe2AndBounded) {
+  // ~16k nested groups: too long to be a selector (and never a recursion).
+  std::string deep(16000, '(');
+  deep += "a" + std::string(16000, ')');
+  auto e = bad("targets:\n  - name: a\n    comm: \"" + deep + "\"\n");
+  EXPECT_NE(e.message.find("longer than 4096 bytes"), std::string::npos) << e.message.substr(0, 300);
+  // Within the bound, deep nesting compiles and matches in linear time.
+  std::string nested(1000, '(');
+  nested += "a" + std::string(1000, ')');
+  auto c = parse_config("targets:\n  - name: a\n    comm: \"" + nested + "\"\n", "t.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message.substr(0, 300);
+  EXPECT_TRUE(RE2::FullMatch("a", *c->targets[0].selector.comm_re));
+  // Backreferences and lookaheads (std::regex ECMAScript, not RE2) are errors.
+  EXPECT_NE(bad("targets:\n  - name: a\n    cmdline: \"(a)\\\\1\"\n").message.find("regular expression"),
+            std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    cmdline: \"a(?=b)\"\n").message.find("regular expression"),
+            std::string::npos);
+  // What used to take std::regex seconds per process (or its stack):
+  // a 64 KiB argument against "java .*-jar" is one linear pass.
+  auto j = parse_config("targets:\n  - name: a\n    cmdline: \"java .*-jar\"\n", "t.yaml");
+  ASSERT_TRUE(j.ok());
+  const std::string arg = "java " + std::string(64 << 10, 'x') + " -jar app.jar";
+  EXPECT_TRUE(RE2::PartialMatch(arg, *j->targets[0].selector.cmdline_re));
+}
+
+TEST(Config, TimelineMemoryIsBoundedAtValidation) {
+  auto e = bad("global: {tick_interval: 100ms, timeline_window: 11000d}\ntargets: [{name: a, self: true}]\n");
+  EXPECT_NE(e.message.find("global.timeline_window"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("MiB of timelines"), std::string::npos) << e.message;
+  // A day at one second for the default 64 targets fits (~105 MiB).
+  auto ok = parse_config("global: {timeline_window: 1d}\ntargets: [{name: a, self: true}]\n", "t.yaml");
+  EXPECT_TRUE(ok.ok()) << ok.error().message;
+}
+
+TEST(Config, DirectoryIsNotAConfigFile) {
+  const std::string dir = memlens::test::make_temp_dir();
+  auto c = load_config_file(dir);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().message.find(dir + ": not a regular file"), std::string::npos) << c.error().message;
+}
+
+TEST(Units, MalformedNumbersAreRefused) {
+  EXPECT_FALSE(parse_duration("1.2.3s"));
+  EXPECT_FALSE(parse_duration("0.0001ms")) << "below the 1 ms resolution";
+  EXPECT_FALSE(parse_duration("0.5ms")) << "not a whole millisecond";
+  EXPECT_FALSE(parse_duration("1e3s"));
+  EXPECT_FALSE(parse_duration(" 1s"));
+  EXPECT_FALSE(parse_duration("1.s"));
+  EXPECT_FALSE(parse_duration(".5s"));
+  EXPECT_FALSE(parse_duration("0s"));
+  EXPECT_FALSE(parse_duration("s"));
+  EXPECT_FALSE(parse_duration("99999999999999999999999d"));
+  EXPECT_EQ(parse_duration("0.25s"), Duration(250));
+  EXPECT_EQ(parse_duration("1m0.5s"), Duration(60500));
+  EXPECT_FALSE(parse_bytes("1.2.3MiB"));
+  EXPECT_FALSE(parse_bytes("0.5"));
+  EXPECT_FALSE(parse_bytes("nan"));
+  EXPECT_FALSE(parse_bytes("99999999999TiB"));
+  EXPECT_EQ(parse_bytes("1.5KiB"), 1536u);
+  EXPECT_EQ(parse_bytes("2 MiB"), 2u << 20);
 }
 
 #include "daemon/exporter.h"

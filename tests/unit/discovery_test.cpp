@@ -42,11 +42,11 @@ class FakeProc {
   std::string root_;
 };
 
-Config config(const FakeProc& p, const std::string& targets_yaml, int max_targets = 64) {
+ConfigPtr config(const FakeProc& p, const std::string& targets_yaml, int max_targets = 64) {
   auto c = parse_config("global: {max_targets: " + std::to_string(max_targets) + "}\ntargets:\n" + targets_yaml, "t");
   EXPECT_TRUE(c.ok()) << c.error().message;
   c->procfs = p.root();
-  return *c;
+  return std::make_shared<const Config>(std::move(*c));
 }
 
 std::map<pid_t, std::string> watched(const Discovery& d) {
@@ -65,7 +65,7 @@ TEST(Discovery, SelectorsFirstMatchWins) {
   p.add(103, "kworker/0:1", 0, 1000, "", "/", 2);  // kernel thread
   p.add(104, "defunct", 0, 1000, "", "/", 1, 'Z');
   p.add(105, "postgres", 3000, 1000, "postgres: checkpointer", "/system.slice/postgresql@15-main.service");
-  Config c = config(p, R"(
+  ConfigPtr c = config(p, R"(
   - {name: app, systemd_unit: app.service}
   - {name: workers, cmdline: "--role=worker"}
   - {name: pg, cgroup: /system.slice/postgresql, exe: "/usr/bin/postgres"}
@@ -88,7 +88,7 @@ TEST(Discovery, PidAndSelf) {
   FakeProc p;
   p.add(200, "a", 10);
   p.add(201, "b", 10);
-  Config c = config(p, "  - {name: me, self: true}\n  - {name: one, pid: 200}\n");
+  ConfigPtr c = config(p, "  - {name: me, self: true}\n  - {name: one, pid: 200}\n");
   Discovery d(c, 201);
   d.scan();
   auto w = watched(d);
@@ -99,7 +99,7 @@ TEST(Discovery, PidAndSelf) {
 TEST(Discovery, ExitAndPidReuseAreNewTargets) {
   FakeProc p;
   p.add(300, "svc", 10, 1000);
-  Config c = config(p, "  - {name: svc, comm: svc}\n");
+  ConfigPtr c = config(p, "  - {name: svc, comm: svc}\n");
   Discovery d(c, 1);
   ASSERT_EQ(d.scan().added.size(), 1u);
   EXPECT_TRUE(d.scan().added.empty()) << "nothing changes, nothing added";
@@ -121,7 +121,7 @@ TEST(Discovery, ExitAndPidReuseAreNewTargets) {
 TEST(Discovery, CapsCountEachProcessOnceAndKeepWatchedOnes) {
   FakeProc p;
   for (int i = 0; i < 5; ++i) p.add(400 + i, "w", 10 + i);
-  Config c = config(p, "  - {name: w, comm: w, max_targets: 3}\n", 64);
+  ConfigPtr c = config(p, "  - {name: w, comm: w, max_targets: 3}\n", 64);
   Discovery d(c, 1);
   auto r = d.scan();
   EXPECT_EQ(r.added.size(), 3u);
@@ -134,7 +134,7 @@ TEST(Discovery, CapsCountEachProcessOnceAndKeepWatchedOnes) {
   EXPECT_EQ(r.capped_new, 1u) << "only the newcomer is new";
   EXPECT_EQ(watched(d), before);
   // The global cap applies across entries.
-  Config g = config(p, "  - {name: w, comm: w}\n", 2);
+  ConfigPtr g = config(p, "  - {name: w, comm: w}\n", 2);
   Discovery d2(g, 1);
   d2.scan();
   EXPECT_EQ(d2.targets().size(), 2u);
@@ -146,7 +146,7 @@ TEST(Discovery, TopRssLeavesTheRestForLaterEntries) {
   p.add(500, "a", 50);
   p.add(501, "b", 500);
   p.add(502, "c", 5);
-  Config c = config(p, "  - {name: top, top_rss: 1}\n  - {name: rest, cmdline: \".\"}\n");
+  ConfigPtr c = config(p, "  - {name: top, top_rss: 1}\n  - {name: rest, cmdline: \".\"}\n");
   Discovery d(c, 1);
   d.scan();
   auto w = watched(d);
@@ -160,9 +160,44 @@ TEST(Discovery, MalformedStatIsCountedAndSkipped) {
   p.add(600, "ok", 10);
   fs::create_directories(p.root() + "/601");
   test::write_text(p.root() + "/601/stat", "601 (broken\n");
-  Config c = config(p, "  - {name: any, cmdline: \".\"}\n");
+  ConfigPtr c = config(p, "  - {name: any, cmdline: \".\"}\n");
   Discovery d(c, 1);
   auto r = d.scan();
   EXPECT_EQ(r.scan_errors, 1u);
   EXPECT_EQ(d.targets().size(), 1u);
+}
+
+// A reload hands targets the new config's entries and lets the old config
+// go (it used to be kept forever: memory grew with every SIGHUP).
+TEST(Discovery, ReloadRepointsPoliciesAndReleasesTheOldConfig) {
+  FakeProc p;
+  p.add(700, "svc", 10);
+  ConfigPtr c = config(p, "  - {name: svc, comm: svc, gc: false}\n");
+  std::weak_ptr<const Config> old = c;
+  Discovery d(c, 1);
+  d.scan();
+  ASSERT_EQ(d.targets().size(), 1u);
+  EXPECT_FALSE(d.targets().begin()->second.policy->gc);
+  // Reordered and changed: the target follows its entry by name.
+  d.reconfigure(config(p, "  - {name: other, pid: 1}\n  - {name: svc, comm: svc, gc: true}\n"));
+  c.reset();
+  EXPECT_TRUE(old.expired()) << "nothing holds the previous config";
+  ASSERT_EQ(d.targets().size(), 1u);
+  EXPECT_TRUE(d.targets().begin()->second.policy->gc);
+  d.scan();
+  EXPECT_EQ(watched(d)[700], "svc");
+}
+
+// A command line far longer than anyone's selector needs: matched on its
+// first kCmdlineMatchBytes only, in linear time (RE2).
+TEST(Discovery, HugeCommandLineIsMatchedBoundedAndLinear) {
+  FakeProc p;
+  p.add(800, "java", 10, 1000, "java " + std::string(64 << 10, 'x') + " -jar app.jar");
+  p.add(801, "java", 10, 1000, "java -jar " + std::string(64 << 10, 'y'));
+  ConfigPtr c = config(p, "  - {name: jar, cmdline: \"java .*-jar\"}\n");
+  Discovery d(c, 1);
+  d.scan();
+  auto w = watched(d);
+  EXPECT_EQ(w.count(800), 0u) << "-jar lies beyond the bound";
+  EXPECT_EQ(w[801], "jar");
 }
