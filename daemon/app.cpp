@@ -1,5 +1,6 @@
 #include "daemon/app.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -125,6 +126,21 @@ void App::rescan() {
   }
   if (res.capped_new)
     spdlog::info("{} matching process(es) not watched: max_targets reached", res.capped_new);
+  if (!res.removed.empty()) trim_due_ = true;
+}
+
+// glibc keeps what gone targets freed (timelines, maps, strings) in its
+// arenas' free lists, resident: 300 targets that came and went left ~15 MiB
+// more behind than before they came. Giving free pages back after targets go
+// keeps RSS flat under churn (and the first tick's trim drops start-up's
+// transient memory). It runs at the end of the tick, once the snapshot that
+// still showed the gone targets is released too. A trim walks the free
+// lists: 1.6-3.6 ms measured after 300 targets left at once.
+void App::trim_heap() {
+  const auto t0 = std::chrono::steady_clock::now();
+  malloc_trim(0);
+  spdlog::debug("malloc_trim after targets left: {:.2f} ms",
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
 void App::tick() {
@@ -268,6 +284,8 @@ void App::tick() {
 
   snap->families = b.take();
   exporter_->publish(std::move(snap));
+  if (ticks_total_ == 1 || trim_due_) trim_heap();
+  trim_due_ = false;
   tick_seconds_ = now_mono() - t0;
 }
 
@@ -293,6 +311,7 @@ void App::reload() {
   cfg_ = std::move(next);
   discovery_->reconfigure(cfg_);
   if (resize) states_.clear();  // ring sizes changed: history restarts
+  trim_due_ = true;             // what the previous config held
   start_collectors();
   force_rescan_ = true;
   ++reloads_total_;

@@ -57,6 +57,7 @@ class App {
 
   void start_collectors();
   void rescan();
+  void trim_heap();
   void reload();
   void schedule();
   void arm_signals();
@@ -76,6 +77,7 @@ class App {
   uint64_t reloads_total_ = 0, reload_failures_total_ = 0, ticks_total_ = 0, ticks_late_total_ = 0;
   double last_rescan_ = -1e18;
   bool force_rescan_ = false;
+  bool trim_due_ = false;  // targets left or the config changed: trim at tick end
   double tick_seconds_ = 0;
 
   boost::asio::io_context io_;

@@ -3,6 +3,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -45,6 +46,15 @@ int usage_error(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // memlensd's own heap: glibc's defaults keep what it frees. Its dynamic
+  // mmap threshold rises to the largest block ever freed (a scrape's
+  // exposition), and the trim threshold with it to twice that, so freed
+  // arenas stayed resident: 300 targets that came and went left 17 MiB
+  // behind in the HTTP threads' arenas. Fixed thresholds and one arena (our
+  // threads allocate little) keep RSS at its level (+1 MiB measured).
+  mallopt(M_MMAP_THRESHOLD, 128 << 10);
+  mallopt(M_TRIM_THRESHOLD, 128 << 10);
+  mallopt(M_ARENA_MAX, 1);
   memlens::Options opts;
   std::string log_level = "info";
   bool check_only = false;
