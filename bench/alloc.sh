@@ -20,7 +20,7 @@ target_wl=$build/tests/workloads/alloc_truth
 for f in "$bench" "$trapper" "$memlensd" "$target_wl"; do
   [[ -x $f ]] || { echo "alloc.sh: $f is missing; build first" >&2; exit 1; }
 done
-[[ $(id -u) == 0 ]] || { echo "alloc.sh: needs root (eBPF)"; exit 0; }
+[[ $(id -u) == 0 ]] || { echo "alloc.sh: needs root (eBPF): nothing was measured" >&2; exit 1; }
 
 N=${ALLOC_BENCH_PAIRS:-100000}         # pairs per traced run
 NU=${ALLOC_BENCH_UNTRACED_PAIRS:-2000000}

@@ -20,7 +20,7 @@ build=$(cd "$build" && pwd)
 src=$(cd "$(dirname "$0")/.." && pwd)
 memlensd=$build/memlensd
 [[ -x $memlensd ]] || { echo "gc.sh: $memlensd not built" >&2; exit 1; }
-[[ $(id -u) == 0 ]] || { echo "gc.sh: needs root for eBPF; skipped"; exit 0; }
+[[ $(id -u) == 0 ]] || { echo "gc.sh: needs root (eBPF): nothing was measured" >&2; exit 1; }
 reps=${BENCH_GC_REPS:-5}
 runtimes=${BENCH_GC_RUNTIMES:-jvm node python-usdt python-symbols probe-usdt probe-symbols}
 work=$(mktemp -d /tmp/memlens-gcbench.XXXXXX)

@@ -938,6 +938,8 @@ Result<void> AllocCollector::start(const ConfigPtr& config) {
       bpf_map__set_max_entries(mp, slots);
     bpf_map__set_max_entries(ob.maps.addrs, std::max(1u, cfg.bpf.max_tracked_allocs));
     bpf_map__set_max_entries(ob.maps.stacks, want_stacks ? std::max(1u, cfg.bpf.max_stacks) : 1u);
+    // Hold events (exec and fork holds) go one by one through this ring.
+    bpf_map__set_max_entries(ob.maps.hold_events, cfg.bpf.ringbuf_bytes);
     if (multi) {
       bpf::set_uprobe_multi(ob.progs.alloc_entry);
       bpf::set_uprobe_multi(ob.progs.alloc_return);

@@ -130,3 +130,27 @@ TEST(AllocFaults, WithoutBpfCapabilitiesProcMetricsStayAndCollectorsSayWhy) {
   for (auto p = log.find("collector alloc disabled"); p != std::string::npos; p = log.find("collector alloc disabled", p + 1)) ++n;
   EXPECT_EQ(n, 1u) << log;
 }
+
+// bpf.ringbuf_bytes sizes the ring that carries exec and fork holds.
+TEST(AllocFaults, RingbufBytesSizesTheHoldRing) {
+  REQUIRE_ROOT();
+  auto ids = [] {
+    std::string out;
+    run("bpftool map show name hold_events -j", &out);
+    auto doc = nlohmann::json::parse(out, nullptr, false);
+    std::map<int64_t, int64_t> m;  // id -> max_entries
+    // One map is printed as an object, several as an array.
+    if (doc.is_object()) doc = nlohmann::json::array({doc});
+    if (doc.is_array())
+      for (const auto& e : doc) m[e.value("id", int64_t{-1})] = e.value("max_entries", int64_t{0});
+    return m;
+  };
+  const auto before = ids();
+  auto d = start_daemon("bpf: {ringbuf_bytes: 8KiB}\ntargets: [{name: me, self: true, alloc: {mode: full}}]\n");
+  ASSERT_TRUE(d);
+  REQUIRE_COLLECTOR(d, "alloc");
+  bool sized = false;
+  for (const auto& [id, entries] : ids())
+    if (!before.count(id) && entries == 8192) sized = true;
+  EXPECT_TRUE(sized) << "no new hold_events ring of 8 KiB";
+}

@@ -28,8 +28,7 @@ TEST(AllocLeakSlope, LiveHeapSlopeWithin10PercentAfter60s) {
                         "    exe: \"" + exe + "\"\n"
                         "    alloc: {mode: full}\n");
   ASSERT_TRUE(d);
-  if (find_sample(d->scrape(), "memlens_collector_enabled", {{"collector", "alloc"}}).value_or(0) != 1)
-    GTEST_SKIP() << "allocation tracing is not available here:\n" << d->log();
+  REQUIRE_COLLECTOR(d, "alloc");
 
   // Random-size churn (each replacement draws a new size) and a leak of
   // 1 KiB blocks from 15 s on: small blocks that land in the allocator's

@@ -25,8 +25,7 @@ TEST(AllocOnLeak, OffUntilTheBudgetIsCrossedThenCapturesTheLeak) {
                         "    alloc: {mode: on-leak, leak_budget: 16KiB, on_leak_duration: 60s}\n");
   ASSERT_TRUE(d);
   const std::map<std::string, std::string> sel{{"target", "ol"}, {"mode", "on-leak"}};
-  if (find_sample(d->scrape(), "memlens_collector_enabled", {{"collector", "alloc"}}).value_or(0) != 1)
-    GTEST_SKIP() << "allocation tracing is not available here:\n" << d->log();
+  REQUIRE_COLLECTOR(d, "alloc");
   // Before the leak: no probes attached.
   ASSERT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_alloc_tracing", sel).has_value(); }, 10s));
   EXPECT_FALSE(latest_truth(truth).value("leaking", false)) << "the leak started before the first check";

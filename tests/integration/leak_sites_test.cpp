@@ -28,9 +28,7 @@ TEST(LeakSites, ServedAsJsonWithTheLeakingStack) {
                         "  - name: plain\n"
                         "    self: true\n");
   ASSERT_TRUE(d);
-  auto s = d->scrape();
-  if (find_sample(s, "memlens_collector_enabled", {{"collector", "alloc"}}).value_or(0) != 1)
-    GTEST_SKIP() << "allocation tracing is not available here:\n" << d->log();
+  REQUIRE_COLLECTOR(d, "alloc");
 
   const double leaked0 = latest_truth(truth)["leaked_bytes"].get<double>();
   nlohmann::json doc;

@@ -24,10 +24,7 @@ const char* const kCalls[] = {"mmap", "munmap", "mremap", "brk", "mprotect"};
 #define REQUIRE_ROOT() \
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF tracepoints)"
 
-// Skips when the collector could not start here (no tracefs, old kernel).
-#define REQUIRE_MMAP_COLLECTOR(d)                                                                   \
-  if (find_sample((d)->scrape(), "memlens_collector_enabled", {{"collector", "mmap"}}).value_or(0) != 1) \
-  GTEST_SKIP() << "the mmap collector is disabled here:\n" << (d)->log()
+#define REQUIRE_MMAP_COLLECTOR(d) REQUIRE_COLLECTOR(d, "mmap")
 
 double sample(const std::vector<PromSample>& s, const std::string& name, const std::string& pid,
               const std::string& call) {

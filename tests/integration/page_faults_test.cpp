@@ -27,8 +27,7 @@ TEST(PageFaults, EbpfCountMatchesTheKernelsOwnCounter) {
   };
   std::vector<PromSample> s0;
   if (!wait_until([&] { return bpf_total(s0 = d->scrape()).has_value(); }, 10s)) {
-    if (find_sample(s0, "memlens_collector_enabled", {{"collector", "faults"}}).value_or(0) == 0)
-      GTEST_SKIP() << "the faults collector is disabled here:\n" << d->log();
+    REQUIRE_COLLECTOR(d, "faults");
     FAIL() << "no eBPF page fault series\n" << d->log();
   }
   std::this_thread::sleep_for(4s);

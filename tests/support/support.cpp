@@ -315,4 +315,16 @@ std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<st
 
 bool is_root() { return ::geteuid() == 0; }
 
+bool bpf_opted_out() {
+  const char* v = std::getenv("MEMLENS_TEST_NO_BPF");
+  return v && std::string(v) == "1";
+}
+
+std::string collector_down(const Daemon& d, const std::string& name) {
+  auto s = d.scrape();
+  if (find_sample(s, "memlens_collector_enabled", {{"collector", name}}).value_or(0) == 1) return "";
+  return "collector " + name + " is disabled (reason " +
+         find_label(s, "memlens_collector_enabled", {{"collector", name}}, "reason").value_or("?") + "):\n" + d.log();
+}
+
 }  // namespace memlens::test

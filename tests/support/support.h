@@ -97,4 +97,19 @@ std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<st
 
 bool is_root();
 
+// eBPF tests never skip as root: a collector that does not load there is a
+// verifier or load regression, a failure. MEMLENS_TEST_NO_BPF=1 says a
+// machine has no usable eBPF; then they skip, saying so.
+bool bpf_opted_out();
+// Empty when collector `name` runs in `d`; else why not (with the log).
+std::string collector_down(const Daemon& d, const std::string& name);
+#define REQUIRE_COLLECTOR(d, name)                                                              \
+  do {                                                                                          \
+    const std::string why_down_ = ::memlens::test::collector_down(*(d), name);                   \
+    if (!why_down_.empty()) {                                                                   \
+      if (::memlens::test::bpf_opted_out()) GTEST_SKIP() << "MEMLENS_TEST_NO_BPF: " << why_down_; \
+      FAIL() << why_down_;                                                                      \
+    }                                                                                           \
+  } while (0)
+
 }  // namespace memlens::test
