@@ -13,17 +13,12 @@
 //  - duty mode: counters are estimates (observed / duty fraction); no live
 //    heap. on_leak mode: off until the anon RSS slope crosses the target's
 //    budget, then address tracking with stacks for on_leak_duration.
+//
+// The parts live in collectors/alloc/ (policy, holds, probes, leak_sites);
+// alloc_collector.cpp names every thread and lock and what each may touch.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
-#include <atomic>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <string>
-#include <thread>
-#include <vector>
 
 #include "collectors/collector.h"
 #include "daemon/config.h"
@@ -46,21 +41,5 @@ class AllocCollector : public Collector {
  private:
   std::unique_ptr<AllocState> s_;
 };
-
-// Leak sites of the target(s) configured as `target_name` (the `target`
-// label), from the last snapshot the collection thread published (no BPF
-// work on the caller's thread). Shape:
-//   {"target": name, "available": bool, "reason": "..." (when not),
-//    "processes": [{"pid": N, "captured_at_unix": T, "tracking": bool,
-//                   "outstanding_bytes": B, "outstanding_blocks": K,
-//                   "sites": [{"bytes": B, "blocks": K, "stack": ["fn+0x1a (lib)", ...]}]}]}
-// Sites are the top 20 stacks by outstanding bytes.
-nlohmann::json alloc_leak_sites_json(const std::string& target_name);
-
-// The comms under which a selector's processes can be held at exec (see
-// README, "Targets started after memlensd"): literal comm names or
-// alternations of them, else the base names of literal exe paths. Empty
-// when the selector gives no name known before the process runs.
-std::vector<std::string> alloc_hold_comms(const Selector& s);
 
 }  // namespace memlens

@@ -256,43 +256,6 @@ Result<ProbeSite> probe_site(const ElfFile& f, const Symbol& s) {
   return choose_probe_site(std::span<const uint8_t>(bytes->data(), n));
 }
 
-// ---- /proc/PID/maps ----------------------------------------------------
-
-std::vector<Mapping> parse_maps(std::string_view text) {
-  std::vector<Mapping> out;
-  while (!text.empty()) {
-    auto nl = text.find('\n');
-    std::string_view line = text.substr(0, nl);
-    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
-    // start-end perms offset dev inode path
-    Mapping m;
-    const char* p = line.data();
-    const char* end = p + line.size();
-    auto r = std::from_chars(p, end, m.start, 16);
-    if (r.ec != std::errc{} || r.ptr == end || *r.ptr != '-') continue;
-    r = std::from_chars(r.ptr + 1, end, m.end, 16);
-    if (r.ec != std::errc{}) continue;
-    p = r.ptr;
-    auto skip_ws = [&] { while (p < end && *p == ' ') ++p; };
-    auto word = [&] {
-      skip_ws();
-      const char* b = p;
-      while (p < end && *p != ' ') ++p;
-      return std::string_view(b, static_cast<std::size_t>(p - b));
-    };
-    m.perms = std::string(word());
-    auto off = word();
-    std::from_chars(off.data(), off.data() + off.size(), m.offset, 16);
-    word();  // dev
-    auto ino = word();
-    std::from_chars(ino.data(), ino.data() + ino.size(), m.inode, 10);
-    skip_ws();
-    m.path = std::string(p, end);
-    out.push_back(std::move(m));
-  }
-  return out;
-}
-
 // ---- allocators --------------------------------------------------------
 
 const char* allocator_name(AllocatorKind k) {

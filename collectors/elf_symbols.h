@@ -5,8 +5,7 @@
 //  - which allocator a process uses (/proc/PID/maps, or an exe before it runs),
 //  - address -> "function+0xoff" for leak-site stacks.
 // Parsed files are cached per build-id (or path+inode+mtime when there is none).
-//
-// Stable API: the GC collector (issue 4) depends on it. Extend, do not change.
+// The GC and allocation collectors depend on it: extend it, keep what is here.
 #pragma once
 
 #include <sys/types.h>
@@ -21,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "collectors/proc_parse.h"
 #include "daemon/result.h"
 
 namespace memlens::elf {
@@ -91,16 +91,6 @@ ProbeSite choose_probe_site(std::span<const uint8_t> code);
 
 // Reads the function's first bytes from the file and decodes them.
 Result<ProbeSite> probe_site(const ElfFile& f, const Symbol& s);
-
-// ---- /proc/PID/maps ----------------------------------------------------
-
-struct Mapping {
-  uint64_t start = 0, end = 0, offset = 0;
-  std::string perms;  // "r-xp"
-  uint64_t inode = 0;
-  std::string path;   // may be empty or "[heap]"
-};
-std::vector<Mapping> parse_maps(std::string_view text);
 
 // ---- allocators --------------------------------------------------------
 

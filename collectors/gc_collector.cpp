@@ -15,6 +15,7 @@
 
 #include "collectors/elf_symbols.h"
 #include "collectors/hsperfdata.h"
+#include "daemon/clock.h"
 #include "daemon/config.h"
 #include "gc.skel.h"
 
@@ -93,12 +94,6 @@ uint16_t rt_code(Runtime r) {
     case Runtime::none: break;
   }
   return 0;
-}
-
-double mono_now() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);  // the clock of bpf_ktime_get_ns
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
 constexpr uint64_t kSlotNs = static_cast<uint64_t>(GcCollector::kWindowSeconds * 1e9) / (GC_SLOTS - 1);

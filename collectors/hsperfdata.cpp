@@ -164,7 +164,7 @@ pid_t ns_pid(const ProcFs& proc, pid_t pid) {
 }  // namespace
 
 std::optional<std::string> hsperfdata_path_from_maps(std::string_view maps) {
-  for (const auto& m : elf::parse_maps(maps)) {
+  for (const auto& m : parse_maps(maps)) {
     const std::string& path = m.path;
     auto dir = path.rfind("/hsperfdata_");
     // The JVM's own file: .../hsperfdata_<user>/<pid>, a shared mapping, not deleted.

@@ -187,4 +187,77 @@ Result<std::optional<HeapMapping>> parse_maps_heap(std::string_view text) {
   return std::optional<HeapMapping>{};
 }
 
+std::vector<Mapping> parse_maps(std::string_view text) {
+  std::vector<Mapping> out;
+  while (!text.empty()) {
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    // start-end perms offset dev inode path
+    Mapping m;
+    const char* p = line.data();
+    const char* end = p + line.size();
+    auto r = std::from_chars(p, end, m.start, 16);
+    if (r.ec != std::errc{} || r.ptr == end || *r.ptr != '-') continue;
+    r = std::from_chars(r.ptr + 1, end, m.end, 16);
+    if (r.ec != std::errc{}) continue;
+    p = r.ptr;
+    auto skip_ws = [&] { while (p < end && *p == ' ') ++p; };
+    auto word = [&] {
+      skip_ws();
+      const char* b = p;
+      while (p < end && *p != ' ') ++p;
+      return std::string_view(b, static_cast<std::size_t>(p - b));
+    };
+    m.perms = std::string(word());
+    auto off = word();
+    std::from_chars(off.data(), off.data() + off.size(), m.offset, 16);
+    word();  // dev
+    auto ino = word();
+    std::from_chars(ino.data(), ino.data() + ino.size(), m.inode, 10);
+    skip_ws();
+    m.path = std::string(p, end);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+uint64_t parse_smaps_heap_resident(std::string_view t) {
+  constexpr uint64_t kHeapMax = 64ull << 20;
+  uint64_t total = 0;
+  bool in_heap = false;
+  while (!t.empty()) {
+    auto nl = t.find('\n');
+    std::string_view line = t.substr(0, nl);
+    t = nl == std::string_view::npos ? std::string_view{} : t.substr(nl + 1);
+    if (line.rfind("Rss:", 0) == 0) {
+      if (in_heap) total += parse_u64(line.substr(4)).value_or(0) * 1024;
+      continue;
+    }
+    // Mapping headers start with a lower-case hex address, fields with a key.
+    const bool header = !line.empty() && ((line[0] >= '0' && line[0] <= '9') || (line[0] >= 'a' && line[0] <= 'f'));
+    if (!header) continue;
+    auto maps = parse_maps(line);
+    if (maps.size() == 1) {
+      const auto& mp = maps[0];
+      const bool arena = mp.path.empty() && mp.perms.rfind("rw", 0) == 0 && mp.start % kHeapMax == 0;
+      in_heap = mp.path == "[heap]" || arena;
+    }
+  }
+  return total;
+}
+
+std::optional<double> parse_btime(std::string_view text) {
+  while (!text.empty()) {
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    if (line.rfind("btime ", 0) == 0) {
+      auto v = parse_u64(line.substr(6));
+      if (v) return static_cast<double>(*v);
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace memlens

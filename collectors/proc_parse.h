@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "daemon/result.h"
 
@@ -49,6 +50,24 @@ struct SmapsRollup {
   bool empty = true;  // kernel threads: the file has no lines
 };
 Result<SmapsRollup> parse_smaps_rollup(std::string_view text);
+
+// /proc/PID/maps (and the mapping header lines of smaps): every line that
+// parses, in order; a path may be empty, "[heap]" or end in " (deleted)".
+struct Mapping {
+  uint64_t start = 0, end = 0, offset = 0;
+  std::string perms;  // "r-xp"
+  uint64_t inode = 0;
+  std::string path;
+};
+std::vector<Mapping> parse_maps(std::string_view text);
+
+// /proc/PID/smaps: resident bytes of glibc's heap mappings, [heap] plus
+// the non-main arenas' heaps (anonymous rw mappings aligned to
+// HEAP_MAX_SIZE, 64 MiB on 64-bit).
+uint64_t parse_smaps_heap_resident(std::string_view text);
+
+// /proc/stat: the boot time ("btime"), seconds since the epoch.
+std::optional<double> parse_btime(std::string_view text);
 
 // /proc/PID/maps: the [heap] (brk) mapping, if the process has one.
 struct HeapMapping {

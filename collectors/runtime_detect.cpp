@@ -34,7 +34,7 @@ std::string_view strip_deleted(std::string_view p) {
 // The files mapped into a process (/proc/PID/maps paths), deduplicated.
 std::vector<std::string> mapped_files(std::string_view maps) {
   std::vector<std::string> out;
-  for (const auto& m : elf::parse_maps(maps)) {
+  for (const auto& m : parse_maps(maps)) {
     if (m.path.empty() || m.path[0] != '/') continue;
     std::string_view p = strip_deleted(m.path);
     if (out.empty() || out.back() != p) out.emplace_back(p);

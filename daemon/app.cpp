@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "collectors/proc_parse.h"
+#include "daemon/clock.h"
 #include "daemon/procfs.h"
 #include "daemon/snapshot.h"
 
@@ -84,10 +85,6 @@ App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
 // there is no per-target teardown to wait for at shutdown.
 App::~App() = default;
 
-double App::now_mono() const {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 void App::start_collectors() {
   for (auto& cs : collectors_) {
     auto r = cs.c->start(cfg_);
@@ -144,7 +141,7 @@ void App::trim_heap() {
 }
 
 void App::tick() {
-  const double t0 = now_mono();
+  const double t0 = mono_now();
   ++ticks_total_;
   if (force_rescan_ || t0 - last_rescan_ >= std::chrono::duration<double>(cfg_->rescan_interval).count()) {
     rescan();
@@ -195,7 +192,7 @@ void App::tick() {
       force_rescan_ = true;  // its series vanish now; the rescan counts the exit
       continue;
     }
-    const double now = now_mono();
+    const double now = mono_now();
     st.timeline.push(now, s);
     timeline_bytes += st.timeline.capacity() * Timeline::bytes_per_point();
     auto pts = st.timeline.window(SeriesId::heap, now - leak_window);
@@ -271,11 +268,8 @@ void App::tick() {
       b.gauge(m.p_vm, static_cast<double>(st->vsize));
       b.counter(m.p_cpu, static_cast<double>(st->utime + st->stime) / ticks_per_s);
       static const double start = [&] {
-        double boot = 0;
-        if (auto s = read_file("/proc/stat")) {
-          auto at = s->find("btime ");
-          if (at != std::string::npos) boot = std::strtod(s->c_str() + at + 6, nullptr);
-        }
+        auto text = read_file("/proc/stat");
+        const double boot = text ? parse_btime(*text).value_or(0) : 0;
         return boot + static_cast<double>(st->starttime) / ticks_per_s;
       }();
       b.gauge(m.p_start, start);
@@ -286,7 +280,7 @@ void App::tick() {
   exporter_->publish(std::move(snap));
   if (ticks_total_ == 1 || trim_due_) trim_heap();
   trim_due_ = false;
-  tick_seconds_ = now_mono() - t0;
+  tick_seconds_ = mono_now() - t0;
 }
 
 void App::reload() {

@@ -61,7 +61,6 @@ class App {
   void reload();
   void schedule();
   void arm_signals();
-  double now_mono() const;
 
   Options opts_;
   // The running config; targets and collectors that need it share it, and

@@ -2,11 +2,11 @@
 // process's loader preloads (pure parts of the allocation collector).
 #include <gtest/gtest.h>
 
-#include "collectors/alloc_collector.h"
+#include "collectors/alloc/holds.h"
 #include "collectors/elf_symbols.h"
 
 using memlens::Selector;
-using memlens::alloc_hold_comms;
+using memlens::alloc::hold_comms;
 using V = std::vector<std::string>;
 
 namespace {
@@ -23,35 +23,35 @@ Selector exe(const std::string& e) {
 }  // namespace
 
 TEST(AllocHoldComms, LiteralsAndAlternations) {
-  EXPECT_EQ(alloc_hold_comms(comm("api-server")), V{"api-server"});
-  EXPECT_EQ(alloc_hold_comms(comm("python3\\.11")), V{"python3.11"});
-  EXPECT_EQ(alloc_hold_comms(comm("api|worker")), (V{"api", "worker"}));
-  EXPECT_EQ(alloc_hold_comms(comm("(api|worker)")), (V{"api", "worker"}));
-  EXPECT_EQ(alloc_hold_comms(comm("(?:api|worker)")), (V{"api", "worker"}));
+  EXPECT_EQ(hold_comms(comm("api-server")), V{"api-server"});
+  EXPECT_EQ(hold_comms(comm("python3\\.11")), V{"python3.11"});
+  EXPECT_EQ(hold_comms(comm("api|worker")), (V{"api", "worker"}));
+  EXPECT_EQ(hold_comms(comm("(api|worker)")), (V{"api", "worker"}));
+  EXPECT_EQ(hold_comms(comm("(?:api|worker)")), (V{"api", "worker"}));
   // Truncated as the kernel truncates comm (15 bytes).
-  EXPECT_EQ(alloc_hold_comms(comm("a_very_long_process_name")), V{"a_very_long_pro"});
+  EXPECT_EQ(hold_comms(comm("a_very_long_process_name")), V{"a_very_long_pro"});
 }
 
 TEST(AllocHoldComms, PatternsThatNameNoProcessAreNotHeld) {
-  EXPECT_TRUE(alloc_hold_comms(comm("python.*")).empty());
-  EXPECT_TRUE(alloc_hold_comms(comm("api|work.+")).empty());
-  EXPECT_TRUE(alloc_hold_comms(comm("(a)|(b)")).empty());
-  EXPECT_TRUE(alloc_hold_comms(Selector{}).empty());
+  EXPECT_TRUE(hold_comms(comm("python.*")).empty());
+  EXPECT_TRUE(hold_comms(comm("api|work.+")).empty());
+  EXPECT_TRUE(hold_comms(comm("(a)|(b)")).empty());
+  EXPECT_TRUE(hold_comms(Selector{}).empty());
   Selector by_cgroup;
   by_cgroup.cgroup = "/system.slice";
-  EXPECT_TRUE(alloc_hold_comms(by_cgroup).empty());
+  EXPECT_TRUE(hold_comms(by_cgroup).empty());
 }
 
 TEST(AllocHoldComms, ExecutablePaths) {
-  EXPECT_EQ(alloc_hold_comms(exe("/usr/bin/api")), V{"api"});
-  EXPECT_EQ(alloc_hold_comms(exe(".*/api")), V{"api"});
-  EXPECT_EQ(alloc_hold_comms(exe("/opt/a/api|/opt/b/worker")), (V{"api", "worker"}));
-  EXPECT_TRUE(alloc_hold_comms(exe("api")).empty()) << "a bare name is not a path";
-  EXPECT_TRUE(alloc_hold_comms(exe("/opt/.*/api")).empty());
+  EXPECT_EQ(hold_comms(exe("/usr/bin/api")), V{"api"});
+  EXPECT_EQ(hold_comms(exe(".*/api")), V{"api"});
+  EXPECT_EQ(hold_comms(exe("/opt/a/api|/opt/b/worker")), (V{"api", "worker"}));
+  EXPECT_TRUE(hold_comms(exe("api")).empty()) << "a bare name is not a path";
+  EXPECT_TRUE(hold_comms(exe("/opt/.*/api")).empty());
   // A regex comm falls back to a literal exe.
   Selector both = comm("py.*");
   both.exe = "/usr/bin/python3";
-  EXPECT_EQ(alloc_hold_comms(both), V{"python3"});
+  EXPECT_EQ(hold_comms(both), V{"python3"});
 }
 
 TEST(PreloadLibraries, FromTheEnvironmentAndLdSoPreload) {

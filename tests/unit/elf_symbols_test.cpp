@@ -56,7 +56,7 @@ TEST(Prologue, UnknownAndEmpty) {
 }
 
 TEST(Maps, Parses) {
-  auto m = parse_maps(
+  auto m = memlens::parse_maps(
       "55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]\n"
       "7f1c2a428000-7f1c2a44e000 r--p 00000000 fe:01 1311232                    /usr/lib/x86_64-linux-gnu/libc.so.6\n"
       "7f1c2a44e000-7f1c2a5a3000 r-xp 00026000 fe:01 1311232                    /usr/lib/x86_64-linux-gnu/libc.so.6\n"

@@ -118,3 +118,20 @@ TEST(ParseMaps, NoHeapAndMalformed) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().code, Errc::malformed);
 }
+
+TEST(ParseSmapsHeap, HeapAndArenaHeapsOnly) {
+  // [heap] (1200 kB) and an anonymous rw mapping on a 64 MiB boundary (a
+  // thread arena's heap, 300 kB); not the unaligned anonymous mapping, not
+  // the files, not the arena's reserved PROT_NONE tail.
+  const auto text = memlens::test::read_text(std::string(MEMLENS_SOURCE_DIR) + "/tests/fixtures/proc/smaps/heap_and_arenas");
+  ASSERT_FALSE(text.empty());
+  EXPECT_EQ(parse_smaps_heap_resident(text), (1200u + 300u) * 1024);
+  EXPECT_EQ(parse_smaps_heap_resident(""), 0u);
+  EXPECT_EQ(parse_smaps_heap_resident("garbage\nRss: 12 kB\n"), 0u) << "Rss outside a heap mapping";
+}
+
+TEST(ParseBtime, FromProcStat) {
+  EXPECT_EQ(parse_btime("cpu  1 2 3\nintr 5\nbtime 1764740000\nprocesses 9\n"), 1764740000.0);
+  EXPECT_FALSE(parse_btime("cpu 1\n"));
+  EXPECT_FALSE(parse_btime("btime x\n"));
+}

@@ -1,0 +1,24 @@
+// The monotonic clock as the daemon reads it: CLOCK_MONOTONIC, the clock of
+// the kernel's bpf_ktime_get_ns(), in seconds (schedules, timelines) or
+// nanoseconds (compared with what BPF programs stamp).
+#pragma once
+
+#include <time.h>
+
+#include <cstdint>
+
+namespace memlens {
+
+inline uint64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+inline double mono_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+}  // namespace memlens
