@@ -3,7 +3,7 @@
 // the capability check that decides whether eBPF runs at all, RAII for links,
 // per-pid uprobe attachment, and reading counters and map memory back.
 //
-// Stable API: the GC collector (issue 4) depends on it. Extend, do not change.
+// Every eBPF collector depends on it: extend it, keep what is here.
 #pragma once
 
 #include <sys/types.h>

@@ -63,6 +63,11 @@ class Collector {
   // a target that vanished (Errc::not_found) is not an error worth logging.
   virtual Result<void> collect(const Target& t, Sample& out) = 0;
 
+  // Whether this collector's Errc::not_found from collect() means the
+  // target's process is gone (the daemon then drops it at once and rescans).
+  // The proc collector's does: it reads the process's own stat file.
+  virtual bool tells_exit() const { return false; }
+
   // Once per tick, after every target's collect().
   virtual void collect_global(GlobalSample& /*out*/) {}
 };

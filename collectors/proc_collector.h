@@ -19,6 +19,7 @@ class ProcCollector : public Collector {
   Result<void> start(const ConfigPtr& cfg) override;
   void target_removed(const Target& t) override;
   Result<void> collect(const Target& t, Sample& out) override;
+  bool tells_exit() const override { return true; }
 
  private:
   struct PerTarget {

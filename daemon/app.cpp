@@ -140,6 +140,8 @@ void App::trim_heap() {
                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
 }
 
+// One tick, in four steps: rescan (when due), collect every target,
+// analyse its timeline, publish one immutable snapshot.
 void App::tick() {
   const double t0 = mono_now();
   ++ticks_total_;
@@ -148,19 +150,14 @@ void App::tick() {
     last_rescan_ = t0;
     force_rescan_ = false;
   }
-
-  auto snap = std::make_shared<Snapshot>();
-  snap->built_at = unix_now();
-  SnapshotBuilder b;
-  const auto& m = sm();
   for (auto& cs : collectors_) {
     cs.seconds = 0;
     cs.last_ok = true;
   }
+  auto snap = std::make_shared<Snapshot>();
+  snap->built_at = unix_now();
+  SnapshotBuilder b;
   std::map<std::string, int> per_name;
-  const double leak_window = std::chrono::duration<double>(cfg_->leak_window).count();
-  std::size_t timeline_bytes = 0;
-
   for (const auto& [id, target] : discovery_->targets()) {
     if (stopping_.load()) return;  // shutting down: drop this tick
     auto st_it = states_.find(id);
@@ -169,84 +166,112 @@ void App::tick() {
     Target t = target;
     t.leak_slope_valid = st.fit_valid;
     t.leak_slope_bytes_per_second = st.fit.slope;
-
     Sample s;
-    bool gone = false;
-    for (std::size_t ci = 0; ci < collectors_.size(); ++ci) {
-      auto& cs = collectors_[ci];
-      if (!cs.up) continue;
-      const auto c0 = std::chrono::steady_clock::now();
-      auto r = cs.c->collect(t, s);
-      cs.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-      if (r) continue;
-      cs.last_ok = false;
-      ++cs.errors[errc_name(r.error().code)];
-      if (r.error().code == Errc::not_found && ci == 0) {
-        gone = true;  // exited (or pid reused) since discovery
-        break;
-      }
-      if (logged_.insert({ci, id}).second)
-        spdlog::warn("collector {} on target {} pid {}: {}", cs.c->name(), t.name, t.pid(), r.error().message);
-    }
-    if (gone) {
+    if (!collect(t, s)) {
       force_rescan_ = true;  // its series vanish now; the rescan counts the exit
       continue;
     }
-    const double now = mono_now();
-    st.timeline.push(now, s);
-    timeline_bytes += st.timeline.capacity() * Timeline::bytes_per_point();
-    auto pts = st.timeline.window(SeriesId::heap, now - leak_window);
-    // Report a slope once half the window is covered: earlier it is noise.
-    st.fit_valid = pts.size() >= 4 && pts.back().t - pts.front().t >= leak_window / 2;
-    if (st.fit_valid) st.fit = theil_sen(pts);
-
-    const Labels base{{"target", t.name}, {"pid", std::to_string(t.pid())}};
-    TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, {}};
-    for (const auto& v : s.values()) {
-      b.add(v, base);
-      if (v.desc->kind != MetricKind::histogram) view.values.emplace_back(series_key(v), v.value);
-    }
-    auto add_gauge = [&](const MetricDesc& d, double v) {
-      b.add(MetricValue{&d, {}, v, {}}, base);
-      view.values.emplace_back(d.name, v);
-    };
-    if (st.fit_valid) {
-      add_gauge(m.slope, st.fit.slope);
-      add_gauge(m.slope_conf, st.fit.confidence);
-    }
-    const double peak = st.timeline.max(SeriesId::rss);
-    if (!std::isnan(peak)) add_gauge(m.peak, peak);
-    add_gauge(m.timeline_pts, static_cast<double>(st.timeline.size()));
-    snap->targets.push_back(std::move(view));
+    analyse(st, s, mono_now());
+    publish_target(b, *snap, t, s, st);
     ++per_name[t.name];
   }
+  publish_collectors(b, *snap);
+  publish_self(b, per_name);
+  snap->families = b.take();
+  exporter_->publish(std::move(snap));
+  if (ticks_total_ == 1 || trim_due_) trim_heap();
+  trim_due_ = false;
+  tick_seconds_ = mono_now() - t0;
+}
 
+// Every running collector on one target, each timed and its errors counted
+// by reason. False when the target is gone: a collector that tells exits
+// (the proc collector) found it vanished (or its pid reused) since discovery.
+bool App::collect(const Target& t, Sample& s) {
+  for (std::size_t ci = 0; ci < collectors_.size(); ++ci) {
+    auto& cs = collectors_[ci];
+    if (!cs.up) continue;
+    const double c0 = mono_now();
+    auto r = cs.c->collect(t, s);
+    cs.seconds += mono_now() - c0;
+    if (r) continue;
+    cs.last_ok = false;
+    ++cs.errors[errc_name(r.error().code)];
+    if (r.error().code == Errc::not_found && cs.c->tells_exit()) return false;
+    if (logged_.insert({ci, t.id}).second)
+      spdlog::warn("collector {} on target {} pid {}: {}", cs.c->name(), t.name, t.pid(), r.error().message);
+  }
+  return true;
+}
+
+// The timeline takes the tick's sample; the leak slope is fitted over the
+// leak window once half of it is covered (earlier it is noise).
+void App::analyse(TargetState& st, const Sample& s, double now) {
+  st.timeline.push(now, s);
+  const double window = std::chrono::duration<double>(cfg_->leak_window).count();
+  auto pts = st.timeline.window(SeriesId::heap, now - window);
+  st.fit_valid = pts.size() >= 4 && pts.back().t - pts.front().t >= window / 2;
+  if (st.fit_valid) st.fit = theil_sen(pts);
+}
+
+void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
+                         const TargetState& st) const {
+  const auto& m = sm();
+  const Labels base{{"target", t.name}, {"pid", std::to_string(t.pid())}};
+  TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, {}};
+  for (const auto& v : s.values()) {
+    b.add(v, base);
+    if (v.desc->kind != MetricKind::histogram) view.values.emplace_back(series_key(v), v.value);
+  }
+  auto add_gauge = [&](const MetricDesc& d, double v) {
+    b.add(MetricValue{&d, {}, v, {}}, base);
+    view.values.emplace_back(d.name, v);
+  };
+  if (st.fit_valid) {
+    add_gauge(m.slope, st.fit.slope);
+    add_gauge(m.slope_conf, st.fit.confidence);
+  }
+  const double peak = st.timeline.max(SeriesId::rss);
+  if (!std::isnan(peak)) add_gauge(m.peak, peak);
+  add_gauge(m.timeline_pts, static_cast<double>(st.timeline.size()));
+  snap.targets.push_back(std::move(view));
+}
+
+// Each collector's daemon-wide values and documents, and how it fared.
+void App::publish_collectors(SnapshotBuilder& b, Snapshot& snap) {
+  const auto& m = sm();
   GlobalSample g;
   for (auto& cs : collectors_) {
-    const Labels l{{"collector", std::string(cs.c->name())}};
+    const std::string name(cs.c->name());
     if (cs.up) {
-      const auto c0 = std::chrono::steady_clock::now();
+      const double c0 = mono_now();
       cs.c->collect_global(g);
-      cs.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+      cs.seconds += mono_now() - c0;
     }
-    b.gauge(m.coll_dur, cs.seconds, l);
-    b.gauge(m.coll_ok, cs.up && cs.last_ok ? 1 : 0, l);
-    if (cs.up) b.gauge(m.coll_up, 1, l);
-    else b.gauge(m.coll_up, 0, {{"collector", std::string(cs.c->name())}, {"reason", cs.reason}});
+    b.gauge(m.coll_dur, cs.seconds, {{"collector", name}});
+    b.gauge(m.coll_ok, cs.up && cs.last_ok ? 1 : 0, {{"collector", name}});
+    if (cs.up) b.gauge(m.coll_up, 1, {{"collector", name}});
+    else b.gauge(m.coll_up, 0, {{"collector", name}, {"reason", cs.reason}});
     for (Errc code : kAllErrc) {
-      const char* reason = errc_name(code);
-      auto it = cs.errors.find(reason);
+      auto it = cs.errors.find(errc_name(code));
       b.counter(m.coll_err, it == cs.errors.end() ? 0 : static_cast<double>(it->second),
-                {{"collector", std::string(cs.c->name())}, {"reason", reason}});
+                {{"collector", name}, {"reason", errc_name(code)}});
     }
   }
   for (const auto& v : g.values()) b.add(v, {});
-  for (const auto& [path, body] : g.documents()) snap->documents[path] = body;
+  for (const auto& [path, body] : g.documents()) snap.documents[path] = body;
+}
 
+// memlensd's own figures: targets by entry, discovery and reload counters,
+// ticks, timeline memory, and its process metrics.
+void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per_name) const {
+  const auto& m = sm();
   for (const auto& pol : cfg_->targets) {
     auto it = per_name.find(pol.name);
     b.gauge(m.targets, it == per_name.end() ? 0 : it->second, {{"target", pol.name}});
   }
+  std::size_t timeline_bytes = 0;
+  for (const auto& [id, st] : states_) timeline_bytes += st.timeline.capacity() * Timeline::bytes_per_point();
   b.gauge(m.build_info, 1, {{"version", MEMLENS_VERSION}, {"revision", MEMLENS_REVISION}});
   b.counter(m.exited, static_cast<double>(exited_total_));
   b.counter(m.capped, static_cast<double>(capped_total_));
@@ -259,28 +284,20 @@ void App::tick() {
   b.gauge(m.tick_dur, tick_seconds_);
   b.gauge(m.timeline_bytes, static_cast<double>(timeline_bytes));
 
-  // memlensd's own process metrics, from its own /proc entries.
   static const double ticks_per_s = static_cast<double>(sysconf(_SC_CLK_TCK));
   static const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
-  if (auto text = read_file("/proc/self/stat")) {
-    if (auto st = parse_stat(*text)) {
-      b.gauge(m.p_rss, static_cast<double>(st->rss_pages) * page);
-      b.gauge(m.p_vm, static_cast<double>(st->vsize));
-      b.counter(m.p_cpu, static_cast<double>(st->utime + st->stime) / ticks_per_s);
-      static const double start = [&] {
-        auto text = read_file("/proc/stat");
-        const double boot = text ? parse_btime(*text).value_or(0) : 0;
-        return boot + static_cast<double>(st->starttime) / ticks_per_s;
-      }();
-      b.gauge(m.p_start, start);
-    }
-  }
-
-  snap->families = b.take();
-  exporter_->publish(std::move(snap));
-  if (ticks_total_ == 1 || trim_due_) trim_heap();
-  trim_due_ = false;
-  tick_seconds_ = mono_now() - t0;
+  auto text = read_file("/proc/self/stat");
+  auto st = text ? parse_stat(*text) : Result<ProcStat>(make_error(Errc::not_found, ""));
+  if (!st) return;
+  b.gauge(m.p_rss, static_cast<double>(st->rss_pages) * page);
+  b.gauge(m.p_vm, static_cast<double>(st->vsize));
+  b.counter(m.p_cpu, static_cast<double>(st->utime + st->stime) / ticks_per_s);
+  static const double start = [&] {
+    auto stat = read_file("/proc/stat");
+    const double boot = stat ? parse_btime(*stat).value_or(0) : 0;
+    return boot + static_cast<double>(st->starttime) / ticks_per_s;
+  }();
+  b.gauge(m.p_start, start);
 }
 
 void App::reload() {

@@ -1,6 +1,15 @@
-// The daemon: one Asio event loop on one thread runs discovery, collection,
-// analysis and snapshot building at each tick; SIGHUP reloads, SIGTERM and
-// SIGINT stop. HTTP threads only read the published snapshot.
+// The daemon's loop. Threads and processes, and what each touches:
+//  - the collection thread runs the Asio loop: each tick rescans (when due),
+//    collects every target through every collector, analyses the timelines
+//    and publishes one immutable snapshot; SIGHUP reloads run on it too,
+//    between ticks. All of App's state is this thread's.
+//  - the signal thread only takes signals: SIGHUP posts a reload to the
+//    collection thread; SIGTERM/SIGINT stop the loop (a long tick is cut
+//    short).
+//  - the HTTP thread(s) (Exporter) read the published snapshot, nothing else.
+//  - collectors may run their own threads and processes (the allocation
+//    collector's poller, reapers and hold watchdog); each names them at the
+//    top of its .cpp file.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74 + g++ 12 in C++20 needs std::exchange
@@ -17,6 +26,7 @@
 #include "daemon/config.h"
 #include "daemon/discovery.h"
 #include "daemon/exporter.h"
+#include "daemon/snapshot.h"
 #include "daemon/timeline.h"
 
 namespace memlens {
@@ -56,7 +66,14 @@ class App {
   };
 
   void start_collectors();
+  // The tick's steps (tick() runs them in this order).
   void rescan();
+  bool collect(const Target& t, Sample& s);
+  void analyse(TargetState& st, const Sample& s, double now);
+  void publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
+                      const TargetState& st) const;
+  void publish_collectors(SnapshotBuilder& b, Snapshot& snap);
+  void publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per_name) const;
   void trim_heap();
   void reload();
   void schedule();
