@@ -41,7 +41,17 @@ struct SelfMetrics {
   MetricDesc late = metric("ticks_late", "", MetricKind::counter, "Ticks that started more than one interval late.");
   MetricDesc tick_dur = metric("tick_duration", "seconds", MetricKind::gauge, "Duration of the last collection tick.");
   MetricDesc timeline_bytes = metric("timeline_memory", "bytes", MetricKind::gauge,
-                                     "Memory reserved by the timeline ring buffers.");
+                                     "Memory of the timeline rings of the targets watched (compressed points).");
+  MetricDesc timeline_refused = metric("timelines_refused", "", MetricKind::counter,
+                                       "Targets that found every timeline slot taken (no history, no slope).");
+  MetricDesc state_persistent = metric("state_persistent", "", MetricKind::gauge,
+                                       "1 when timelines live in the state file (--state.path) and survive a "
+                                       "restart; 0 in memory only (no path, or the file could not be had: see the log).");
+  MetricDesc state_resumed = metric("state_resumed_timelines", "", MetricKind::counter,
+                                    "Timelines of still-running targets resumed from the state file at start.");
+  MetricDesc state_dropped = metric("state_dropped", "", MetricKind::counter,
+                                    "Damaged parts of the state file dropped at start: chunk (some points of one "
+                                    "target), slot (one target's history), file (all of it).");
   MetricDesc slope = metric("leak_slope", "bytes_per_second", MetricKind::gauge,
                             "Robust (Theil-Sen) slope of the heap series over the leak window: eBPF live heap when "
                             "allocation tracing is exact for the target, else resident anonymous memory.");
@@ -78,6 +88,7 @@ App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
     collectors_.push_back(std::move(cs));
   }
   discovery_ = std::make_unique<Discovery>(cfg_, getpid());
+  store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
   start_collectors();
 }
 
@@ -111,12 +122,13 @@ void App::rescan() {
     for (auto& cs : collectors_)
       if (cs.up) cs.c->target_removed(t);
     states_.erase(t.id);
+    store_->release(t.id);
     for (auto it = logged_.begin(); it != logged_.end();)
       it = it->second == t.id ? logged_.erase(it) : std::next(it);
     spdlog::debug("target {} pid {} removed", t.name, t.pid());
   }
   for (const auto& t : res.added) {
-    states_.try_emplace(t.id, cfg_->timeline_points());
+    state_of(t);
     for (auto& cs : collectors_)
       if (cs.up) cs.c->target_added(t);
     spdlog::debug("target {} pid {} ({}) added", t.name, t.pid(), t.comm);
@@ -124,6 +136,23 @@ void App::rescan() {
   if (res.capped_new)
     spdlog::info("{} matching process(es) not watched: max_targets reached", res.capped_new);
   if (!res.removed.empty()) trim_due_ = true;
+  if (!first_scan_done_) {
+    store_->release_unclaimed();  // saved timelines of processes gone meanwhile
+    first_scan_done_ = true;
+    const auto& st = store_->stats();
+    if (st.resumed) spdlog::info("resumed {} timeline(s) from the state file", st.resumed);
+  }
+}
+
+// A target's state, with its timeline from the store (resumed when the
+// state file holds it).
+App::TargetState& App::state_of(const Target& t) {
+  auto [it, fresh] = states_.try_emplace(t.id);
+  if (fresh) {
+    it->second.timeline = store_->claim(t.id, t.name);
+    if (!it->second.timeline) ++timeline_refused_total_;
+  }
+  return it->second;
 }
 
 // glibc keeps what gone targets freed (timelines, maps, strings) in its
@@ -160,9 +189,7 @@ void App::tick() {
   std::map<std::string, int> per_name;
   for (const auto& [id, target] : discovery_->targets()) {
     if (stopping_.load()) return;  // shutting down: drop this tick
-    auto st_it = states_.find(id);
-    if (st_it == states_.end()) st_it = states_.try_emplace(id, cfg_->timeline_points()).first;
-    TargetState& st = st_it->second;
+    TargetState& st = state_of(target);
     Target t = target;
     t.leak_slope_valid = st.fit_valid;
     t.leak_slope_bytes_per_second = st.fit.slope;
@@ -171,7 +198,7 @@ void App::tick() {
       force_rescan_ = true;  // its series vanish now; the rescan counts the exit
       continue;
     }
-    analyse(st, s, mono_now());
+    analyse(st, s, boot_now());
     publish_target(b, *snap, t, s, st);
     ++per_name[t.name];
   }
@@ -207,9 +234,10 @@ bool App::collect(const Target& t, Sample& s) {
 // The timeline takes the tick's sample; the leak slope is fitted over the
 // leak window once half of it is covered (earlier it is noise).
 void App::analyse(TargetState& st, const Sample& s, double now) {
-  st.timeline.push(now, s);
+  if (!st.timeline) return;
+  st.timeline->push(now, s);
   const double window = std::chrono::duration<double>(cfg_->leak_window).count();
-  auto pts = st.timeline.window(SeriesId::heap, now - window);
+  auto pts = st.timeline->window(SeriesId::heap, now - window);
   st.fit_valid = pts.size() >= 4 && pts.back().t - pts.front().t >= window / 2;
   if (st.fit_valid) st.fit = theil_sen(pts);
 }
@@ -231,9 +259,11 @@ void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, co
     add_gauge(m.slope, st.fit.slope);
     add_gauge(m.slope_conf, st.fit.confidence);
   }
-  const double peak = st.timeline.max(SeriesId::rss);
-  if (!std::isnan(peak)) add_gauge(m.peak, peak);
-  add_gauge(m.timeline_pts, static_cast<double>(st.timeline.size()));
+  if (st.timeline) {
+    const double peak = st.timeline->max(SeriesId::rss);
+    if (!std::isnan(peak)) add_gauge(m.peak, peak);
+    add_gauge(m.timeline_pts, static_cast<double>(st.timeline->size()));
+  }
   snap.targets.push_back(std::move(view));
 }
 
@@ -271,7 +301,15 @@ void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per
     b.gauge(m.targets, it == per_name.end() ? 0 : it->second, {{"target", pol.name}});
   }
   std::size_t timeline_bytes = 0;
-  for (const auto& [id, st] : states_) timeline_bytes += st.timeline.capacity() * Timeline::bytes_per_point();
+  for (const auto& [id, st] : states_)
+    if (st.timeline) timeline_bytes += st.timeline->capacity_bytes();
+  const auto& store = store_->stats();
+  b.gauge(m.state_persistent, store.persistent ? 1 : 0);
+  b.counter(m.state_resumed, static_cast<double>(store.resumed));
+  b.counter(m.state_dropped, static_cast<double>(store.dropped_chunks), {{"part", "chunk"}});
+  b.counter(m.state_dropped, static_cast<double>(store.dropped_slots), {{"part", "slot"}});
+  b.counter(m.state_dropped, static_cast<double>(store.dropped_files), {{"part", "file"}});
+  b.counter(m.timeline_refused, static_cast<double>(timeline_refused_total_));
   b.gauge(m.build_info, 1, {{"version", MEMLENS_VERSION}, {"revision", MEMLENS_REVISION}});
   b.counter(m.exited, static_cast<double>(exited_total_));
   b.counter(m.capped, static_cast<double>(capped_total_));
@@ -318,10 +356,16 @@ void App::reload() {
     return;
   }
   ConfigPtr next = std::make_shared<const Config>(std::move(*cfg));
-  const bool resize = next->timeline_points() != cfg_->timeline_points();
+  const bool resize = state_geometry(*next) != store_->geometry();
   cfg_ = std::move(next);
   discovery_->reconfigure(cfg_);
-  if (resize) states_.clear();  // ring sizes changed: history restarts
+  if (resize) {
+    // Ring sizes changed: history restarts (the state file too).
+    states_.clear();
+    store_.reset();
+    store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
+    store_->release_unclaimed();
+  }
   trim_due_ = true;             // what the previous config held
   start_collectors();
   force_rescan_ = true;

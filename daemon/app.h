@@ -27,6 +27,7 @@
 #include "daemon/discovery.h"
 #include "daemon/exporter.h"
 #include "daemon/snapshot.h"
+#include "daemon/state_store.h"
 #include "daemon/timeline.h"
 
 namespace memlens {
@@ -36,6 +37,7 @@ struct Options {
   std::string listen = "127.0.0.1:19723";
   std::string metrics_path = "/metrics";
   std::string procfs;       // overrides global.path_procfs when set
+  std::string state_path;   // directory of the state file; empty: memory only
 };
 
 class App {
@@ -50,8 +52,7 @@ class App {
 
  private:
   struct TargetState {
-    explicit TargetState(std::size_t cap) : timeline(cap) {}
-    Timeline timeline;
+    std::unique_ptr<Timeline> timeline;  // null when every slot is taken
     SlopeFit fit;
     bool fit_valid = false;
   };
@@ -68,6 +69,7 @@ class App {
   void start_collectors();
   // The tick's steps (tick() runs them in this order).
   void rescan();
+  TargetState& state_of(const Target& t);
   bool collect(const Target& t, Sample& s);
   void analyse(TargetState& st, const Sample& s, double now);
   void publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
@@ -86,9 +88,12 @@ class App {
   std::unique_ptr<Exporter> exporter_;
   std::vector<CollectorState> collectors_;
   std::unique_ptr<Discovery> discovery_;
+  std::unique_ptr<StateStore> store_;
   std::map<TargetId, TargetState> states_;
+  bool first_scan_done_ = false;
   std::set<std::pair<std::size_t, TargetId>> logged_;  // (collector, target) errors logged once
 
+  uint64_t timeline_refused_total_ = 0;
   uint64_t exited_total_ = 0, capped_total_ = 0, scan_errors_total_ = 0;
   uint64_t reloads_total_ = 0, reload_failures_total_ = 0, ticks_total_ = 0, ticks_late_total_ = 0;
   double last_rescan_ = -1e18;

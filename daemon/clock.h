@@ -15,6 +15,14 @@ inline uint64_t mono_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// CLOCK_BOOTTIME: monotonic, counts suspend, and is the same clock across
+// memlensd restarts within a boot (timelines resumed from the state file).
+inline double boot_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
 inline double mono_now() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -50,8 +50,10 @@ constexpr std::size_t kCmdlineMatchBytes = 16 << 10;
 constexpr std::size_t kMaxRegexBytes = 4096;
 // The most the timelines of all targets may reserve (validated at load).
 constexpr uint64_t kMaxTimelineBytes = 1ull << 30;
-// A timeline point: a timestamp and one float per series (timeline.h checks).
-constexpr std::size_t kTimelineBytesPerPoint = 20;
+// What a timeline reserves per point of its window: points are compressed
+// (daemon/timeline_codec.h), ~20 bytes raw; a series that compresses worse
+// than this budget holds a shorter window.
+constexpr std::size_t kTimelineBytesPerPoint = 8;
 
 // Per-target policy: what the selector matches and how each is watched.
 struct TargetPolicy {

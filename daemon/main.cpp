@@ -29,6 +29,9 @@ Flags:
                               ":19723" for every interface)
   --web.telemetry-path=PATH   path of the metrics (default /metrics)
   --path.procfs=PATH          procfs mount point (default /proc)
+  --state.path=DIR            keep timelines in DIR/timelines.state, so a restart
+                              resumes the history of targets still running
+                              (default: none, timelines in memory only)
   --log.level=LEVEL           debug, info, warn or error (default info)
   --check-config              validate the configuration and exit (0 ok, 2 bad)
   --version                   print the version and exit
@@ -90,6 +93,9 @@ int main(int argc, char** argv) {
     } else if (key == "--web.telemetry-path") {
       if (!take()) return usage_error("--web.telemetry-path needs a value");
       opts.metrics_path = value;
+    } else if (key == "--state.path") {
+      if (!take()) return usage_error("--state.path needs a value");
+      opts.state_path = value;
     } else if (key == "--path.procfs") {
       if (!take()) return usage_error("--path.procfs needs a value");
       opts.procfs = value;

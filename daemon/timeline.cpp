@@ -4,47 +4,94 @@
 #include <cmath>
 #include <limits>
 
-#include "daemon/config.h"
 
 namespace memlens {
 
-// config.cpp bounds the timelines' memory with this figure.
-static_assert(sizeof(double) + sizeof(float) * kSeriesCount == kTimelineBytesPerPoint);
-
-Timeline::Timeline(std::size_t capacity)
-    : capacity_(std::max<std::size_t>(capacity, 2)), t_(new double[capacity_]) {
-  // new[] without value-initialisation: pages are touched as the ring fills.
-  for (auto& v : v_) v.reset(new float[capacity_]);
+Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume) : ring_(ring), owner_(owner) {
+  if (!resume) return;
+  uint64_t newest = 0;
+  for (std::size_t i = 0; i < ring_.size(); ++i) {
+    const auto& h = ring_[i].h;
+    if (h.seq == 0 || h.owner != owner_) continue;
+    if (!tlc::valid(ring_[i])) {
+      ring_[i].h.seq = 0;  // dropped: only this chunk's points are lost
+      ++dropped_;
+      continue;
+    }
+    points_ += h.points;
+    if (h.seq >= newest) {
+      newest = h.seq;
+      cur_ = i;
+    }
+  }
+  next_seq_ = newest + 1;
+  // The next point starts a new chunk after the newest (the writer's state
+  // of the old one is gone with the old process).
+  if (newest) cur_ = (cur_ + 1) % ring_.size();
 }
 
 void Timeline::push(double t_seconds, const Sample& s) {
-  t_[head_] = t_seconds;
+  if (ring_.empty()) return;
+  float v[kSeriesCount];
   for (std::size_t i = 0; i < kSeriesCount; ++i) {
     const auto id = static_cast<SeriesId>(i);
-    v_[i][head_] = s.has_series(id) ? static_cast<float>(s.series_value(id))
-                                    : std::numeric_limits<float>::quiet_NaN();
+    v[i] = s.has_series(id) ? static_cast<float>(s.series_value(id)) : std::numeric_limits<float>::quiet_NaN();
   }
-  head_ = (head_ + 1) % capacity_;
-  size_ = std::min(size_ + 1, capacity_);
+  const auto t_ms = static_cast<int64_t>(std::llround(t_seconds * 1000));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    tlc::Chunk& c = ring_[cur_];
+    if (!writing_) {
+      // Taking over the slot's oldest chunk: its points leave the ring.
+      if (c.h.seq != 0 && c.h.owner == owner_) points_ -= std::min<std::size_t>(points_, c.h.points);
+      writer_.start(c, next_seq_++, owner_);
+      writing_ = true;
+    }
+    if (writer_.append(c, t_ms, v)) {
+      ++points_;
+      return;
+    }
+    cur_ = (cur_ + 1) % ring_.size();
+    writing_ = false;
+  }
+}
+
+std::vector<std::size_t> Timeline::newest_first() const {
+  std::vector<std::size_t> idx;
+  for (std::size_t i = 0; i < ring_.size(); ++i)
+    if (ring_[i].h.seq != 0 && ring_[i].h.owner == owner_) idx.push_back(i);
+  std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return ring_[a].h.seq > ring_[b].h.seq; });
+  return idx;
 }
 
 std::vector<Point> Timeline::window(SeriesId id, double since) const {
-  std::vector<Point> out;
-  const auto& v = v_[static_cast<std::size_t>(id)];
-  for (std::size_t k = 0; k < size_; ++k) {
-    std::size_t i = (head_ + capacity_ - size_ + k) % capacity_;
-    if (t_[i] < since || std::isnan(v[i])) continue;
-    out.push_back(Point{t_[i], static_cast<double>(v[i])});
+  // Newest chunks first, until one starts before `since`: a window of the
+  // last minute decodes two or three chunks, not the ring.
+  std::vector<std::vector<tlc::DecodedPoint>> parts;
+  const auto since_ms = static_cast<int64_t>(std::floor(since * 1000));
+  for (std::size_t i : newest_first()) {
+    std::vector<tlc::DecodedPoint> pts;
+    if (!tlc::decode(ring_[i], pts)) continue;
+    parts.push_back(std::move(pts));
+    if (ring_[i].h.first_ms < since_ms) break;
   }
+  std::vector<Point> out;
+  const auto k = static_cast<std::size_t>(id);
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it)
+    for (const auto& p : *it) {
+      if (p.t_ms < since_ms || std::isnan(p.v[k])) continue;
+      out.push_back(Point{static_cast<double>(p.t_ms) / 1000, static_cast<double>(p.v[k])});
+    }
   return out;
 }
 
 double Timeline::max(SeriesId id) const {
-  const auto& v = v_[static_cast<std::size_t>(id)];
+  // Each chunk keeps its own maxima: no decoding (the chunks were checked
+  // when resumed, or written here).
+  const auto k = static_cast<std::size_t>(id);
   double m = std::numeric_limits<double>::quiet_NaN();
-  for (std::size_t k = 0; k < size_; ++k) {
-    std::size_t i = (head_ + capacity_ - size_ + k) % capacity_;
-    if (!std::isnan(v[i]) && (std::isnan(m) || v[i] > m)) m = v[i];
+  for (const auto& c : ring_) {
+    if (c.h.seq == 0 || c.h.owner != owner_ || std::isnan(c.h.max[k])) continue;
+    if (std::isnan(m) || c.h.max[k] > m) m = c.h.max[k];
   }
   return m;
 }

@@ -1,41 +1,54 @@
-// Fixed-size ring buffers per (target, series). All memory is allocated when
-// the target is added: points x (8 + 4 x kSeriesCount) bytes per target.
+// A target's history: a ring of compressed chunks (daemon/timeline_codec.h)
+// in memory it is handed (a slot of the state store: memory-mapped from the
+// state file, or anonymous), fixed when the target is added. The newest
+// chunk takes each tick's point; when it is full the oldest chunk is
+// overwritten. How many points the ring holds depends on how well they
+// compress; the ring is sized for the configured window at a budget per
+// point (kTimelineBytesPerPoint).
 #pragma once
 
 #include <cstdint>
-#include <memory>
+#include <span>
 #include <vector>
 
 #include "daemon/metric.h"
+#include "daemon/timeline_codec.h"
 
 namespace memlens {
 
 struct Point {
-  double t = 0;  // seconds (monotonic)
+  double t = 0;  // seconds (CLOCK_BOOTTIME: a restart resumes the same clock)
   double v = 0;
 };
 
 class Timeline {
  public:
-  explicit Timeline(std::size_t capacity);
+  // Over `ring`, owned elsewhere; only chunks written by `owner` count.
+  // With `resume`, the intact chunks already there are the history (a
+  // restart); the others (torn, foreign) are dropped and counted.
+  Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume);
   // Appends one tick; series not present in `s` are stored as NaN.
   void push(double t_seconds, const Sample& s);
-  std::size_t size() const { return size_; }
-  std::size_t capacity() const { return capacity_; }
+  std::size_t size() const { return points_; }
+  std::size_t capacity_bytes() const { return ring_.size_bytes(); }
   // Points of one series with t >= since (oldest first), NaNs skipped.
   std::vector<Point> window(SeriesId id, double since) const;
   // Largest value of a series over the whole ring; NaN if none.
   double max(SeriesId id) const;
-  static std::size_t bytes_per_point() { return sizeof(double) + sizeof(float) * kSeriesCount; }
+  // Chunks found damaged when resuming.
+  std::size_t dropped_chunks() const { return dropped_; }
 
  private:
-  std::size_t capacity_;
-  std::size_t head_ = 0;  // next slot to write
-  std::size_t size_ = 0;
-  std::unique_ptr<double[]> t_;
-  // Values as float: exact to the byte below 16 MiB, to 64 B at 1 GiB,
-  // far below the noise of any memory series.
-  std::unique_ptr<float[]> v_[kSeriesCount];
+  std::span<tlc::Chunk> ring_;
+  uint64_t owner_;
+  std::size_t cur_ = 0;       // the chunk being written
+  uint64_t next_seq_ = 1;
+  bool writing_ = false;      // cur_ was started by this process
+  std::size_t points_ = 0;
+  std::size_t dropped_ = 0;
+  tlc::ChunkWriter writer_;
+  // Intact chunks of this timeline, newest first.
+  std::vector<std::size_t> newest_first() const;
 };
 
 // Robust slope of a series: Theil-Sen (median of pairwise slopes), with a

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "daemon/timeline.h"
@@ -16,32 +18,121 @@ Sample with(double rss, double heap) {
 }
 }  // namespace
 
-TEST(Timeline, RingKeepsTheNewestCapacityPoints) {
-  Timeline tl(5);
-  for (int i = 0; i < 12; ++i) tl.push(i, with(i * 10, i));
-  EXPECT_EQ(tl.size(), 5u);
-  auto w = tl.window(SeriesId::heap, -1);
-  ASSERT_EQ(w.size(), 5u);
-  EXPECT_EQ(w.front().t, 7);
-  EXPECT_EQ(w.back().t, 11);
-  EXPECT_EQ(tl.max(SeriesId::rss), 110);
+namespace {
+// A ring of `chunks` chunks in ordinary memory, as the state store hands out.
+struct Ring {
+  explicit Ring(std::size_t chunks) : mem(chunks) {}
+  std::span<tlc::Chunk> span() { return mem; }
+  std::vector<tlc::Chunk> mem;
+};
+}  // namespace
+
+TEST(Timeline, RingKeepsTheNewestPointsExactly) {
+  Ring r(4);
+  Timeline tl(r.span(), 1, false);
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int> pages(0, 50);
+  // 10,000 ticks of a busy series: the ring keeps the newest, every value
+  // and time exact (floats, as before compression).
+  std::vector<std::pair<double, float>> truth;
+  for (int i = 0; i < 10000; ++i) {
+    const double t = 1000 + i * 1.0 + (i % 3) * 0.001;  // a tick with ms jitter
+    const float v = static_cast<float>(64e6 + 4096.0 * pages(rng));
+    tl.push(t, with(v, v / 2));
+    truth.push_back({t, v});
+  }
+  auto w = tl.window(SeriesId::rss, 0);
+  ASSERT_EQ(w.size(), tl.size());
+  ASSERT_GT(w.size(), 100u);
+  for (std::size_t k = 0; k < w.size(); ++k) {
+    const auto& [t, v] = truth[truth.size() - w.size() + k];
+    EXPECT_NEAR(w[k].t, t, 0.0005);
+    EXPECT_EQ(w[k].v, v);
+  }
+  EXPECT_EQ(w.back().t, truth.back().first);
   // A window keeps only points at or after `since`.
-  EXPECT_EQ(tl.window(SeriesId::heap, 10).size(), 2u);
+  EXPECT_EQ(tl.window(SeriesId::heap, truth.back().first - 9.5).size(), 10u);
+}
+
+TEST(Timeline, QuietSeriesCompressWell) {
+  // A target whose memory barely moves: a 1 h window at 1 s in ~2 KiB.
+  Ring r(64);
+  Timeline tl(r.span(), 1, false);
+  for (int i = 0; i < 3600; ++i) tl.push(i, with(10e6 + (i % 600 == 0 ? 4096 : 0) * (i / 600), 5e6));
+  EXPECT_EQ(tl.size(), 3600u);
+  std::size_t used = 0;
+  for (const auto& c : r.mem) used += c.h.seq ? c.h.bits : 0;
+  EXPECT_LT(used / 8.0 / 3600, 1.5) << "bytes per point (3 series and a time)";
 }
 
 TEST(Timeline, MissingSeriesAreSkipped) {
-  Timeline tl(4);
+  Ring r(2);
+  Timeline tl(r.span(), 1, false);
   Sample only_rss;
   only_rss.series(SeriesId::rss, 5);
   tl.push(0, only_rss);
   tl.push(1, with(6, 7));
   EXPECT_EQ(tl.window(SeriesId::heap, 0).size(), 1u);
   EXPECT_EQ(tl.window(SeriesId::rss, 0).size(), 2u);
-  EXPECT_TRUE(std::isnan(Timeline(3).max(SeriesId::rss)));
+  Ring empty(2);
+  EXPECT_TRUE(std::isnan(Timeline(empty.span(), 1, false).max(SeriesId::rss)));
+  EXPECT_EQ(tl.max(SeriesId::rss), 6);
 }
 
-TEST(Timeline, MemoryIsFixedUpFront) {
-  EXPECT_EQ(Timeline::bytes_per_point(), 8u + 4u * kSeriesCount);
+TEST(Timeline, ResumesIntactChunksAndDropsOnlyDamagedOnes) {
+  Ring r(16);
+  {
+    Timeline tl(r.span(), 7, false);
+    for (int i = 0; i < 2000; ++i) tl.push(i, with(1e6 + i * 4096.0, i));
+  }
+  // Another generation's chunk in the ring is not ours.
+  r.mem[0].h.owner = 99;
+  // A chunk torn mid-write (a crash, a bad sector).
+  r.mem[5].payload[3] ^= 0x40;
+  Timeline back(r.span(), 7, true);
+  EXPECT_EQ(back.dropped_chunks(), 1u);
+  auto w = back.window(SeriesId::heap, 0);
+  EXPECT_EQ(w.size(), back.size());
+  EXPECT_GT(w.size(), 500u);
+  for (std::size_t k = 1; k < w.size(); ++k) EXPECT_GT(w[k].t, w[k - 1].t);
+  EXPECT_EQ(w.back().v, 1999);
+  // It goes on from there.
+  back.push(2000, with(0, 2000));
+  EXPECT_EQ(back.window(SeriesId::heap, 1999.5).back().v, 2000);
+}
+
+TEST(TimelineCodec, ExtremesRoundTrip) {
+  tlc::Chunk c{};
+  tlc::ChunkWriter w;
+  w.start(c, 1, 1);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float vals[][kSeriesCount] = {{0, nan, 1}, {3.4e38f, -0.0f, 1}, {1e-38f, 7, 1}, {nan, nan, nan}};
+  const int64_t times[] = {-5, 1'000'000'000'000, 1'000'000'000'001, 999'999'999'000};  // big jumps, back in time
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(w.append(c, times[i], vals[i]));
+  std::vector<tlc::DecodedPoint> out;
+  ASSERT_TRUE(tlc::decode(c, out));
+  ASSERT_EQ(out.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(out[i].t_ms, times[i]);
+    for (std::size_t k = 0; k < kSeriesCount; ++k)
+      EXPECT_EQ(std::bit_cast<uint32_t>(out[i].v[k]), std::bit_cast<uint32_t>(vals[i][k]));
+  }
+  EXPECT_EQ(c.h.max[0], 3.4e38f);
+  // A full chunk refuses the point and stays intact.
+  int n = 4;
+  float noisy[kSeriesCount];
+  std::mt19937 rng(3);
+  while (true) {
+    for (auto& v : noisy) v = std::bit_cast<float>(static_cast<uint32_t>(rng() & 0x7f7fffff));
+    if (!w.append(c, 1'000'000'000'000 + n * 1000, noisy)) break;
+    ++n;
+  }
+  EXPECT_TRUE(tlc::valid(c));
+  out.clear();
+  ASSERT_TRUE(tlc::decode(c, out));
+  EXPECT_EQ(static_cast<int>(out.size()), n);
+  c.h.points += 1;  // counts that lie
+  EXPECT_FALSE(tlc::decode(c, out));
 }
 
 TEST(TheilSen, ExactOnALine) {
