@@ -23,8 +23,6 @@ namespace memlens {
 
 struct Options {
   std::string config_file;  // empty: the embedded default
-  std::string listen = "127.0.0.1:19723";
-  std::string metrics_path = "/metrics";
   std::string procfs;       // overrides global.path_procfs when set
 };
 

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "collectors/registry.h"
 #include "daemon/app.h"
@@ -24,9 +25,14 @@ Flags:
   --config.file=PATH          YAML configuration (default: the embedded default,
                               which watches memlensd, java/node/python/postgres
                               processes and the 10 largest processes by RSS)
-  --web.listen-address=ADDR   address to serve on (default 127.0.0.1:19723;
-                              ":19723" for every interface)
+  --web.listen-address=ADDR   address to serve on (default 127.0.0.1:19723):
+                              IPv4:port, [IPv6]:port, localhost:port, or
+                              :port for every interface; repeat the flag (or
+                              give a comma-separated list) for several
   --web.telemetry-path=PATH   path of the metrics (default /metrics)
+  --web.config.file=PATH      TLS and basic auth (exporter-toolkit web config
+                              format, plus api_users); read at start
+  --web.max-connections=N     simultaneous HTTP connections (default 512)
   --path.procfs=PATH          procfs mount point (default /proc)
   --log.level=LEVEL           debug, info, warn or error (default info)
   --check-config              validate the configuration and exit (0 ok, 2 bad)
@@ -46,6 +52,9 @@ int usage_error(const std::string& msg) {
 
 int main(int argc, char** argv) {
   memlens::Options opts;
+  memlens::ExporterOptions web;
+  std::vector<std::string> listen;
+  std::string web_config_file;
   std::string log_level = "info";
   bool check_only = false;
   for (int i = 1; i < argc; ++i) {
@@ -76,10 +85,19 @@ int main(int argc, char** argv) {
       opts.config_file = value;
     } else if (key == "--web.listen-address") {
       if (!take()) return usage_error("--web.listen-address needs a value");
-      opts.listen = value;
+      listen.push_back(value);
     } else if (key == "--web.telemetry-path") {
       if (!take()) return usage_error("--web.telemetry-path needs a value");
-      opts.metrics_path = value;
+      web.metrics_path = value;
+    } else if (key == "--web.config.file") {
+      if (!take()) return usage_error("--web.config.file needs a value");
+      web_config_file = value;
+    } else if (key == "--web.max-connections") {
+      if (!take()) return usage_error("--web.max-connections needs a value");
+      if (value.empty() || value.size() > 6 || value.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoul(value) < 1 || std::stoul(value) > 100000)
+        return usage_error("--web.max-connections must be a number from 1 to 100000");
+      web.max_connections = std::stoul(value);
     } else if (key == "--path.procfs") {
       if (!take()) return usage_error("--path.procfs needs a value");
       opts.procfs = value;
@@ -90,6 +108,10 @@ int main(int argc, char** argv) {
       return usage_error("unknown flag '" + a + "'");
     }
   }
+  if (!listen.empty()) web.listen = listen;
+  // Flag errors are found before anything starts, --check-config included.
+  if (auto addrs = memlens::parse_listen_addresses(web.listen); !addrs) return usage_error(addrs.error().message);
+  if (auto p = memlens::check_metrics_path(web.metrics_path); !p) return usage_error(p.error().message);
 
   auto logger = spdlog::stderr_color_mt("memlensd");
   spdlog::set_default_logger(logger);
@@ -117,13 +139,26 @@ int main(int argc, char** argv) {
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) spdlog::debug("could not raise RLIMIT_NOFILE");
   }
 
-  auto exporter = memlens::Exporter::start(opts.listen, opts.metrics_path);
+  // A bad web config exits 1, as exporter-toolkit's users expect.
+  std::shared_ptr<const memlens::WebConfig> web_config;
+  if (!web_config_file.empty()) {
+    auto wc = memlens::load_web_config(web_config_file);
+    if (!wc) {
+      spdlog::critical("bad web config: {}", wc.error().message);
+      return 1;
+    }
+    web_config = std::make_shared<const memlens::WebConfig>(std::move(*wc));
+  }
+  auto exporter = memlens::Exporter::start(web, web_config);
   if (!exporter) {
     spdlog::critical("{}", exporter.error().message);
     return exporter.error().code == memlens::Errc::invalid ? 2 : 1;
   }
-  spdlog::info("memlensd {} serving {} on {} ({} target selector(s) from {})", MEMLENS_VERSION,
-               opts.metrics_path, opts.listen, cfg->targets.size(), cfg->source);
+  std::string where;
+  for (const auto& l : web.listen) where += (where.empty() ? "" : ", ") + l;
+  spdlog::info("memlensd {} serving {} on {} ({}{}; {} target selector(s) from {})", MEMLENS_VERSION,
+               web.metrics_path, where, web_config && web_config->tls_context ? "TLS" : "plain HTTP",
+               web_config && web_config->auth_required() ? ", basic auth" : "", cfg->targets.size(), cfg->source);
   memlens::App app(opts, std::make_unique<memlens::Config>(std::move(*cfg)), std::move(*exporter),
                    memlens::make_collectors());
   const int rc = app.run();
