@@ -789,7 +789,7 @@ void scan_leak_sites(AllocState& s, AllocTrace& tr, double now) {
                          {"outstanding_blocks", blocks},
                          {"sites", sites}};
   spdlog::debug("alloc: leak sites of pid {}: {} B outstanding in {} blocks, top {}", tr.pid, total, blocks,
-                sites.empty() ? std::string("-") : sites.front().dump());
+                sites.empty() ? std::string("-") : sites.front().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   std::lock_guard lock(g_leaks_mu);
   auto& j = g_leaks[tr.target_name];
   if (!j.is_object() || !j.contains("processes")) j = {{"target", tr.target_name}, {"available", true}, {"processes", nlohmann::json::array()}};
@@ -1168,7 +1168,10 @@ void AllocCollector::collect_global(GlobalSample& out) {
     // Leak sites go out as /api/v1/targets/<name>/leaks documents: the HTTP
     // threads only copy them from the snapshot.
     std::lock_guard leaks_lock(g_leaks_mu);
-    for (const auto& [name, doc] : g_leaks) out.document("/api/v1/targets/" + name + "/leaks", doc.dump(2) + "\n");
+    // Symbol and target names are any bytes: invalid UTF-8 is replaced, not thrown.
+    for (const auto& [name, doc] : g_leaks)
+      out.document("/api/v1/targets/" + name + "/leaks",
+                   doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
   std::lock_guard lock(s_->mu);
   if (!s_->skel) return;
