@@ -412,7 +412,11 @@ Result<std::shared_ptr<ssl::context>> make_tls_context(const TlsSettings& tls, c
   ctx->use_certificate_chain(boost::asio::buffer(tls.cert_pem), ec);
   if (ec) return make_error(Errc::invalid, source + ": tls_server_config: certificate " + tls.cert_source + ": " + openssl_reason(ec));
   ctx->use_private_key(boost::asio::buffer(tls.key_pem), ssl::context::pem, ec);
-  if (ec) return make_error(Errc::invalid, source + ": tls_server_config: key " + tls.key_source + ": " + openssl_reason(ec));
+  if (ec) {
+    std::string why = openssl_reason(ec);
+    if (why.find("mismatch") != std::string::npos) why = "does not match certificate " + tls.cert_source;
+    return make_error(Errc::invalid, source + ": tls_server_config: key " + tls.key_source + ": " + why);
+  }
   if (SSL_CTX_check_private_key(c) != 1) {
     ERR_clear_error();
     return make_error(Errc::invalid, source + ": tls_server_config: key " + tls.key_source + " does not match certificate " +
