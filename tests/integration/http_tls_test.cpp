@@ -152,6 +152,19 @@ TEST_F(HttpTls, TlsAndBasicAuth) {
   EXPECT_EQ(d->log().find("alice-pw"), std::string::npos) << "passwords are never logged";
 }
 
+// The documented example, as shipped (its certificate names resolve next to it).
+TEST_F(HttpTls, ExampleWebConfigWorksAsDocumented) {
+  const std::string web = pki_.dir + "/web-config.yaml";
+  write_text(web, read_text(std::string(MEMLENS_SOURCE_DIR) + "/config/web-config.example.yaml"));
+  auto d = start_daemon(kSelf, {"--web.config.file=" + web}, {}, as(pki_, "prometheus", "example"));
+  ASSERT_TRUE(d);
+  auto r = http_fetch(d->url("/metrics"), as(pki_, "prometheus", "example"));
+  EXPECT_EQ(r.status, 200) << r.error;
+  EXPECT_EQ(r.header("X-Content-Type-Options"), "nosniff");
+  EXPECT_EQ(http_fetch(d->url("/api/v1/targets"), as(pki_, "prometheus", "example")).status, 403);
+  EXPECT_EQ(http_fetch(d->url("/api/v1/targets"), as(pki_, "alice", "example")).status, 200);
+}
+
 TEST_F(HttpTls, ApiUsersEmptyClosesTheApiToEveryone) {
   const std::string web = pki_.dir + "/web.yml";
   write_text(web, "api_users: []\n");
