@@ -35,7 +35,8 @@ Flags:
   --web.max-connections=N     simultaneous HTTP connections (default 512)
   --path.procfs=PATH          procfs mount point (default /proc)
   --log.level=LEVEL           debug, info, warn or error (default info)
-  --check-config              validate the configuration and exit (0 ok, 2 bad)
+  --check-config              validate the configuration and flags and exit (0 ok,
+                              2 bad; 1 for a bad --web.config.file)
   --version                   print the version and exit
   -h, --help                  this text
 
@@ -129,6 +130,15 @@ int main(int argc, char** argv) {
   if (!opts.procfs.empty()) cfg->procfs = opts.procfs;
   if (check_only) {
     std::printf("%s: OK (%zu target selector(s))\n", cfg->source.c_str(), cfg->targets.size());
+    if (!web_config_file.empty()) {
+      auto wc = memlens::load_web_config(web_config_file);
+      if (!wc) {
+        std::fprintf(stderr, "memlensd: bad web config: %s\n", wc.error().message.c_str());
+        return 1;
+      }
+      std::printf("%s: OK (%s, %zu user(s))\n", web_config_file.c_str(), wc->tls_context ? "TLS" : "plain HTTP",
+                  wc->users.size());
+    }
     return 0;
   }
 

@@ -233,6 +233,12 @@ TEST_F(HttpTls, BadWebConfigExits1NamingTheFile) {
   EXPECT_EQ(run(memlensd_path() + " --web.listen-address=127.0.0.1:" + port + " --web.config.file=" + pki_.dir +
                     "/absent.yml", &out), 1);
   EXPECT_NE(out.find(pki_.dir + "/absent.yml: cannot open"), std::string::npos) << out;
+  // --check-config checks it too.
+  EXPECT_EQ(run(memlensd_path() + " --check-config --web.config.file=" + pki_.dir + "/bad-hash.yml", &out), 1) << out;
+  EXPECT_NE(out.find("bad-hash.yml"), std::string::npos) << out;
+  write_text(pki_.dir + "/good.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n");
+  EXPECT_EQ(run(memlensd_path() + " --check-config --web.config.file=" + pki_.dir + "/good.yml", &out), 0) << out;
+  EXPECT_NE(out.find("good.yml: OK (TLS"), std::string::npos) << out;
 }
 
 // Prometheus (Go's TLS client, gzip, basic auth) scrapes memlensd.
