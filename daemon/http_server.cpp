@@ -355,7 +355,8 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
       return authorized(std::move(r), access);
     }
     if (srv_.auth_pending >= kMaxAuthPending) {
-      HttpReply busy{503, "text/plain; charset=utf-8", nullptr, "busy checking credentials; retry\n", {{"Retry-After", "1"}}};
+      HttpReply busy{503, "text/plain; charset=utf-8", nullptr, "busy checking credentials; retry\n",
+                     {{"Retry-After", "1"}}};
       return send(std::move(busy));
     }
     ++srv_.auth_pending;

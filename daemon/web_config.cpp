@@ -410,7 +410,9 @@ Result<std::shared_ptr<ssl::context>> make_tls_context(const TlsSettings& tls, c
     return make_error(Errc::invalid, source + ": tls_server_config: TLS versions not supported by this OpenSSL");
   boost::system::error_code ec;
   ctx->use_certificate_chain(boost::asio::buffer(tls.cert_pem), ec);
-  if (ec) return make_error(Errc::invalid, source + ": tls_server_config: certificate " + tls.cert_source + ": " + openssl_reason(ec));
+  if (ec)
+    return make_error(Errc::invalid,
+                      source + ": tls_server_config: certificate " + tls.cert_source + ": " + openssl_reason(ec));
   ctx->use_private_key(boost::asio::buffer(tls.key_pem), ssl::context::pem, ec);
   if (ec) {
     std::string why = openssl_reason(ec);
@@ -425,7 +427,8 @@ Result<std::shared_ptr<ssl::context>> make_tls_context(const TlsSettings& tls, c
   if (!tls.client_ca_pem.empty()) {
     ctx->add_certificate_authority(boost::asio::buffer(tls.client_ca_pem), ec);
     if (ec)
-      return make_error(Errc::invalid, source + ": tls_server_config: client CA " + tls.client_ca_source + ": " + openssl_reason(ec));
+      return make_error(Errc::invalid, source + ": tls_server_config: client CA " + tls.client_ca_source + ": " +
+                                           openssl_reason(ec));
     // The CA names go into the CertificateRequest, so a client with several
     // certificates picks the right one.
     std::unique_ptr<BIO, decltype(&BIO_free)> bio(
@@ -487,7 +490,8 @@ bool client_sans_allowed(ssl_st* s, const std::vector<std::string>& allowed) {
     std::string value;
     if (gn->type == GEN_DNS || gn->type == GEN_EMAIL || gn->type == GEN_URI) {
       const ASN1_IA5STRING* s5 = gn->d.ia5;
-      value.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s5)), static_cast<std::size_t>(ASN1_STRING_length(s5)));
+      value.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s5)),
+                   static_cast<std::size_t>(ASN1_STRING_length(s5)));
     } else if (gn->type == GEN_IPADD) {
       const int len = ASN1_STRING_length(gn->d.iPAddress);
       char buf[INET6_ADDRSTRLEN] = {};

@@ -139,7 +139,9 @@ HttpResponse http_fetch(const std::string& url, const HttpOptions& o) {
     curl_easy_setopt(c, CURLOPT_SSLCERT, o.client_cert.c_str());
     curl_easy_setopt(c, CURLOPT_SSLKEY, o.client_key.c_str());
   }
-  if (o.tls12_only) curl_easy_setopt(c, CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2) | static_cast<long>(CURL_SSLVERSION_MAX_TLSv1_2));
+  if (o.tls12_only)
+    curl_easy_setopt(c, CURLOPT_SSLVERSION,
+                     static_cast<long>(CURL_SSLVERSION_TLSv1_2) | static_cast<long>(CURL_SSLVERSION_MAX_TLSv1_2));
   if (o.gzip) curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "gzip");
   curl_slist* hdrs = nullptr;
   for (const auto& h : o.headers) hdrs = curl_slist_append(hdrs, h.c_str());
@@ -168,7 +170,8 @@ std::string HttpResponse::header(const std::string& name) const {
     const auto colon = line.find(':');
     if (colon == std::string::npos || colon != name.size()) continue;
     bool same = true;
-    for (size_t i = 0; i < colon; ++i) same &= std::tolower(static_cast<unsigned char>(line[i])) == std::tolower(static_cast<unsigned char>(name[i]));
+    for (size_t i = 0; i < colon; ++i)
+      same &= std::tolower(static_cast<unsigned char>(line[i])) == std::tolower(static_cast<unsigned char>(name[i]));
     if (!same) continue;
     std::string v = line.substr(colon + 1);
     while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.erase(0, 1);
