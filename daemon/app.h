@@ -34,8 +34,6 @@ namespace memlens {
 
 struct Options {
   std::string config_file;  // empty: the embedded default
-  std::string listen = "127.0.0.1:19723";
-  std::string metrics_path = "/metrics";
   std::string procfs;       // overrides global.path_procfs when set
   std::string state_path;   // directory of the state file; empty: memory only
 };

@@ -1,204 +1,166 @@
 #include "daemon/exporter.h"
 
-#include <CivetServer.h>
-#include <civetweb.h>
-#include <prometheus/collectable.h>
-#include <prometheus/exposer.h>
-
-#include <netdb.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <prometheus/text_serializer.h>
 
 #include <chrono>
-#include <thread>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "daemon/http_util.h"
 #include "daemon/metric.h"
 
 namespace memlens {
 
+struct Exporter::Exposition {
+  std::shared_ptr<const Snapshot> snap;
+  std::shared_ptr<const std::string> text;  // the snapshot's families, text format
+  // gzip of `text`, made by the first scrape that asks for it.
+  mutable std::once_flag gzip_once;
+  mutable std::shared_ptr<const GzipHead> gzip;
+};
+
 namespace {
 
-// civetweb's callback carries no user pointer we own; one exporter per
-// process is all memlensd ever runs.
-std::atomic<const Exporter*> g_exporter{nullptr};
+constexpr const char* kTextPlain = "text/plain; charset=utf-8";
+constexpr const char* kJson = "application/json";
+constexpr const char* kExposition = "text/plain; version=0.0.4; charset=utf-8";
 
-int begin_request(mg_connection* conn) {
-  const Exporter* ex = g_exporter.load();
-  const mg_request_info* ri = mg_get_request_info(conn);
-  if (!ex || !ri || !ri->local_uri) return 0;
-  Exporter::Response r;
-  if (!ex->handle(ri->request_method ? ri->request_method : "", ri->local_uri, r)) return 0;
-  const bool head = ri->request_method && std::string(ri->request_method) == "HEAD";
-  const char* reason = r.status == 200 ? "OK" : r.status == 404 ? "Not Found" : r.status == 405 ? "Method Not Allowed" : "Error";
-  mg_printf(conn,
-            "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
-            "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            r.status, reason, r.content_type.c_str(), r.body.size(),
-            r.status == 405 ? "Allow: GET, HEAD\r\n" : "");
-  if (!head) mg_write(conn, r.body.data(), r.body.size());
-  return r.status;  // non-zero: handled
-}
-
-std::string html_escape(const std::string& s) {
+// Names and comms come from processes: any bytes. The JSON dumps replace
+// invalid UTF-8; the HTML page does the same by hand.
+std::string html_text(const std::string& s) {
+  const bool utf8 = valid_utf8(s);
   std::string o;
   for (char c : s) {
+    if (!utf8 && static_cast<unsigned char>(c) >= 0x80) {
+      o += "\xef\xbf\xbd";  // U+FFFD
+      continue;
+    }
     switch (c) {
       case '<': o += "&lt;"; break;
       case '>': o += "&gt;"; break;
       case '&': o += "&amp;"; break;
       case '"': o += "&quot;"; break;
+      case '\'': o += "&#39;"; break;
       default: o += c;
     }
   }
   return o;
 }
 
-}  // namespace
-
-// Hands the current snapshot's families to the Exposer at scrape time; the
-// only work on the HTTP thread is a copy, plus the scrape's own duration.
-class SnapshotCollectable : public prometheus::Collectable {
- public:
-  explicit SnapshotCollectable(const Exporter* ex) : ex_(ex) {}
-  std::vector<prometheus::MetricFamily> Collect() const override {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto snap = ex_->current();
-    std::vector<prometheus::MetricFamily> out;
-    if (snap) out = snap->families;
-    static const MetricDesc dur = metric("scrape_duration", "seconds", MetricKind::gauge,
-                                         "Time the previous scrape took to assemble /metrics from the snapshot.");
-    static const MetricDesc scrapes = metric("scrapes", "", MetricKind::counter, "Scrapes of /metrics served.");
-    const uint64_t n = scrapes_.fetch_add(1) + 1;
-    prometheus::MetricFamily f1{dur.name, dur.help, prometheus::MetricType::Gauge, {}};
-    prometheus::ClientMetric m1;
-    m1.gauge.value = last_seconds_.load();
-    f1.metric.push_back(m1);
-    prometheus::MetricFamily f2{scrapes.name, scrapes.help, prometheus::MetricType::Counter, {}};
-    prometheus::ClientMetric m2;
-    m2.counter.value = static_cast<double>(n);
-    f2.metric.push_back(m2);
-    out.push_back(std::move(f1));
-    out.push_back(std::move(f2));
-    last_seconds_.store(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    return out;
-  }
-
- private:
-  const Exporter* ex_;
-  mutable std::atomic<double> last_seconds_{0};
-  mutable std::atomic<uint64_t> scrapes_{0};
-};
-
-Result<std::string> civet_listen_spec(const std::string& listen) {
-  std::size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= listen.size())
-    return make_error(Errc::invalid, "--web.listen-address '" + listen + "': expected host:port");
-  const std::string host = listen.substr(0, colon), port = listen.substr(colon + 1);
-  for (char c : port)
-    if (c < '0' || c > '9') return make_error(Errc::invalid, "--web.listen-address '" + listen + "': bad port");
-  const long p = std::stol(port);
-  if (p < 1 || p > 65535) return make_error(Errc::invalid, "--web.listen-address '" + listen + "': port out of range");
-  if (host.empty() || host == "0.0.0.0") return port;  // civetweb: a bare port is every IPv4 address
-  return host + ":" + port;                             // "127.0.0.1:p" and "[::1]:p" as given
+std::string dump(const nlohmann::json& j) {
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
-Result<std::unique_ptr<Exporter>> Exporter::start(const std::string& listen, const std::string& metrics_path) {
-  auto spec = civet_listen_spec(listen);
-  if (!spec) return spec.error();
-  if (metrics_path.empty() || metrics_path.front() != '/')
-    return make_error(Errc::invalid, "--web.telemetry-path '" + metrics_path + "': must start with /");
+HttpReply text(int status, std::string body) { return HttpReply{status, kTextPlain, nullptr, std::move(body), {}}; }
+HttpReply json(int status, std::string body) { return HttpReply{status, kJson, nullptr, std::move(body), {}}; }
+
+}  // namespace
+
+Result<void> check_metrics_path(const std::string& p) {
+  auto bad = [&](const std::string& why) { return make_error(Errc::invalid, "--web.telemetry-path '" + p + "': " + why); };
+  if (p.empty() || p.front() != '/') return bad("must start with /");
+  if (p.size() > 256) return bad("longer than 256 bytes");
+  // Matched against the decoded request path: keep it plain.
+  for (char c : p)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '%' || c == '?' || c == '#')
+      return bad("no spaces, control characters, %, ? or # allowed");
+  if (!valid_utf8(p)) return bad("not valid UTF-8");
+  if (p == "/" || p == "/healthz" || p == "/api" || p.rfind("/api/", 0) == 0)
+    return bad("taken by the status page, /healthz or the API");
+  return {};
+}
+
+Result<std::unique_ptr<Exporter>> Exporter::start(const ExporterOptions& opts, std::shared_ptr<const WebConfig> web) {
+  auto addrs = parse_listen_addresses(opts.listen);
+  if (!addrs) return addrs.error();
+  if (auto r = check_metrics_path(opts.metrics_path); !r) return r.error();
+  if (opts.max_connections < 1) return make_error(Errc::invalid, "--web.max-connections must be at least 1");
   std::unique_ptr<Exporter> ex(new Exporter());
-  ex->metrics_path_ = metrics_path;
-  static CivetCallbacks callbacks;
-  callbacks.begin_request = &begin_request;
-  // The callback may run as soon as the server starts.
-  g_exporter.store(ex.get());
-  try {
-    ex->exposer_ = std::make_unique<prometheus::Exposer>(
-        std::vector<std::string>{"listening_ports", *spec, "num_threads", "4",
-                                 "request_timeout_ms", "10000"},
-        &callbacks);
-  } catch (const std::exception& e) {
-    g_exporter.store(nullptr);
-    return make_error(Errc::unavailable, "cannot listen on " + listen + ": " + e.what());
-  }
-  ex->collectable_ = std::make_shared<SnapshotCollectable>(ex.get());
-  ex->exposer_->RegisterCollectable(ex->collectable_, metrics_path);
-  auto ports = ex->exposer_->GetListeningPorts();
-  ex->port_ = ports.empty() ? 0 : ports.front();
-  // Where a connection reaches the listener (see ~Exporter).
-  std::string host = listen.substr(0, listen.rfind(':'));
-  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
-  if (host == "[::]") host = "::1";
-  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
-  ex->wake_host_ = host;
+  ex->metrics_path_ = opts.metrics_path;
+  ex->current_ = std::make_shared<const Exposition>();
+  HttpServerOptions so;
+  so.listen = std::move(*addrs);
+  so.max_connections = opts.max_connections;
+  const Exporter* self = ex.get();
+  HttpServer::Routes routes{[self](std::string_view p) { return self->access(p); },
+                            [self](const HttpRequest& r) { return self->handle(r); }};
+  auto srv = HttpServer::start(so, std::move(web), std::move(routes));
+  if (!srv) return srv.error();
+  ex->server_ = std::move(*srv);
+  ex->ports_ = ex->server_->ports();
   return ex;
 }
 
-namespace {
-
-// civetweb's master thread notices mg_stop() only when its poll() on the
-// listening socket returns, which it does every 2 s when idle: shutdown would
-// take 2 s. Connecting to ourselves wakes it at once.
-void poke(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICHOST;
-  addrinfo* res = nullptr;
-  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return;
-  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd >= 0) {
-    (void)::connect(fd, res->ai_addr, res->ai_addrlen);
-    ::close(fd);
-  }
-  freeaddrinfo(res);
-}
-
-}  // namespace
-
 Exporter::~Exporter() {
-  std::atomic<bool> stopped{false};
-  std::thread waker([&] {
-    while (!stopped.load()) {
-      if (port_ > 0) poke(wake_host_, port_);
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  });
-  exposer_.reset();  // stops the HTTP threads before the snapshot goes
-  stopped.store(true);
-  waker.join();
-  g_exporter.store(nullptr);
+  server_.reset();  // no route runs after this
 }
 
 void Exporter::publish(std::shared_ptr<const Snapshot> s) {
+  auto ex = std::make_shared<Exposition>();
+  if (s) ex->text = std::make_shared<const std::string>(prometheus::TextSerializer().Serialize(s->families));
+  ex->snap = std::move(s);
   std::lock_guard<std::mutex> l(mu_);
-  snap_ = std::move(s);
+  current_ = std::move(ex);
+}
+
+std::shared_ptr<const Exporter::Exposition> Exporter::exposition() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return current_;
 }
 
 std::shared_ptr<const Snapshot> Exporter::current() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return snap_;
+  auto ex = exposition();
+  return ex ? ex->snap : nullptr;
 }
 
-bool Exporter::handle(const std::string& method, const std::string& path, Response& out) const {
-  const bool ours = path == "/" || path == "/healthz" || path.rfind("/api/v1/", 0) == 0;
-  if (!ours || path == metrics_path_) return false;
-  if (method != "GET" && method != "HEAD") {
-    out = {405, "text/plain; charset=utf-8", "only GET and HEAD are allowed\n"};
-    return true;
+Access Exporter::access(std::string_view p) const {
+  if (p == "/healthz") return Access::open;  // probes carry no credentials
+  if (p == metrics_path_) return Access::auth;
+  if (p == "/" || p == "/api" || p.rfind("/api/", 0) == 0) return Access::api;
+  return Access::auth;
+}
+
+HttpReply Exporter::metrics(const HttpRequest& req) const {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto ex = exposition();
+  static const MetricDesc dur = metric("scrape_duration", "seconds", MetricKind::gauge,
+                                       "Time the previous scrape took to assemble /metrics from the snapshot.");
+  static const MetricDesc scrapes = metric("scrapes", "", MetricKind::counter, "Scrapes of /metrics served.");
+  std::vector<prometheus::MetricFamily> tail;
+  tail.push_back({dur.name, dur.help, prometheus::MetricType::Gauge, {}});
+  tail.back().metric.emplace_back().gauge.value = last_scrape_seconds_.load();
+  tail.push_back({scrapes.name, scrapes.help, prometheus::MetricType::Counter, {}});
+  tail.back().metric.emplace_back().counter.value = static_cast<double>(scrapes_.fetch_add(1) + 1);
+  if (server_) server_->append_metrics(tail);
+  const std::string tail_text = prometheus::TextSerializer().Serialize(tail);
+
+  HttpReply r{200, kExposition, nullptr, {}, {{"Vary", "Accept-Encoding"}}};
+  if (req.gzip) {
+    std::call_once(ex->gzip_once, [&] {
+      ex->gzip = std::make_shared<const GzipHead>(gzip_start(ex->text ? std::string_view(*ex->text) : std::string_view()));
+    });
+    r.shared = std::shared_ptr<const std::string>(ex->gzip, &ex->gzip->bytes);
+    r.body = gzip_finish(*ex->gzip, tail_text);
+    r.headers.emplace_back("Content-Encoding", "gzip");
+  } else {
+    r.shared = ex->text;
+    r.body = tail_text;
   }
+  last_scrape_seconds_.store(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return r;
+}
+
+HttpReply Exporter::handle(const HttpRequest& req) const {
+  const std::string& path = req.path;
+  if (path == metrics_path_) return metrics(req);
   auto snap = current();
   if (path == "/healthz") {
     // Healthy once the first tick has published a snapshot.
-    if (snap) out = {200, "text/plain; charset=utf-8", "ok\n"};
-    else out = {503, "text/plain; charset=utf-8", "starting\n"};
-    return true;
+    return snap ? text(200, "ok\n") : text(503, "starting\n");
   }
-  if (!snap) {
-    out = {503, "text/plain; charset=utf-8", "no data yet\n"};
-    return true;
-  }
+  const bool api = path.rfind("/api/", 0) == 0;
+  if (!api && path != "/") return text(404, "not found\n");
+  if (!snap) return text(503, "no data yet\n");
   if (path == "/api/v1/targets") {
     nlohmann::json arr = nlohmann::json::array();
     for (const auto& t : snap->targets) {
@@ -207,53 +169,42 @@ bool Exporter::handle(const std::string& method, const std::string& path, Respon
       arr.push_back({{"name", t.name}, {"pid", t.pid}, {"start_time_ticks", t.start_time},
                      {"selector", t.selector}, {"comm", t.comm}, {"exe", t.exe}, {"values", values}});
     }
-    nlohmann::json doc = {{"status", "success"}, {"built_at", snap->built_at}, {"targets", arr}};
-    out = {200, "application/json", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"};
-    return true;
+    return json(200, dump({{"status", "success"}, {"built_at", snap->built_at}, {"targets", arr}}));
   }
-  if (auto it = snap->documents.find(path); it != snap->documents.end()) {
-    out = {200, "application/json", it->second};
-    return true;
-  }
+  if (auto it = snap->documents.find(path); it != snap->documents.end()) return json(200, it->second);
   static const std::string kTargets = "/api/v1/targets/", kLeaks = "/leaks";
   if (path.size() > kTargets.size() + kLeaks.size() && path.rfind(kTargets, 0) == 0 &&
       path.compare(path.size() - kLeaks.size(), kLeaks.size(), kLeaks) == 0) {
     const std::string name = path.substr(kTargets.size(), path.size() - kTargets.size() - kLeaks.size());
     bool known = false;
     for (const auto& t : snap->targets) known |= t.name == name;
-    nlohmann::json doc = {{"target", name}, {"available", false},
-                          {"reason", known ? "no leak sites captured for this target: set alloc.leak_sites: true "
-                                             "(mode full or duty), or mode on-leak once its budget is crossed"
-                                           : "no such target is watched"}};
-    out = {404, "application/json", doc.dump(2) + "\n"};
-    return true;
+    return json(404, dump({{"target", name}, {"available", false},
+                           {"reason", known ? "no leak sites captured for this target: set alloc.leak_sites: true "
+                                              "(mode full or duty), or mode on-leak once its budget is crossed"
+                                            : "no such target is watched"}}));
   }
-  if (path == "/") {
-    std::string b =
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>memlens</title>"
-        "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}</style></head><body><h1>memlens</h1>"
-        "<p><a href=\"" + html_escape(metrics_path_) + "\">metrics</a> &middot; <a href=\"/api/v1/targets\">targets (JSON)</a>"
-        " &middot; <a href=\"/healthz\">health</a></p><table><tr><th>target</th><th>pid</th><th>comm</th>"
-        "<th>RSS MiB</th><th>leak slope B/s</th></tr>";
-    for (const auto& t : snap->targets) {
-      double rss = 0, slope = 0;
-      for (const auto& [k, v] : t.values) {
-        if (k == "memlens_rss_bytes") rss = v;
-        if (k == "memlens_leak_slope_bytes_per_second") slope = v;
-      }
-      char row[128];
-      std::snprintf(row, sizeof row, "<td>%d</td>", t.pid);
-      b += "<tr><td>" + html_escape(t.name) + "</td>" + row + "<td>" + html_escape(t.comm) + "</td>";
-      std::snprintf(row, sizeof row, "<td>%.1f</td><td>%.0f</td></tr>", rss / 1048576.0, slope);
-      b += row;
+  if (api) return json(404, "{\"status\":\"error\",\"error\":\"not found\"}\n");
+  std::string b =
+      "<!doctype html><html><head><meta charset=\"utf-8\"><title>memlens</title>"
+      "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:right}"
+      "td:first-child,th:first-child{text-align:left}</style></head><body><h1>memlens</h1>"
+      "<p><a href=\"" + html_text(metrics_path_) + "\">metrics</a> &middot; <a href=\"/api/v1/targets\">targets (JSON)</a>"
+      " &middot; <a href=\"/healthz\">health</a></p><table><tr><th>target</th><th>pid</th><th>comm</th>"
+      "<th>RSS MiB</th><th>leak slope B/s</th></tr>";
+  for (const auto& t : snap->targets) {
+    double rss = 0, slope = 0;
+    for (const auto& [k, v] : t.values) {
+      if (k == "memlens_rss_bytes") rss = v;
+      if (k == "memlens_leak_slope_bytes_per_second") slope = v;
     }
-    b += "</table></body></html>\n";
-    out = {200, "text/html; charset=utf-8", b};
-    return true;
+    char row[128];
+    std::snprintf(row, sizeof row, "<td>%d</td>", t.pid);
+    b += "<tr><td>" + html_text(t.name) + "</td>" + row + "<td>" + html_text(t.comm) + "</td>";
+    std::snprintf(row, sizeof row, "<td>%.1f</td><td>%.0f</td></tr>", rss / 1048576.0, slope);
+    b += row;
   }
-  out = {404, "application/json", "{\"status\":\"error\",\"error\":\"not found\"}\n"};
-  return true;
+  b += "</table></body></html>\n";
+  return HttpReply{200, "text/html; charset=utf-8", nullptr, std::move(b), {}};
 }
 
 }  // namespace memlens

@@ -1,53 +1,70 @@
-// HTTP: prometheus-cpp's Exposer serves the metrics path from the current
-// snapshot; /healthz, /api/v1/targets[/<name>/leaks] and a status page at /
-// are answered in civetweb's begin_request hook, from the same snapshot.
+// What memlensd serves over HTTP, from the published snapshot: the
+// exposition at the metrics path, /healthz, /api/v1/targets[/<name>/leaks]
+// and a status page at /. The exposition text is built once per snapshot
+// on the publishing thread (and gzipped at most once per snapshot), so a
+// scrape only appends its own few lines. Sockets, limits, TLS and auth are
+// HttpServer's.
 #pragma once
 
 #include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <vector>
 
+#include "daemon/http_server.h"
 #include "daemon/result.h"
 #include "daemon/snapshot.h"
-
-namespace prometheus {
-class Exposer;
-}
+#include "daemon/web_config.h"
 
 namespace memlens {
 
-class SnapshotCollectable;
+struct ExporterOptions {
+  // --web.listen-address values (repeatable; each may be a comma list).
+  std::vector<std::string> listen{"127.0.0.1:19723"};
+  std::string metrics_path = "/metrics";
+  std::size_t max_connections = 512;
+};
+
+// --web.telemetry-path: a plain absolute path that does not hide /healthz,
+// the API or the status page.
+Result<void> check_metrics_path(const std::string& path);
 
 class Exporter {
  public:
   ~Exporter();
-  // listen: "host:port", "[v6]:port" or ":port" (all interfaces).
-  static Result<std::unique_ptr<Exporter>> start(const std::string& listen, const std::string& metrics_path);
+  // Errc::invalid for bad options (exit 2), Errc::unavailable when an
+  // address cannot be bound.
+  static Result<std::unique_ptr<Exporter>> start(const ExporterOptions& opts,
+                                                  std::shared_ptr<const WebConfig> web = nullptr);
+  // On the collection thread: serialises the snapshot's families once.
   void publish(std::shared_ptr<const Snapshot> s);
   std::shared_ptr<const Snapshot> current() const;
   const std::string& metrics_path() const { return metrics_path_; }
-  int port() const { return port_; }
+  int port() const { return ports_.empty() ? 0 : ports_.front(); }
+  const std::vector<int>& ports() const { return ports_; }
 
-  // Response for a non-metrics path; false when the path is not ours.
-  struct Response {
-    int status = 200;
-    std::string content_type, body;
-  };
-  bool handle(const std::string& method, const std::string& path, Response& out) const;
+  // The routes, on the HTTP I/O thread (or in a test, with no server).
+  Access access(std::string_view path) const;
+  HttpReply handle(const HttpRequest& req) const;
 
  private:
-  Exporter() = default;
-  mutable std::mutex mu_;
-  std::shared_ptr<const Snapshot> snap_;
-  std::shared_ptr<SnapshotCollectable> collectable_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  std::string metrics_path_;
-  std::string wake_host_;
-  int port_ = 0;
-};
+  // One published snapshot and its serialised forms.
+  struct Exposition;
 
-// "127.0.0.1:19723" -> civetweb's listening_ports syntax.
-Result<std::string> civet_listen_spec(const std::string& listen);
+  Exporter() = default;
+  std::shared_ptr<const Exposition> exposition() const;
+  HttpReply metrics(const HttpRequest& req) const;
+
+  mutable std::mutex mu_;
+  std::shared_ptr<const Exposition> current_;
+  std::string metrics_path_;
+  std::vector<int> ports_;
+  mutable std::atomic<double> last_scrape_seconds_{0};
+  mutable std::atomic<uint64_t> scrapes_{0};
+  // Last member: stopped first, before the state its routes read.
+  std::unique_ptr<HttpServer> server_;
+};
 
 }  // namespace memlens

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "collectors/registry.h"
 #include "daemon/app.h"
@@ -25,15 +26,21 @@ Flags:
   --config.file=PATH          YAML configuration (default: the embedded default,
                               which watches memlensd, java/node/python/postgres
                               processes and the 10 largest processes by RSS)
-  --web.listen-address=ADDR   address to serve on (default 127.0.0.1:19723;
-                              ":19723" for every interface)
+  --web.listen-address=ADDR   address to serve on (default 127.0.0.1:19723):
+                              IPv4:port, [IPv6]:port, localhost:port, or
+                              :port for every interface; repeat the flag (or
+                              give a comma-separated list) for several
   --web.telemetry-path=PATH   path of the metrics (default /metrics)
+  --web.config.file=PATH      TLS and basic auth (exporter-toolkit web config
+                              format, plus api_users); read at start
+  --web.max-connections=N     simultaneous HTTP connections (default 512)
   --path.procfs=PATH          procfs mount point (default /proc)
   --state.path=DIR            keep timelines in DIR/timelines.state, so a restart
                               resumes the history of targets still running
                               (default: none, timelines in memory only)
   --log.level=LEVEL           debug, info, warn or error (default info)
-  --check-config              validate the configuration and exit (0 ok, 2 bad)
+  --check-config              validate the configuration and flags and exit (0 ok,
+                              2 bad; 1 for a bad --web.config.file)
   --version                   print the version and exit
   -h, --help                  this text
 
@@ -59,6 +66,9 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 128 << 10);
   mallopt(M_ARENA_MAX, 1);
   memlens::Options opts;
+  memlens::ExporterOptions web;
+  std::vector<std::string> listen;
+  std::string web_config_file;
   std::string log_level = "info";
   bool check_only = false;
   for (int i = 1; i < argc; ++i) {
@@ -89,10 +99,19 @@ int main(int argc, char** argv) {
       opts.config_file = value;
     } else if (key == "--web.listen-address") {
       if (!take()) return usage_error("--web.listen-address needs a value");
-      opts.listen = value;
+      listen.push_back(value);
     } else if (key == "--web.telemetry-path") {
       if (!take()) return usage_error("--web.telemetry-path needs a value");
-      opts.metrics_path = value;
+      web.metrics_path = value;
+    } else if (key == "--web.config.file") {
+      if (!take()) return usage_error("--web.config.file needs a value");
+      web_config_file = value;
+    } else if (key == "--web.max-connections") {
+      if (!take()) return usage_error("--web.max-connections needs a value");
+      if (value.empty() || value.size() > 6 || value.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoul(value) < 1 || std::stoul(value) > 100000)
+        return usage_error("--web.max-connections must be a number from 1 to 100000");
+      web.max_connections = std::stoul(value);
     } else if (key == "--state.path") {
       if (!take()) return usage_error("--state.path needs a value");
       opts.state_path = value;
@@ -106,6 +125,10 @@ int main(int argc, char** argv) {
       return usage_error("unknown flag '" + a + "'");
     }
   }
+  if (!listen.empty()) web.listen = listen;
+  // Flag errors are found before anything starts, --check-config included.
+  if (auto addrs = memlens::parse_listen_addresses(web.listen); !addrs) return usage_error(addrs.error().message);
+  if (auto p = memlens::check_metrics_path(web.metrics_path); !p) return usage_error(p.error().message);
 
   auto logger = spdlog::stderr_color_mt("memlensd");
   spdlog::set_default_logger(logger);
@@ -128,6 +151,15 @@ int main(int argc, char** argv) {
   }
   if (check_only) {
     std::printf("%s: OK (%zu target selector(s))\n", cfg->source.c_str(), cfg->targets.size());
+    if (!web_config_file.empty()) {
+      auto wc = memlens::load_web_config(web_config_file);
+      if (!wc) {
+        std::fprintf(stderr, "memlensd: bad web config: %s\n", wc.error().message.c_str());
+        return 1;
+      }
+      std::printf("%s: OK (%s, %zu user(s))\n", web_config_file.c_str(), wc->tls_context ? "TLS" : "plain HTTP",
+                  wc->users.size());
+    }
     return 0;
   }
 
@@ -138,13 +170,26 @@ int main(int argc, char** argv) {
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) spdlog::debug("could not raise RLIMIT_NOFILE");
   }
 
-  auto exporter = memlens::Exporter::start(opts.listen, opts.metrics_path);
+  // A bad web config exits 1, as exporter-toolkit's users expect.
+  std::shared_ptr<const memlens::WebConfig> web_config;
+  if (!web_config_file.empty()) {
+    auto wc = memlens::load_web_config(web_config_file);
+    if (!wc) {
+      spdlog::critical("bad web config: {}", wc.error().message);
+      return 1;
+    }
+    web_config = std::make_shared<const memlens::WebConfig>(std::move(*wc));
+  }
+  auto exporter = memlens::Exporter::start(web, web_config);
   if (!exporter) {
     spdlog::critical("{}", exporter.error().message);
     return exporter.error().code == memlens::Errc::invalid ? 2 : 1;
   }
-  spdlog::info("memlensd {} serving {} on {} ({} target selector(s) from {})", MEMLENS_VERSION,
-               opts.metrics_path, opts.listen, cfg->targets.size(), cfg->source);
+  std::string where;
+  for (const auto& l : web.listen) where += (where.empty() ? "" : ", ") + l;
+  spdlog::info("memlensd {} serving {} on {} ({}{}; {} target selector(s) from {})", MEMLENS_VERSION,
+               web.metrics_path, where, web_config && web_config->tls_context ? "TLS" : "plain HTTP",
+               web_config && web_config->auth_required() ? ", basic auth" : "", cfg->targets.size(), cfg->source);
   memlens::App app(opts, std::make_shared<const memlens::Config>(std::move(*cfg)), std::move(*exporter),
                    memlens::make_collectors());
   const int rc = app.run();

@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -106,24 +107,130 @@ size_t write_cb(char* ptr, size_t size, size_t nmemb, void* user) {
 }
 }  // namespace
 
-HttpResponse http_request(const std::string& method, const std::string& url, long timeout_ms) {
+HttpResponse http_fetch(const std::string& url, const HttpOptions& o) {
   HttpResponse r;
   CURL* c = curl_easy_init();
   if (!c) return r;
+  char err[CURL_ERROR_SIZE] = {};
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err);
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
-  if (method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  // Paths go out as written ("//metrics", "/./x"): the server is under test.
+  curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, o.method.c_str());
+  if (o.method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  if (!o.body.empty()) {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, o.body.c_str());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, static_cast<long>(o.body.size()));
+  }
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &r.body);
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, write_cb);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &r.headers);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, o.timeout_ms);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-  if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  if (!o.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, o.ca_file.c_str());
+  if (!o.user.empty()) {
+    curl_easy_setopt(c, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+    curl_easy_setopt(c, CURLOPT_USERNAME, o.user.c_str());
+    curl_easy_setopt(c, CURLOPT_PASSWORD, o.password.c_str());
+  }
+  if (!o.client_cert.empty()) {
+    curl_easy_setopt(c, CURLOPT_SSLCERT, o.client_cert.c_str());
+    curl_easy_setopt(c, CURLOPT_SSLKEY, o.client_key.c_str());
+  }
+  if (o.tls12_only)
+    curl_easy_setopt(c, CURLOPT_SSLVERSION,
+                     static_cast<long>(CURL_SSLVERSION_TLSv1_2) | static_cast<long>(CURL_SSLVERSION_MAX_TLSv1_2));
+  if (o.gzip) curl_easy_setopt(c, CURLOPT_ACCEPT_ENCODING, "gzip");
+  curl_slist* hdrs = nullptr;
+  for (const auto& h : o.headers) hdrs = curl_slist_append(hdrs, h.c_str());
+  if (hdrs) curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+  const CURLcode rc = curl_easy_perform(c);
+  if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+  else r.error = err[0] ? err : curl_easy_strerror(rc);
+  curl_slist_free_all(hdrs);
   curl_easy_cleanup(c);
   return r;
 }
 
+HttpResponse http_request(const std::string& method, const std::string& url, long timeout_ms) {
+  HttpOptions o;
+  o.method = method;
+  o.timeout_ms = timeout_ms;
+  return http_fetch(url, o);
+}
+
 HttpResponse http_get(const std::string& url, long timeout_ms) { return http_request("GET", url, timeout_ms); }
+
+std::string HttpResponse::header(const std::string& name) const {
+  std::istringstream in(headers);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos || colon != name.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < colon; ++i)
+      same &= std::tolower(static_cast<unsigned char>(line[i])) == std::tolower(static_cast<unsigned char>(name[i]));
+    if (!same) continue;
+    std::string v = line.substr(colon + 1);
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.erase(0, 1);
+    while (!v.empty() && (v.back() == '\r' || v.back() == ' ')) v.pop_back();
+    return v;
+  }
+  return "";
+}
+
+int tcp_connect(int port, bool v6) {
+  int fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int rc;
+  if (v6) {
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(static_cast<uint16_t>(port));
+    a.sin6_addr = in6addr_loopback;
+    rc = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  } else {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    rc = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  if (rc != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string raw_exchange(int port, const std::string& bytes, std::chrono::milliseconds timeout, bool half_close,
+                         bool* closed) {
+  std::string out;
+  if (closed) *closed = false;
+  int fd = tcp_connect(port);
+  if (fd < 0) return out;
+  // The server may answer (and close) before it has read everything.
+  (void)!::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  if (half_close) ::shutdown(fd, SHUT_WR);
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) break;
+    char buf[8192];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) {
+      if (closed) *closed = true;
+      break;
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
 
 std::vector<PromSample> parse_exposition(const std::string& text) {
   std::vector<PromSample> out;
@@ -282,14 +389,20 @@ std::string private_workload(const std::string& name, const std::string& dir) {
 }
 
 std::string Daemon::url(const std::string& path) const {
-  return "http://127.0.0.1:" + std::to_string(port) + path;
+  return scheme + "://127.0.0.1:" + std::to_string(port) + path;
 }
 
-std::vector<PromSample> Daemon::scrape() const { return parse_exposition(http_get(url("/metrics")).body); }
+std::vector<PromSample> Daemon::scrape() const { return parse_exposition(http_fetch(url("/metrics"), http).body); }
 
 std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<std::string>& extra_flags,
-                                   const std::vector<std::string>& wrapper) {
+                                   const std::vector<std::string>& wrapper, const std::optional<HttpOptions>& https) {
   Daemon d;
+  if (https) {
+    d.scheme = "https";
+    d.http = *https;
+  }
+  HttpOptions probe = d.http;
+  probe.timeout_ms = 500;
   d.dir = make_temp_dir("memlensd");
   ::chmod(d.dir.c_str(), 0755);  // readable by a daemon run unprivileged
   d.config_path = d.dir + "/memlens.yaml";
@@ -304,7 +417,7 @@ std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<st
     for (const auto& f : extra_flags) argv.push_back(f);
     d.child = spawn(argv, d.log_path);
     const bool up = wait_until(
-        [&] { return !d.child.running() ? true : http_get(d.url("/healthz"), 500).status == 200; },
+        [&] { return !d.child.running() ? true : http_fetch(d.url("/healthz"), probe).status == 200; },
         std::chrono::seconds(20));
     if (up && d.child.running()) return d;
     d.child.stop(SIGKILL, std::chrono::seconds(2));

@@ -41,11 +41,36 @@ Child spawn(const std::vector<std::string>& argv, const std::string& log = "",
 int run(const std::string& shell_cmd, std::string* out = nullptr);
 
 struct HttpResponse {
-  long status = 0;  // 0: no connection
+  long status = 0;  // 0: no connection (or TLS failed): see error
   std::string body;
+  std::string headers;  // the raw response header lines
+  std::string error;    // libcurl's message when the request failed
+  // The value of a response header (case-insensitive name), or "".
+  std::string header(const std::string& name) const;
 };
 HttpResponse http_get(const std::string& url, long timeout_ms = 5000);
 HttpResponse http_request(const std::string& method, const std::string& url, long timeout_ms = 5000);
+
+struct HttpOptions {
+  std::string method = "GET";
+  long timeout_ms = 5000;
+  std::string ca_file;                   // verify an HTTPS server with this CA
+  std::string user, password;            // basic auth when user is set
+  std::string client_cert, client_key;   // TLS client certificate (PEM files)
+  std::vector<std::string> headers;      // extra request headers, "Name: value"
+  std::string body;                      // sent with the request when not empty
+  bool gzip = false;                     // ask for gzip (the body comes back decoded)
+  bool tls12_only = false;               // cap the client at TLS 1.2
+};
+HttpResponse http_fetch(const std::string& url, const HttpOptions& opts);
+
+// Sends `bytes` on a new TCP connection to 127.0.0.1:port (shutting down the
+// write side when half_close), then reads until the server closes or
+// `timeout` passes. *closed says whether the server closed.
+std::string raw_exchange(int port, const std::string& bytes, std::chrono::milliseconds timeout,
+                         bool half_close = false, bool* closed = nullptr);
+// A connected TCP socket to 127.0.0.1:port (or [::1] when v6), or -1.
+int tcp_connect(int port, bool v6 = false);
 
 // One sample of the Prometheus text format.
 struct PromSample {
@@ -87,13 +112,19 @@ struct Daemon {
   Child child;
   int port = 0;
   std::string dir, config_path, log_path;
+  std::string scheme = "http";
+  HttpOptions http;  // CA and credentials scrape() uses
   std::string url(const std::string& path) const;
   std::vector<PromSample> scrape() const;
   std::string log() const { return read_text(log_path); }
 };
 // Starts memlensd and waits for /healthz (fails the test on timeout).
+// With `https` the daemon is expected to serve HTTPS (a web config among
+// extra_flags): /healthz is probed, and scrape() goes, with those options
+// (CA, client certificate, credentials).
 std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<std::string>& extra_flags = {},
-                                   const std::vector<std::string>& wrapper = {});
+                                   const std::vector<std::string>& wrapper = {},
+                                   const std::optional<HttpOptions>& https = std::nullopt);
 
 bool is_root();
 

@@ -230,14 +230,3 @@ TEST(Units, MalformedNumbersAreRefused) {
   EXPECT_EQ(parse_bytes("2 MiB"), 2u << 20);
 }
 
-#include "daemon/exporter.h"
-
-TEST(ListenAddress, CivetwebSpec) {
-  EXPECT_EQ(*civet_listen_spec("127.0.0.1:19723"), "127.0.0.1:19723");
-  EXPECT_EQ(*civet_listen_spec(":19723"), "19723");
-  EXPECT_EQ(*civet_listen_spec("[::1]:9"), "[::1]:9");
-  EXPECT_FALSE(civet_listen_spec("localhost").ok());
-  EXPECT_FALSE(civet_listen_spec("host:99999").ok());
-  EXPECT_FALSE(civet_listen_spec("host:12ab").ok());
-  EXPECT_FALSE(civet_listen_spec("host:").ok());
-}
