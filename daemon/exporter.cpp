@@ -91,6 +91,13 @@ Result<std::unique_ptr<Exporter>> Exporter::start(const ExporterOptions& opts, s
   return ex;
 }
 
+std::unique_ptr<Exporter> Exporter::routes_only(const std::string& metrics_path) {
+  std::unique_ptr<Exporter> ex(new Exporter());
+  ex->metrics_path_ = metrics_path;
+  ex->current_ = std::make_shared<const Exposition>();
+  return ex;
+}
+
 Exporter::~Exporter() {
   server_.reset();  // no route runs after this
 }

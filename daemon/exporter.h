@@ -38,6 +38,8 @@ class Exporter {
   // address cannot be bound.
   static Result<std::unique_ptr<Exporter>> start(const ExporterOptions& opts,
                                                   std::shared_ptr<const WebConfig> web = nullptr);
+  // The routes alone, with no sockets (tests and fuzzers call handle()).
+  static std::unique_ptr<Exporter> routes_only(const std::string& metrics_path);
   // On the collection thread: serialises the snapshot's families once.
   void publish(std::shared_ptr<const Snapshot> s);
   std::shared_ptr<const Snapshot> current() const;
