@@ -298,13 +298,19 @@ TEST(KubernetesDaemonSet, ConfigMapIsAValidMemlensConfig) {
   const std::string dir = mt::make_temp_dir("memlens-k8s");
   mt::write_text(dir + "/memlens.yaml", config);
   std::string cmd = mt::memlensd_path();
+  bool procfs_flag = false;
   for (const auto& a : c["args"]) {
     std::string arg = a.as<std::string>();
     if (arg.rfind("--config.file=", 0) == 0) arg = "--config.file=" + dir + "/memlens.yaml";
+    // The container sees the host's /proc at /host/proc; here it is /proc.
+    if (arg == "--path.procfs=/host/proc") {
+      procfs_flag = true;
+      arg = "--path.procfs=/proc";
+    }
     cmd += " '" + arg + "'";
   }
   std::string out;
   EXPECT_EQ(mt::run(cmd + " --check-config", &out), 0) << cmd << "\n" << out;
-  EXPECT_NE(cmd.find("--path.procfs=/host/proc"), std::string::npos);
+  EXPECT_TRUE(procfs_flag) << "the container reads the host's /proc at /host/proc";
   mt::run("rm -rf " + dir);
 }

@@ -126,6 +126,9 @@ TEST(SystemdUnit, HardeningDirectivesPresent) {
   EXPECT_EQ(one("Type"), "simple");
   EXPECT_EQ(one("ExecReload"), "/bin/kill -HUP $MAINPID");
   EXPECT_EQ(one("Restart"), "on-failure");
+  // Timelines survive restarts: the state directory is the unit's own.
+  EXPECT_EQ(one("StateDirectory"), "memlens");
+  EXPECT_NE(one("ExecStart").find("--state.path=%S/memlens"), std::string::npos);
   EXPECT_EQ(one("ProtectSystem"), "strict");
   EXPECT_EQ(one("ProtectHome"), "read-only");
   EXPECT_EQ(one("NoNewPrivileges"), "yes");
