@@ -10,6 +10,7 @@
 #include <iostream>
 #include <string>
 
+#include "collectors/glibc_heap.h"
 #include "collectors/registry.h"
 #include "daemon/app.h"
 
@@ -28,6 +29,9 @@ Flags:
                               ":19723" for every interface)
   --web.telemetry-path=PATH   path of the metrics (default /metrics)
   --path.procfs=PATH          procfs mount point (default /proc)
+  --path.debug=PATH           where debug symbols are found by build id
+                              (default /usr/lib/debug); without them glibc's
+                              heap books are located by decoding libc's code
   --log.level=LEVEL           debug, info, warn or error (default info)
   --check-config              validate the configuration and exit (0 ok, 2 bad)
   --version                   print the version and exit
@@ -83,6 +87,9 @@ int main(int argc, char** argv) {
     } else if (key == "--path.procfs") {
       if (!take()) return usage_error("--path.procfs needs a value");
       opts.procfs = value;
+    } else if (key == "--path.debug") {
+      if (!take()) return usage_error("--path.debug needs a value");
+      memlens::glibc::set_debug_directory(value);
     } else if (key == "--log.level") {
       if (!take()) return usage_error("--log.level needs a value");
       log_level = value;
