@@ -158,9 +158,11 @@ struct WalkLimits {
 };
 
 struct WalkStats {
-  uint64_t chunks = 0;  // free chunks visited (fastbins and bins)
+  uint64_t chunks = 0;  // free chunks visited (fastbins and bins, re-reads included)
   uint64_t pages = 0;   // pages copied from the target
   uint64_t batches = 0; // RemoteMemory::read calls
+  uint64_t list_retries = 0;  // free lists read again because they changed under the walk
+  uint64_t arena_rereads = 0; // arenas whose top and system_mem were read again (they moved)
 };
 
 // The pages a walk copies from the target. Keep one and pass it to every
@@ -172,10 +174,14 @@ struct WalkBuffer {
 
 // One walk: every arena (main_arena, then its next chain back to it), each
 // thread arena's heaps, every bin and fastbin, then the header counters
-// once more. Errors: Errc::malformed when what was read does not hold
-// together (the target changed it under us: retry), Errc::unavailable when
-// the location is not glibc's books after all, Errc::full over max_chunks,
-// and RemoteMemory's errors (not_found, permission).
+// once more. Not atomic: each free list is read whole and consistent (links
+// checked both ways), a list that changed under the walk is read again from
+// its head, and lists are read at slightly different instants, so under
+// churn a chunk moving between lists meanwhile may be counted in both or
+// neither. Errors: Errc::malformed when what was read does not hold together
+// (the target changed it under us: retry), Errc::unavailable when the
+// location is not glibc's books after all, Errc::full over max_chunks, and
+// RemoteMemory's errors (not_found, permission).
 Result<Books> walk(RemoteMemory& mem, const WalkInput& in, const WalkLimits& limits, WalkStats* stats = nullptr,
                    WalkBuffer* buffer = nullptr);
 

@@ -94,7 +94,11 @@ void HeapCollector::locate(const Target& t, PerTarget& pt, double now) {
   pt.validated = false;
   pt.next_locate = now + kRelocateSeconds;
   pt.reason.clear();
-  pt.books.reset();  // figures only ever come from the location found now
+  // Figures only ever come from the location found now: the last ones
+  // stay only if it is the same (a busy heap, not an exec).
+  const glibc::WalkInput before = pt.input;
+  auto keep = std::move(pt.books);
+  pt.books.reset();
   const pid_t pid = t.pid();
   auto text = read_file(proc_.path(pid, "maps"), 64u << 20);
   if (!text) {
@@ -146,6 +150,9 @@ void HeapCollector::locate(const Target& t, PerTarget& pt, double now) {
   for (const auto& mp : maps)
     if (mp.path.empty() && mp.perms.rfind("rw", 0) == 0) pt.input.anon.push_back({mp.start, mp.end});
   pt.located = true;
+  if (keep && pt.input.main_arena == before.main_arena && pt.input.n_mmaps == before.n_mmaps &&
+      pt.input.mmapped_mem == before.mmapped_mem)
+    pt.books = std::move(keep);
   spdlog::debug("heap: target {} pid {}: {} in {}", t.name, pid, loc->detail, alloc->path);
 }
 
@@ -185,7 +192,10 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
   uint64_t chunks = 0;
   for (int attempt = 0; attempt < kAttempts; ++attempt) {
     glibc::WalkStats st;
+    const double w0 = mono_now();
     books = glibc::walk(mem, pt.input, limits_, &st, &buffer_);
+    spdlog::trace("heap: pid {} walk: {} chunks, {} pages, {} reads, {} lists read again, {:.1f} ms", t.pid(),
+                  st.chunks, st.pages, st.batches, st.list_retries, (mono_now() - w0) * 1e3);
     chunks += st.chunks;
     pages_ += st.pages;
     if (books) {
@@ -195,6 +205,7 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
     }
     if (books.error().code != Errc::malformed) break;
     ++walks_inconsistent_;
+    spdlog::debug("heap: target {} pid {}: walk {}: {}", t.name, t.pid(), attempt + 1, books.error().message);
   }
   chunks_ += chunks;
   spent_ += chunks;
@@ -227,13 +238,13 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
       pt.due_tick = tick_ + 60;
       break;
     case Errc::malformed:
-      // No walk held together: the previous figures stay. Several ticks
-      // like that, or a location never validated (or the process exec'd):
-      // look for the books again.
+      // No walk held together: the previous figures stay. Three ticks like
+      // that: look for the books again (the process may have exec'd).
       ++failures_;
-      if (++pt.failed_ticks >= 3 || !pt.validated) {
+      if (++pt.failed_ticks >= 3) {
         pt.located = false;
-        pt.next_locate = now + (pt.validated ? 0 : 5);
+        pt.failed_ticks = 0;
+        pt.next_locate = now;
       }
       if (!pt.books) pt.reason = "inconsistent";
       break;

@@ -417,23 +417,76 @@ TEST(GlibcWalk, ChunkOfTheWrongSizeForItsBinIsInconsistent) {
   EXPECT_EQ(walk_error(h), Errc::malformed);
 }
 
-TEST(GlibcWalk, HeapThatGrewDuringTheWalkIsInconsistent) {
+TEST(GlibcWalk, HeapThatGrewDuringTheWalkIsReadAgainAtTheEnd) {
   auto h = rich_heap();
+  // Thread arena A grows by a page through its top while the lists are read.
+  auto& a = h.arenas[1];
   h.mem.on_read = [&](int call) {
-    if (call == 3) h.mem.put(SynthHeap::kMainArena + L::kSystemMem, (1 << 20) + 4096);
+    if (call != 6) return;
+    h.mem.put(a.top + 8, (a.top_size + 4096) | 1);
+    h.mem.put(a.addr + L::kSystemMem, a.system_mem + 4096);
+    h.mem.put(a.heaps[0].first + 16, a.heaps[0].second + 4096);
+  };
+  WalkStats st;
+  auto b = walk(h.mem, h.input(), {}, &st);
+  ASSERT_TRUE(b) << b.error().message;
+  Books want = h.expected();
+  want.arena += 4096;
+  want.fordblks += 4096;
+  EXPECT_EQ(*b, want);
+  EXPECT_EQ(st.arena_rereads, 1u);
+}
+
+TEST(GlibcWalk, ArenaThatMovedInconsistentlyIsInconsistent) {
+  auto h = rich_heap();
+  // system_mem moves, the heap's own size does not: they no longer add up.
+  h.mem.on_read = [&](int call) {
+    if (call == 6) h.mem.put(h.arenas[1].addr + L::kSystemMem, h.arenas[1].system_mem + 4096);
   };
   EXPECT_EQ(walk_error(h), Errc::malformed);
 }
 
-TEST(GlibcWalk, MmapCountersChangedDuringTheWalkAreInconsistent) {
+TEST(GlibcWalk, MmapCountersAreReadAtTheEnd) {
   auto h = rich_heap();
   h.mem.on_read = [&](int call) {
-    if (call == 4) h.mem.put(SynthHeap::kMmappedMem, 4 * 270336);
+    if (call != 4) return;
+    h.mem.put32(SynthHeap::kNMmaps, 4);
+    h.mem.put(SynthHeap::kMmappedMem, 4 * 270336);
   };
-  EXPECT_EQ(walk_error(h), Errc::malformed);
+  auto b = walk(h.mem, h.input(), {});
+  ASSERT_TRUE(b) << b.error().message;
+  EXPECT_EQ(b->hblks, 4u);
+  EXPECT_EQ(b->hblkhd, 4u * 270336);
+  // Caught between glibc's two updates: more chunks than their bytes allow.
+  auto t = rich_heap();
+  t.mem.on_read = [&](int call) {
+    if (call == 4) t.mem.put32(SynthHeap::kNMmaps, 400);
+  };
+  EXPECT_EQ(walk_error(t), Errc::malformed);
 }
 
-TEST(GlibcWalk, ThreadHeapNotAddingUpToSystemMemIsInconsistent) {
+TEST(GlibcWalk, ListChangingOnceIsReadAgain) {
+  auto h = rich_heap();
+  // A chunk leaves small bin 3 after the header was copied: the first read
+  // of the list breaks, the second (from a fresh head) holds.
+  auto& m = h.arenas[0];
+  const uint64_t head = SynthHeap::kMainArena + L::kBins + 2 * 16 - 16;
+  h.mem.on_read = [&](int call) {
+    if (call != 3) return;
+    const uint64_t last = m.bins[3].back(), before = m.bins[3][m.bins[3].size() - 2];
+    h.mem.put(head + 24, before);  // unlinked from the back, as malloc does
+    h.mem.put(before + 16, head);
+    h.mem.put(last + 16, 0xdead0);  // and its memory reused
+    m.bins[3].pop_back();
+  };
+  WalkStats st;
+  auto b = walk(h.mem, h.input(), {}, &st);
+  ASSERT_TRUE(b) << b.error().message;
+  EXPECT_GE(st.list_retries, 1u);
+  EXPECT_EQ(*b, h.expected());  // without the chunk taken: it is in use now
+}
+
+TEST(GlibcWalk, ThreadHeapsNotAddingUpToSystemMemAreInconsistent) {
   auto h = rich_heap();
   h.mem.put(h.arenas[2].addr + L::kSystemMem, h.arenas[2].system_mem + 4096);
   EXPECT_EQ(walk_error(h), Errc::malformed);

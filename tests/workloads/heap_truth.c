@@ -5,8 +5,9 @@
  * --blocks blocks of random sizes in [--min, --max] (in its own arena when
  * threads run), optionally frees every other one (--holes), the main thread
  * allocates --large blocks of 1 MiB (mmapped chunks), then the threads churn:
- * --churn malloc/free replacements per second in all (same size, random
- * slot). The main thread samples mallinfo2() every 5 ms and writes one JSON
+ * --churn malloc/free replacements per second in all (random slot; same
+ * size, or with --resize a new random size, which keeps glibc's bins
+ * busy). The main thread samples mallinfo2() every 5 ms and writes one JSON
  * line per --report-ms (default 250) to --truth:
  *   time            wall clock at the end of the window (seconds)
  *   window_start    wall clock at its start
@@ -31,7 +32,7 @@
 #include <unistd.h>
 
 static long nthreads = 0, nblocks = 20000, min_sz = 16, max_sz = 2048, nlarge = 0;
-static int holes = 0;
+static int holes = 0, resize = 0;
 static double churn = 0, duration = 0;
 static atomic_long ops;
 static atomic_int ready;
@@ -81,6 +82,19 @@ static void fill(struct worker* w) {
     }
 }
 
+/* One replacement: free a random block, allocate its successor. */
+static void replace(struct worker* w) {
+  long i = (long)(step(&w->rng) % (uint64_t)nblocks);
+  if (holes) i |= 1; /* the holes stay holes */
+  if (i >= nblocks) return;
+  free(w->slot[i]);
+  if (resize) w->size[i] = (size_t)min_sz + step(&w->rng) % (size_t)(max_sz - min_sz + 1);
+  w->slot[i] = malloc(w->size[i]);
+  if (!w->slot[i]) abort();
+  w->slot[i][0] = 1;
+  atomic_fetch_add_explicit(&ops, 1, memory_order_relaxed);
+}
+
 static void churn_loop(struct worker* w) {
   const double start = mono();
   long done = 0;
@@ -91,16 +105,7 @@ static void churn_loop(struct worker* w) {
     }
     /* Paced in bursts: as many as the rate allows by now, then a nap. */
     const long due = (long)((mono() - start) * w->rate);
-    for (; done < due; ++done) {
-      long i = (long)(step(&w->rng) % (uint64_t)nblocks);
-      if (holes) i |= 1; /* the holes stay holes */
-      if (i >= nblocks) continue;
-      free(w->slot[i]);
-      w->slot[i] = malloc(w->size[i]);
-      if (!w->slot[i]) abort();
-      w->slot[i][0] = 1;
-      atomic_fetch_add_explicit(&ops, 1, memory_order_relaxed);
-    }
+    for (; done < due; ++done) replace(w);
     usleep(1000);
   }
 }
@@ -123,8 +128,8 @@ int main(int argc, char** argv) {
   long report_ms = 250;
   for (int i = 1; i < argc; ++i) {
     const char* k = argv[i];
-    if (!strcmp(k, "--holes")) {
-      holes = 1;
+    if (!strcmp(k, "--holes") || !strcmp(k, "--resize")) {
+      *(!strcmp(k, "--holes") ? &holes : &resize) = 1;
       continue;
     }
     if (i + 1 >= argc) goto usage;
@@ -174,16 +179,7 @@ int main(int argc, char** argv) {
     if (duration > 0 && mono() - start >= duration) break;
     if (nthreads == 0 && ws[0].rate > 0) {
       const long due = (long)((mono() - start) * ws[0].rate);
-      for (; main_done < due; ++main_done) {
-        long i = (long)(step(&ws[0].rng) % (uint64_t)nblocks);
-        if (holes) i |= 1;
-        if (i >= nblocks) continue;
-        free(ws[0].slot[i]);
-        ws[0].slot[i] = malloc(ws[0].size[i]);
-        if (!ws[0].slot[i]) abort();
-        ws[0].slot[i][0] = 1;
-        atomic_fetch_add_explicit(&ops, 1, memory_order_relaxed);
-      }
+      for (; main_done < due; ++main_done) replace(&ws[0]);
     }
     struct mallinfo2 mi = mallinfo2();
     const double inuse = (double)(mi.uordblks + mi.hblkhd);
@@ -220,6 +216,6 @@ int main(int argc, char** argv) {
 usage:
   fprintf(stderr,
           "usage: heap_truth --truth FILE [--threads N] [--blocks N] [--min B] [--max B] [--holes]\n"
-          "                  [--large N] [--churn OPS_PER_S] [--duration S] [--report-ms MS]\n");
+          "                  [--large N] [--churn OPS_PER_S] [--resize] [--duration S] [--report-ms MS]\n");
   return 2;
 }
