@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <utility>
 
@@ -517,6 +518,9 @@ struct Cursor {
   }
 };
 
+// Lists longer than this are not read a second time (see walk_lists).
+constexpr uint64_t kLongList = 32;
+
 // Times one list is read again before the walk gives up on it. A long list
 // that many operations of the target touch (a busy large bin under churn
 // of varied sizes) rarely holds still for a whole read: more tries only
@@ -675,32 +679,76 @@ class Walker {
     return {};
   }
 
+  // Every list of every arena, in step (one batch of reads a round), then
+  // a second pass: the lists a round or two read whole are over early,
+  // the long ones late, and chunks flow between them meanwhile (a large
+  // chunk split by malloc leaves its remainder in the unsorted bin). So
+  // every list but the long ones is read again, from a fresh copy of the
+  // arena headers, once the long ones are done: all lists end about
+  // together. (Under churn of varied sizes this took the published in-use
+  // from ~0.1 % above anything mallinfo2 saw to within its range.)
   Result<void> walk_lists() {
-    std::vector<Cursor> cursors;
+    std::vector<Cursor> first;
+    for (std::size_t ai = 0; ai < arenas_.size(); ++ai) add_cursors(ai, first, 0, nullptr);
+    if (auto r = run(first); !r) return r;
+
+    std::vector<std::vector<uint8_t>> hdrs(arenas_.size(), std::vector<uint8_t>(layout::kStateSize));
+    std::vector<RemoteMemory::Read> rd;
+    for (std::size_t ai = 0; ai < arenas_.size(); ++ai) rd.push_back({arenas_[ai].addr, layout::kStateSize, hdrs[ai].data(), false});
+    ++st_.batches;
+    if (auto r = mem_.read(rd); !r) return r;
+    std::vector<std::set<int>> long_lists(arenas_.size());
+    for (auto& c : first) {
+      if (!c.fast() && c.count > kLongList) {
+        long_lists[c.arena].insert(c.bin);
+        continue;
+      }
+      uncount(c);
+    }
+    std::vector<Cursor> second;
     for (std::size_t ai = 0; ai < arenas_.size(); ++ai) {
-      const Arena& a = arenas_[ai];
-      for (int i = 0; i < layout::kNumFastbins; ++i)
-        if (const uint64_t p = a.fast[static_cast<std::size_t>(i)]) {
-          Cursor c;
-          c.arena = ai;
-          c.bin = -1 - i;
-          c.cur = p;
-          cursors.push_back(c);
-        }
-      if (a.top == 0) continue;  // malloc never initialised: bins are not lists yet
-      for (int i = 1; i < layout::kNumBins; ++i) {
-        const uint64_t head = a.bin_head(i), fd = a.bin_fd[static_cast<std::size_t>(i)],
-                       bk = a.bin_bk[static_cast<std::size_t>(i)];
-        if (bk == head && fd == head) continue;
+      if (!rd[ai].ok) return inconsistent("arena header no longer readable");
+      Arena fresh = arenas_[ai];
+      parse_header(fresh, hdrs[ai].data());
+      arenas_[ai].fast = fresh.fast;
+      arenas_[ai].bin_fd = fresh.bin_fd;
+      arenas_[ai].bin_bk = fresh.bin_bk;
+      add_cursors(ai, second, cache_.next_generation(), &long_lists[ai]);
+    }
+    ++st_.second_passes;
+    return run(second);
+  }
+
+  // Cursors for an arena's lists as its header copy has them, but those in
+  // `skip`; pages older than `min_gen` are too old for them.
+  void add_cursors(std::size_t ai, std::vector<Cursor>& out, uint32_t min_gen, const std::set<int>* skip) {
+    const Arena& a = arenas_[ai];
+    for (int i = 0; i < layout::kNumFastbins; ++i)
+      if (const uint64_t p = a.fast[static_cast<std::size_t>(i)]) {
         Cursor c;
         c.arena = ai;
-        c.bin = i;
-        c.head = c.prev = head;
-        c.cur = bk;
-        if (bk == head || fd == head) c.restart(0);  // copied mid-update
-        cursors.push_back(c);
+        c.bin = -1 - i;
+        c.cur = p;
+        c.min_gen = min_gen;
+        out.push_back(c);
       }
+    if (a.top == 0) return;  // malloc never initialised: bins are not lists yet
+    for (int i = 1; i < layout::kNumBins; ++i) {
+      const uint64_t head = a.bin_head(i), fd = a.bin_fd[static_cast<std::size_t>(i)],
+                     bk = a.bin_bk[static_cast<std::size_t>(i)];
+      if ((bk == head && fd == head) || (skip && skip->count(i))) continue;
+      Cursor c;
+      c.arena = ai;
+      c.bin = i;
+      c.head = c.prev = head;
+      c.cur = bk;
+      c.min_gen = min_gen;
+      if (bk == head || fd == head) c.restart(min_gen);  // copied mid-update
+      out.push_back(c);
     }
+  }
+
+  Result<void> run(std::vector<Cursor>& cursors) {
     std::vector<Cursor*> active;
     for (auto& c : cursors) active.push_back(&c);
     std::vector<Cursor*> waiting;  // cursors with a direct read queued
@@ -790,6 +838,19 @@ class Walker {
     } else {
       a.nblocks += c.count;
       a.avail += c.bytes;
+    }
+  }
+
+  // Takes back what complete() added (the list is read again).
+  void uncount(const Cursor& c) {
+    Arena& a = arenas_[c.arena];
+    a.steps -= c.steps;
+    if (c.fast()) {
+      a.nfast -= c.count;
+      a.fastavail -= c.bytes;
+    } else {
+      a.nblocks -= c.count;
+      a.avail -= c.bytes;
     }
   }
 

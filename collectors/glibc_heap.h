@@ -163,6 +163,7 @@ struct WalkStats {
   uint64_t batches = 0; // RemoteMemory::read calls
   uint64_t list_retries = 0;  // free lists read again because they changed under the walk
   uint64_t arena_rereads = 0; // arenas whose top and system_mem were read again (they moved)
+  uint64_t second_passes = 0; // passes over the short lists once the long ones were read
 };
 
 // The pages a walk copies from the target. Keep one and pass it to every

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <utility>
 
 #include "collectors/elf_symbols.h"
@@ -54,6 +55,8 @@ struct HeapMetrics {
                                  "Pages copied from targets (process_vm_readv) by walks of allocator books.");
   MetricDesc walk_seconds = metric("allocator_walk", "seconds", MetricKind::counter,
                                    "Time memlensd spent walking allocator books.");
+  MetricDesc list_retries = metric("allocator_list_rereads", "", MetricKind::counter,
+                                   "Free lists read again within a walk because the target changed them meanwhile.");
 };
 
 const HeapMetrics& m() {
@@ -83,6 +86,7 @@ std::optional<glibc::Range> brk_heap(const std::vector<elf::Mapping>& maps) {
 
 Result<void> HeapCollector::start(const Config& cfg) {
   proc_ = ProcFs(cfg.procfs);
+  tick_seconds_ = std::max(0.1, std::chrono::duration<double>(cfg.tick_interval).count());
   for (auto& [id, pt] : per_target_) pt.next_locate = 0;  // procfs root may have changed
   return {};
 }
@@ -196,11 +200,11 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
     books = glibc::walk(mem, pt.input, limits_, &st, &buffer_);
     spdlog::trace("heap: pid {} walk: {} chunks, {} pages, {} reads, {} lists read again, {:.1f} ms", t.pid(),
                   st.chunks, st.pages, st.batches, st.list_retries, (mono_now() - w0) * 1e3);
+    list_retries_ += st.list_retries;
     chunks += st.chunks;
     pages_ += st.pages;
     if (books) {
       ++walks_ok_;
-      pt.last_chunks = st.chunks;
       break;
     }
     if (books.error().code != Errc::malformed) break;
@@ -208,10 +212,12 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
     spdlog::debug("heap: target {} pid {}: walk {}: {}", t.name, t.pid(), attempt + 1, books.error().message);
   }
   chunks_ += chunks;
-  spent_ += chunks;
+  pt.last_seconds = mono_now() - t0;
+  spent_ += pt.last_seconds;
+  seconds_ += pt.last_seconds;
   syscalls_ += mem.syscalls();
-  seconds_ += mono_now() - t0;
-  pt.due_tick = tick_ + std::max<uint64_t>(1, (pt.last_chunks + kChunksPerTick - 1) / kChunksPerTick);
+  const double ticks = std::ceil(pt.last_seconds / (kTargetShare * tick_seconds_));
+  pt.due_tick = tick_ + std::max<uint64_t>(1, static_cast<uint64_t>(ticks));
 
   if (books) {
     pt.books = *books;
@@ -268,7 +274,7 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
   if (!pt.located && now >= pt.next_locate) locate(t, pt, now);
   if (pt.located && tick_ >= pt.due_tick) {
     const bool overdue = tick_ >= pt.due_tick + kOverdueTicks;
-    if (spent_ > 0 && spent_ + pt.last_chunks > kChunksPerTick && !overdue) {
+    if (spent_ > 0 && spent_ + pt.last_seconds > kTickShare * tick_seconds_ && !overdue) {
       ++deferred_;
     } else if (auto r = refresh(t, pt, now); !r) {
       return r;
@@ -305,6 +311,7 @@ void HeapCollector::collect_global(GlobalSample& out) {
   out.counter(m().chunks_read, static_cast<double>(chunks_));
   out.counter(m().pages_read, static_cast<double>(pages_));
   out.counter(m().walk_seconds, seconds_);
+  out.counter(m().list_retries, static_cast<double>(list_retries_));
   ++tick_;
   spent_ = 0;
 }

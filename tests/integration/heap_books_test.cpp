@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -150,17 +151,19 @@ TEST(HeapBooks, MmappedChunks) {
   EXPECT_EQ(find_sample(s, "memlens_allocator_mmapped_bytes", of(w.child.pid())), hblkhd);
 }
 
+namespace {
+
 // 100k malloc/free a second across four threads. Every published value must
 // lie within what the workload's own mallinfo2() saw around the walk (it
 // samples every 5 ms), and the latest within 1 %.
-TEST(HeapBooks, HeavyChurnStaysWithinWhatTheWorkloadSaw) {
-  REQUIRE_ROOT();
+void heavy_churn(bool resize) {
   const std::string dir = make_temp_dir();
-  auto w = start_workload(dir, "heap_truth",
-                          {"--threads", "4", "--blocks", "20000", "--churn", "100000", "--report-ms", "100"});
+  std::vector<std::string> args{"--threads", "4", "--blocks", "20000", "--churn", "100000", "--report-ms", "100"};
+  if (resize) args.insert(args.end(), {"--resize", "--max", "4000"});
+  auto w = start_workload(dir, "heap_truth", args);
   auto d = start_daemon(targets_yaml({{"churn", w.child.pid()}}));
   ASSERT_TRUE(d);
-  ASSERT_FALSE(figures(*d, w.child.pid()).empty());
+  ASSERT_FALSE(figures(*d, w.child.pid()).empty()) << d->log();
   const double ops0 = latest_truth(w.truth)["ops"].get<double>(), t0 = wall_now();
   struct Seen { double walked_by, walked_after, inuse, frag; };
   std::vector<Seen> seen;
@@ -170,7 +173,10 @@ TEST(HeapBooks, HeavyChurnStaysWithinWhatTheWorkloadSaw) {
     auto inuse = find_sample(s, "memlens_allocator_inuse_bytes", of(w.child.pid()));
     auto frag = find_sample(s, "memlens_allocator_fragmentation_ratio", of(w.child.pid()));
     auto age = find_sample(s, "memlens_allocator_books_age_seconds", of(w.child.pid()));
-    if (inuse && frag && age) seen.push_back({before - *age, before - *age - 0.25 - 0.05, *inuse, *frag});
+    // The walk ended at most a tick (250 ms) before the snapshot that says
+    // `age`, which is at most a tick older than this scrape; "around that
+    // time" is half a second either side.
+    if (inuse && frag && age) seen.push_back({before - *age + 0.5, before - *age - 1.0, *inuse, *frag});
     std::this_thread::sleep_for(230ms);
   }
   std::this_thread::sleep_for(300ms);  // the windows after the last walk
@@ -178,11 +184,11 @@ TEST(HeapBooks, HeavyChurnStaysWithinWhatTheWorkloadSaw) {
   const auto lines = truth_lines(w.truth);
   ASSERT_GT(seen.size(), 30u);
   int checked = 0;
+  double worst = 0;
   for (const auto& v : seen) {
-    // The walk ran between the tick before the scrape and the scrape.
     double lo = 1e300, hi = 0, flo = 1e300, fhi = 0;
     for (const auto& l : lines) {
-      if (l["time"].get<double>() < v.walked_after || l["window_start"].get<double>() > v.walked_by + 0.05) continue;
+      if (l["time"].get<double>() < v.walked_after || l["window_start"].get<double>() > v.walked_by) continue;
       lo = std::min(lo, l["inuse_min"].get<double>());
       hi = std::max(hi, l["inuse_max"].get<double>());
       flo = std::min(flo, l["frag_min"].get<double>());
@@ -190,41 +196,98 @@ TEST(HeapBooks, HeavyChurnStaysWithinWhatTheWorkloadSaw) {
     }
     if (hi == 0) continue;
     ++checked;
-    EXPECT_GE(v.inuse, lo) << "published in use below anything the workload saw then";
-    EXPECT_LE(v.inuse, hi) << "published in use above anything the workload saw then";
-    EXPECT_GE(v.frag, flo - 1e-6);
-    EXPECT_LE(v.frag, fhi + 1e-6);
+    worst = std::max({worst, lo - v.inuse, v.inuse - hi});
+    // Same sizes: within what it saw, to the byte. Varied sizes: a walk is
+    // not atomic and chunks move between lists while it reads them; the
+    // measured excess is up to 0.05 % of in use, allowed 0.1 %.
+    const double slack = resize ? 0.001 * hi : 0, fslack = resize ? 0.001 : 1e-6;
+    EXPECT_GE(v.inuse, lo - slack) << "published in use below anything the workload saw then";
+    EXPECT_LE(v.inuse, hi + slack) << "published in use above anything the workload saw then";
+    EXPECT_GE(v.frag, flo - fslack);
+    EXPECT_LE(v.frag, fhi + fslack);
   }
   EXPECT_GT(checked, 25);
   auto s = d->scrape();
-  expect_matches_truth(s, w.child.pid(), w.truth, "heavy churn");
+  expect_matches_truth(s, w.child.pid(), w.truth, resize ? "heavy churn, sizes vary" : "heavy churn, same sizes");
   const double ok = find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(-1);
   const double bad = find_sample(s, "memlens_allocator_walks_total", {{"result", "inconsistent"}}).value_or(-1);
   const double kept = find_sample(s, "memlens_allocator_walk_failures_total").value_or(-1);
-  std::printf("heavy churn: %.0f malloc/free a second; %d values checked; walks %.0f consistent, %.0f inconsistent, "
-              "%.0f collections kept the previous figures\n", rate, checked, ok, bad, kept);
+  const double secs = find_sample(s, "memlens_allocator_walk_seconds_total").value_or(-1);
+  std::printf("%s: %.0f malloc/free a second; %d values checked (worst %.0f bytes outside); walks %.0f consistent, "
+              "%.0f inconsistent, %.0f collections kept the previous figures; %.3f s walking\n",
+              resize ? "varied sizes" : "same sizes", rate, checked, worst, ok, bad, kept, secs);
   EXPECT_GT(rate, 80000) << "the workload did not churn as asked";
-  EXPECT_GE(ok, 20);
+  EXPECT_GE(ok, 5);
   EXPECT_GE(bad, 0) << "inconsistent walks are counted";
 }
 
-// Targets exiting while memlensd walks their heaps (a big heap with holes:
-// a walk takes a good part of a tick): the walk stops, nothing else breaks.
+}  // namespace
+
+// Replacements of the same size: tcache and the bins' ends absorb them.
+TEST(HeapBooks, HeavyChurnSameSizes) {
+  REQUIRE_ROOT();
+  heavy_churn(false);
+}
+
+// Replacements of new sizes: every bin busy, lists change under the walk.
+TEST(HeapBooks, HeavyChurnVariedSizes) {
+  REQUIRE_ROOT();
+  heavy_churn(true);
+}
+
+namespace {
+
+// CPU time (clock ticks) of a process's main thread: memlensd's collection
+// thread, which walks heaps.
+long main_thread_ticks(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto rp = all.rfind(')');
+  if (rp == std::string::npos) return -1;
+  std::istringstream f(all.substr(rp + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && f >> field; ++i) {
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+// Whether memlensd is busy walking: its collection thread took CPU in each
+// of the last three 5 ms polls (a tick without a walk takes well under 1 ms).
+bool walking(pid_t pid) {
+  long last = main_thread_ticks(pid);
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(12ms);
+    const long now = main_thread_ticks(pid);
+    if (now <= last) return false;
+    last = now;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Targets exiting while memlensd walks their heaps (big heaps with holes,
+// killed while memlensd's collection thread is busy): the walk stops, the
+// exit is counted, nothing else breaks.
 TEST(HeapBooks, TargetsExitingMidWalk) {
   REQUIRE_ROOT();
   const std::string dir = make_temp_dir();
   auto small = start_workload(dir, "heap_truth", {"--blocks", "2000"});
   std::vector<Workload> big;
-  for (int i = 0; i < 3; ++i)
-    big.push_back(start_workload(dir, "heap_truth", {"--blocks", "300000", "--holes", "--min", "32", "--max", "256"}));
+  for (int i = 0; i < 2; ++i)
+    big.push_back(start_workload(dir, "heap_truth", {"--blocks", "800000", "--holes", "--min", "200", "--max", "2000"}));
   std::vector<std::pair<std::string, pid_t>> t{{"small", small.child.pid()}};
   for (auto& b : big) t.push_back({"big" + std::to_string(t.size()), b.child.pid()});
   auto d = start_daemon(targets_yaml(t));
   ASSERT_TRUE(d);
-  ASSERT_FALSE(figures(*d, big[0].child.pid()).empty()) << d->log();
-  std::mt19937 rng(42);
+  for (auto& b : big) ASSERT_FALSE(figures(*d, b.child.pid()).empty()) << d->log();
+  int caught = 0;
   for (auto& b : big) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(150 + rng() % 400));
+    // Only the big heaps take long enough to be caught in the act.
+    if (wait_until([&] { return walking(d->child.pid()); }, 30s, 1ms)) ++caught;
     b.child.stop(SIGKILL, 2s);
   }
   std::this_thread::sleep_for(1500ms);
@@ -233,9 +296,12 @@ TEST(HeapBooks, TargetsExitingMidWalk) {
   auto s = figures(*d, small.child.pid());
   expect_matches_truth(s, small.child.pid(), small.truth, "survivor");
   for (auto& b : big) EXPECT_FALSE(find_sample(s, "memlens_allocator_inuse_bytes", of(b.child.pid())));
-  std::printf("collector errors not_found: %.0f\n",
-              find_sample(s, "memlens_collector_errors_total", {{"collector", "heap"}, {"reason", "not_found"}})
-                  .value_or(-1));
+  const double gone =
+      find_sample(s, "memlens_collector_errors_total", {{"collector", "heap"}, {"reason", "not_found"}}).value_or(-1);
+  std::printf("killed %d of 2 targets while memlensd was walking; heap collector not_found errors: %.0f\n", caught,
+              gone);
+  EXPECT_GE(caught, 1) << "never saw memlensd walking";
+  EXPECT_GE(gone, 1.0) << "an exit mid-walk is counted as not_found";
 }
 
 // glibc linked statically: the books are in the executable, found by its

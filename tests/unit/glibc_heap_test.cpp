@@ -278,7 +278,9 @@ TEST(GlibcWalk, ReproducesMallinfo2OnAConsistentHeap) {
   EXPECT_EQ(b->arenas, 3u);
   EXPECT_EQ(b->hblks, 3u);
   EXPECT_GT(b->smblks, 0u);
-  EXPECT_EQ(st.chunks, b->ordblks - b->arenas + b->smblks);
+  // Short lists are read twice (once more after the long ones).
+  EXPECT_GE(st.chunks, b->ordblks - b->arenas + b->smblks);
+  EXPECT_EQ(st.second_passes, 1u);
 }
 
 TEST(GlibcWalk, MainArenaOnly) {
