@@ -1143,7 +1143,7 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
     // dropped (a dropped block is missing from both sides of the sum).
     if (trc.from_start && trc.attached() && trc.out.drops == 0) {
       out.gauge(m().live, live);
-      out.series(SeriesId::heap, live);
+      out.series(SeriesId::heap, live, SeriesQuality::exact);
       if (resident && *resident && **resident > 0) {
         trc.frag_at = now;
         trc.heap_res = static_cast<double>(**resident);
@@ -1154,8 +1154,9 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
         out.gauge(m().frag, trc.frag_ratio);
       }
     } else if (pol->alloc_mode == AllocMode::full) {
-      // Same slope as the live heap (they differ by a constant).
-      out.series(SeriesId::heap, net);
+      // Same slope as the live heap (they differ by a constant); the
+      // allocator's books, where read, give the level too and win.
+      out.series(SeriesId::heap, net, SeriesQuality::since_attach);
     }
   }
   if (trc.track_addrs && trc.stacks) scan_leak_sites(*s_, trc, now);

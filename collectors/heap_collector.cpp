@@ -297,9 +297,9 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
   out.gauge(m().chunks, static_cast<double>(b.ordblks + b.smblks - b.arenas), alloc);
   if (b.arena > 0) out.gauge(m().frag, static_cast<double>(b.fordblks) / static_cast<double>(b.arena), alloc);
   out.gauge(m().age, now - pt.books_at, alloc);
-  // The leak slope's series: better than anonymous RSS; eBPF's exact live
-  // heap (the alloc collector runs later) replaces it where there is one.
-  out.series(SeriesId::heap, inuse);
+  // The leak slope's series: better than anonymous RSS or eBPF's count
+  // since attach; eBPF's exact live heap replaces it where there is one.
+  out.series(SeriesId::heap, inuse, SeriesQuality::books);
   return {};
 }
 

@@ -14,7 +14,7 @@ namespace memlens {
 std::vector<std::unique_ptr<Collector>> make_collectors() {
   std::vector<std::unique_ptr<Collector>> c;
   c.push_back(std::make_unique<ProcCollector>());
-  c.push_back(std::make_unique<HeapCollector>());  // before alloc: eBPF's exact live heap wins the heap series
+  c.push_back(std::make_unique<HeapCollector>());
   c.push_back(std::make_unique<FaultsCollector>());
   c.push_back(std::make_unique<MmapCollector>());
   c.push_back(std::make_unique<AllocCollector>());

@@ -123,3 +123,18 @@ TEST(HeapCollector, ReadsItselfThroughMallinfo2) {
   EXPECT_GT(value(s, "memlens_allocator_system_bytes").value_or(0), 0.0);
   EXPECT_GE(value(s, "memlens_allocator_arenas").value_or(0), 1.0);
 }
+
+// Whatever order collectors run in, the heap series keeps the best value:
+// books over anonymous RSS and over eBPF's count since attach, exact live
+// bytes over books.
+TEST(HeapSeries, BetterQualityWins) {
+  Sample s;
+  s.series(SeriesId::heap, 100);                                   // proc: anonymous RSS
+  s.series(SeriesId::heap, 90, SeriesQuality::books);             // heap collector
+  s.series(SeriesId::heap, 5, SeriesQuality::since_attach);       // alloc, full mode, attached late
+  EXPECT_EQ(s.series_value(SeriesId::heap), 90);
+  s.series(SeriesId::heap, 80, SeriesQuality::exact);             // alloc, traced from the start
+  EXPECT_EQ(s.series_value(SeriesId::heap), 80);
+  s.series(SeriesId::heap, 70, SeriesQuality::exact);             // equal: the later one
+  EXPECT_EQ(s.series_value(SeriesId::heap), 70);
+}
