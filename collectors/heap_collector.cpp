@@ -55,6 +55,8 @@ struct HeapMetrics {
                                  "Pages copied from targets (process_vm_readv) by walks of allocator books.");
   MetricDesc walk_seconds = metric("allocator_walk", "seconds", MetricKind::counter,
                                    "Time memlensd spent walking allocator books.");
+  MetricDesc read_calls = metric("allocator_read_calls", "", MetricKind::counter,
+                                 "process_vm_readv calls made by walks of allocator books (up to 1024 ranges each).");
   MetricDesc list_retries = metric("allocator_list_rereads", "", MetricKind::counter,
                                    "Free lists read again within a walk because the target changed them meanwhile.");
 };
@@ -312,6 +314,7 @@ void HeapCollector::collect_global(GlobalSample& out) {
   out.counter(m().pages_read, static_cast<double>(pages_));
   out.counter(m().walk_seconds, seconds_);
   out.counter(m().list_retries, static_cast<double>(list_retries_));
+  out.counter(m().read_calls, static_cast<double>(syscalls_));
   ++tick_;
   spent_ = 0;
 }

@@ -369,3 +369,44 @@ TEST(HeapBooks, SwitchedOffPerTarget) {
   EXPECT_FALSE(find_sample(s, "memlens_allocator_inuse_bytes", of(w.child.pid())));
   EXPECT_EQ(find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}), 0.0);
 }
+
+// The leak slope runs on the books' in-use bytes when there is no exact
+// live heap from tracing: a leak of small blocks in a churning heap shows at
+// once and at its rate (anonymous RSS would first fill the heap's holes).
+// Both the leaky and the steady process are running before memlensd.
+TEST(HeapBooks, LeakSlopeFollowsInUse) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  const std::string leaky_truth = dir + "/leaky.jsonl", steady_truth = dir + "/steady.jsonl";
+  // 20 MiB in 0.5-8 KiB blocks, 5k replacements a second (same sizes: a
+  // steady set of new sizes wanders by hundreds of KB, which is no leak but
+  // has a slope over 10 s); the leaky one also keeps 50 KiB a second in
+  // 1 KiB blocks.
+  Child leaky = spawn({workload_path("heapload"), "--hold", "20000000", "--churn", "5000", "--leak", "51200",
+                       "--leak-block", "1024", "--warmup", "20", "--truth", leaky_truth});
+  Child steady = spawn({workload_path("heapload"), "--hold", "20000000", "--churn", "5000", "--warmup", "20",
+                        "--truth", steady_truth});
+  ASSERT_TRUE(wait_until([&] { return !latest_truth(leaky_truth).empty() && !latest_truth(steady_truth).empty(); }, 60s));
+  auto d = start_daemon(
+      "global: {tick_interval: 250ms, rescan_interval: 500ms, timeline_window: 2m, leak_window: 10s}\n"
+      "targets:\n"
+      "  - {name: leaky, pid: " + std::to_string(leaky.pid()) + "}\n"
+      "  - {name: steady, pid: " + std::to_string(steady.pid()) + "}\n");
+  ASSERT_TRUE(d);
+  // The whole window covered.
+  std::this_thread::sleep_for(11s);
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_leak_slope_bytes_per_second", {{"target", "leaky"}}).has_value() &&
+           find_sample(s, "memlens_leak_slope_bytes_per_second", {{"target", "steady"}}).has_value();
+  }, 20s)) << d->log();
+  const double leak = *find_sample(s, "memlens_leak_slope_bytes_per_second", {{"target", "leaky"}});
+  const double flat = *find_sample(s, "memlens_leak_slope_bytes_per_second", {{"target", "steady"}});
+  // In-use counts chunks: 1024 bytes of a leaked block are a 1040-byte chunk.
+  const double want = 51200.0 * 1040 / 1024;
+  std::printf("leak slope on the books: leaky %.0f B/s (leaks %.0f B/s of chunks), steady %.0f B/s\n", leak, want,
+              flat);
+  EXPECT_NEAR(leak, want, want * 0.15);
+  EXPECT_LT(std::abs(flat), want * 0.2);
+}
