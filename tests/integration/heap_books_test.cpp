@@ -78,9 +78,30 @@ std::vector<PromSample> figures(const Daemon& d, pid_t pid, std::chrono::seconds
   return s;
 }
 
-// In use and fragmentation against the workload's latest mallinfo2().
-void expect_matches_truth(const std::vector<PromSample>& s, pid_t pid, const std::string& truth, const char* what) {
-  const auto t = latest_truth(truth);
+// The truth line written closest to wall time `at`.
+nlohmann::json truth_at(const std::string& path, double at) {
+  nlohmann::json best = nlohmann::json::object();
+  double gap = 1e300;
+  std::istringstream in(read_text(path));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("time")) continue;
+    if (const double g = std::abs(j["time"].get<double>() - at); g < gap) {
+      gap = g;
+      best = std::move(j);
+    }
+  }
+  return best;
+}
+
+// In use and fragmentation against the workload's own mallinfo2(): its
+// latest, or (churning targets) the one written closest to the walk, which
+// ended `age` seconds before the snapshot.
+void expect_matches_truth(const std::vector<PromSample>& s, pid_t pid, const std::string& truth, const char* what,
+                          bool at_walk = false) {
+  const auto age = find_sample(s, "memlens_allocator_books_age_seconds", of(pid));
+  const auto t = at_walk && age ? truth_at(truth, wall_now() - *age) : latest_truth(truth);
   const double want = t["uordblks"].get<double>() + t["hblkhd"].get<double>();
   const double frag_want = t["fordblks"].get<double>() / t["arena"].get<double>();
   auto inuse = find_sample(s, "memlens_allocator_inuse_bytes", of(pid));
@@ -208,7 +229,7 @@ void heavy_churn(bool resize) {
   }
   EXPECT_GT(checked, 25);
   auto s = d->scrape();
-  expect_matches_truth(s, w.child.pid(), w.truth, resize ? "heavy churn, sizes vary" : "heavy churn, same sizes");
+  expect_matches_truth(s, w.child.pid(), w.truth, resize ? "heavy churn, sizes vary" : "heavy churn, same sizes", true);
   const double ok = find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(-1);
   const double bad = find_sample(s, "memlens_allocator_walks_total", {{"result", "inconsistent"}}).value_or(-1);
   const double kept = find_sample(s, "memlens_allocator_walk_failures_total").value_or(-1);
@@ -217,7 +238,9 @@ void heavy_churn(bool resize) {
               "%.0f inconsistent, %.0f collections kept the previous figures; %.3f s walking\n",
               resize ? "varied sizes" : "same sizes", rate, checked, worst, ok, bad, kept, secs);
   EXPECT_GT(rate, 80000) << "the workload did not churn as asked";
-  EXPECT_GE(ok, 5);
+  // Walks are paced to 5 % of a core: one of 60 ms (150 ms under ASan)
+  // comes every 5 (12) ticks of 250 ms.
+  EXPECT_GE(ok, 3);
   EXPECT_GE(bad, 0) << "inconsistent walks are counted";
 }
 
