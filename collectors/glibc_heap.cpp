@@ -247,8 +247,12 @@ Result<Location> locate_cached(const ElfFile& f) {
     if (auto it = g_cache.find(key); it != g_cache.end()) return it->second;
   }
   auto loc = locate(f, dir);
-  std::lock_guard lock(g_mu);
-  g_cache.insert_or_assign(key, loc);
+  // A verdict on the file is kept; a failed read (the process whose
+  // /proc/PID/root named it exited meanwhile) is not.
+  if (loc || loc.error().code == Errc::unavailable) {
+    std::lock_guard lock(g_mu);
+    g_cache.insert_or_assign(key, loc);
+  }
   return loc;
 }
 

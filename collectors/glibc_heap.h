@@ -73,8 +73,9 @@ struct Location {
 Result<Location> locate(const elf::ElfFile& f, const std::string& debug_dir);
 // The decode path alone (what a host without debug symbols gets).
 Result<Location> locate_decoded(const elf::ElfFile& f);
-// locate() with debug_directory(), cached by build id (file identity when
-// there is none) and directory. Thread-safe.
+// locate() with debug_directory(), cached by build id (file path when
+// there is none) and directory: results and Errc::unavailable verdicts, not
+// failed reads. Thread-safe.
 Result<Location> locate_cached(const elf::ElfFile& f);
 
 // Where debug files are looked up by build id (default /usr/lib/debug; the

@@ -270,7 +270,7 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
   PerTarget& pt = per_target_[t.id];
   const double now = mono_now();
   if (t.policy && !t.policy->heap) {
-    out.gauge(m().readable, 0, {{"allocator", "glibc"}, {"reason", "disabled"}});
+    out.gauge(m().readable, 0, {{"allocator", "unknown"}, {"reason", "disabled"}});  // not looked at
     return {};
   }
   if (!pt.located && now >= pt.next_locate) locate(t, pt, now);
