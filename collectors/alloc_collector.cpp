@@ -680,7 +680,7 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
     const double live = alloc::live_bytes(cur);
     if (tr.exact()) {
       out.gauge(m().live, live);
-      out.series(SeriesId::heap, live);
+      out.series(SeriesId::heap, live, SeriesQuality::exact);
       if (resident && *resident && **resident > 0) {
         tr.frag_at = now;
         tr.heap_resident = static_cast<double>(**resident);
@@ -691,8 +691,9 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
         out.gauge(m().frag, tr.frag_ratio);
       }
     } else if (pol->alloc_mode == AllocMode::full) {
-      // Same slope as the live heap (they differ by a constant).
-      out.series(SeriesId::heap, net);
+      // Same slope as the live heap (they differ by a constant); the
+      // allocator's books, where read, give the level too and win.
+      out.series(SeriesId::heap, net, SeriesQuality::since_attach);
     }
   }
   if (tr.track_addrs && tr.stacks && now - tr.last_leak_scan >= 5.0) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -66,7 +67,8 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
   for (std::size_t i = 0; i < nphdr; ++i) {
     GElf_Phdr ph;
     if (!gelf_getphdr(h.e, static_cast<int>(i), &ph)) continue;
-    if (ph.p_type == PT_LOAD) f->segments_.push_back({ph.p_vaddr, ph.p_memsz, ph.p_offset, ph.p_filesz});
+    if (ph.p_type == PT_LOAD)
+      f->segments_.push_back({ph.p_vaddr, ph.p_memsz, ph.p_offset, ph.p_filesz, ph.p_flags});
   }
 
   std::size_t shstrndx = 0;
@@ -158,6 +160,22 @@ std::optional<uint64_t> ElfFile::offset_to_vaddr(uint64_t offset) const {
   return std::nullopt;
 }
 
+const ElfFile::Segment* ElfFile::segment_of(uint64_t vaddr) const {
+  for (const auto& s : segments_)
+    if (vaddr >= s.vaddr && vaddr < s.vaddr + s.memsz) return &s;
+  return nullptr;
+}
+
+std::optional<uint64_t> ElfFile::load_bias(const std::vector<Mapping>& maps) const {
+  // The kernel maps each PT_LOAD from its page-aligned offset to its
+  // page-aligned vaddr (plus the bias), so one mapping gives the bias.
+  constexpr uint64_t kPageMask = ~uint64_t{4095};
+  for (const auto& m : maps)
+    for (const auto& s : segments_)
+      if ((s.offset & kPageMask) == m.offset) return m.start - (s.vaddr & kPageMask);
+  return std::nullopt;
+}
+
 Result<std::vector<uint8_t>> ElfFile::read_bytes(uint64_t file_offset, std::size_t n) const {
   int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error(errc_from_errno(errno), path_ + ": " + std::strerror(errno));
@@ -193,6 +211,48 @@ Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path) {
   // this path for reading bytes (the files are identical).
   if (!inserted && it->second->path() != path) return *f;
   return it->second;
+}
+
+Result<std::map<std::string, Symbol, std::less<>>> find_objects(const std::string& path,
+                                                                const std::vector<std::string>& names) {
+  if (elf_version(EV_CURRENT) == EV_NONE) return make_error(Errc::unavailable, "libelf too old");
+  ElfHandle h;
+  h.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (h.fd < 0) {
+    int err = errno;
+    return make_error(errc_from_errno(err), path + ": " + std::strerror(err));
+  }
+  h.e = elf_begin(h.fd, ELF_C_READ_MMAP, nullptr);
+  if (!h.e || elf_kind(h.e) != ELF_K_ELF) return make_error(Errc::malformed, path + ": not an ELF file");
+  std::map<std::string, Symbol, std::less<>> out;
+  Elf_Scn* scn = nullptr;
+  while ((scn = elf_nextscn(h.e, scn)) != nullptr) {
+    GElf_Shdr sh;
+    if (!gelf_getshdr(scn, &sh) || (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM) || !sh.sh_entsize)
+      continue;
+    Elf_Data* d = elf_getdata(scn, nullptr);
+    if (!d) continue;
+    const std::size_t n = sh.sh_size / sh.sh_entsize;
+    for (std::size_t i = 0; i < n; ++i) {
+      GElf_Sym sym;
+      if (!gelf_getsym(d, static_cast<int>(i), &sym)) break;
+      if (GELF_ST_TYPE(sym.st_info) != STT_OBJECT || sym.st_shndx == SHN_UNDEF) continue;
+      const char* name = elf_strptr(h.e, sh.sh_link, sym.st_name);
+      if (!name || std::find(names.begin(), names.end(), std::string_view(name)) == names.end()) continue;
+      out.emplace(name, Symbol{name, sym.st_value, sym.st_size, 0});
+    }
+  }
+  return out;
+}
+
+std::optional<std::string> debug_file_for(const std::string& debug_dir, const std::string& build_id) {
+  if (debug_dir.empty() || build_id.size() < 3) return std::nullopt;
+  std::string p = debug_dir + "/.build-id/" + build_id.substr(0, 2) + "/" + build_id.substr(2) + ".debug";
+  if (access(p.c_str(), R_OK) != 0) return std::nullopt;
+  // The name is only a convention: trust the note inside.
+  auto f = ElfFile::open(p);
+  if (!f || (*f)->build_id() != build_id) return std::nullopt;
+  return p;
 }
 
 // ---- prologue decoding -------------------------------------------------
@@ -254,6 +314,245 @@ Result<ProbeSite> probe_site(const ElfFile& f, const Symbol& s) {
   if (!bytes) return bytes.error();
   std::size_t n = s.size ? std::min<std::size_t>(bytes->size(), s.size) : bytes->size();
   return choose_probe_site(std::span<const uint8_t>(bytes->data(), n));
+}
+
+// ---- x86-64 instruction decoding -----------------------------------------
+
+namespace {
+
+// Operand shape of an opcode: ModRM present, immediate size, relative branch.
+enum : uint8_t {
+  kModRM = 1 << 0,
+  kImm8 = 1 << 1,
+  kImm16 = 1 << 2,
+  kImmZ = 1 << 3,   // 32 bits (16 with a 66 prefix)
+  kImmV = 1 << 4,   // 64 bits with REX.W, else as kImmZ (mov r, imm)
+  kRel8 = 1 << 5,
+  kRel32 = 1 << 6,
+  kBad = 1 << 7,    // invalid in 64-bit mode or not handled here
+};
+
+constexpr std::array<uint8_t, 256> one_byte_map() {
+  std::array<uint8_t, 256> t{};
+  for (int i = 0; i < 0x40; ++i) {  // ALU rows: r/m forms, AL/eAX immediates
+    const int lo = i & 7;
+    t[i] = lo < 4 ? kModRM : lo == 4 ? kImm8 : lo == 5 ? kImmZ : kBad;
+  }
+  for (int i = 0x60; i <= 0x62; ++i) t[i] = kBad;  // 62: EVEX
+  t[0x63] = kModRM;                                // movsxd
+  t[0x68] = kImmZ;
+  t[0x69] = kModRM | kImmZ;
+  t[0x6a] = kImm8;
+  t[0x6b] = kModRM | kImm8;
+  for (int i = 0x70; i <= 0x7f; ++i) t[i] = kRel8;
+  t[0x80] = kModRM | kImm8;
+  t[0x81] = kModRM | kImmZ;
+  t[0x82] = kBad;
+  t[0x83] = kModRM | kImm8;
+  for (int i = 0x84; i <= 0x8f; ++i) t[i] = kModRM;
+  t[0x9a] = kBad;
+  for (int i = 0xa0; i <= 0xa3; ++i) t[i] = kBad;  // moffs64 forms: never in compiled C here
+  t[0xa8] = kImm8;
+  t[0xa9] = kImmZ;
+  for (int i = 0xb0; i <= 0xb7; ++i) t[i] = kImm8;
+  for (int i = 0xb8; i <= 0xbf; ++i) t[i] = kImmV;
+  t[0xc0] = t[0xc1] = kModRM | kImm8;
+  t[0xc2] = kImm16;
+  t[0xc6] = kModRM | kImm8;
+  t[0xc7] = kModRM | kImmZ;
+  t[0xc8] = kImm16 | kImm8;
+  t[0xca] = kImm16;
+  t[0xcd] = kImm8;
+  t[0xce] = kBad;
+  for (int i = 0xd0; i <= 0xd3; ++i) t[i] = kModRM;
+  t[0xd4] = t[0xd5] = t[0xd6] = kBad;
+  for (int i = 0xd8; i <= 0xdf; ++i) t[i] = kModRM;  // x87
+  for (int i = 0xe0; i <= 0xe3; ++i) t[i] = kRel8;
+  for (int i = 0xe4; i <= 0xe7; ++i) t[i] = kImm8;
+  t[0xe8] = t[0xe9] = kRel32;
+  t[0xea] = kBad;
+  t[0xeb] = kRel8;
+  t[0xf6] = t[0xf7] = kModRM;  // immediate only for /0 and /1 (test), added below
+  t[0xfe] = t[0xff] = kModRM;
+  return t;
+}
+
+constexpr std::array<uint8_t, 256> two_byte_map() {
+  std::array<uint8_t, 256> t{};
+  for (auto& v : t) v = kModRM;
+  for (int i : {0x05, 0x06, 0x07, 0x08, 0x09, 0x0b, 0x0e, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x37, 0x77, 0xa0,
+                0xa1, 0xa2, 0xa8, 0xa9, 0xaa})
+    t[i] = 0;
+  for (int i : {0x04, 0x0a, 0x0c, 0x0f, 0x36, 0x39, 0x3b, 0x3c, 0x3d, 0x3e, 0x3f}) t[i] = kBad;
+  for (int i = 0x80; i <= 0x8f; ++i) t[i] = kRel32;
+  for (int i = 0xc8; i <= 0xcf; ++i) t[i] = 0;  // bswap
+  for (int i : {0x70, 0x71, 0x72, 0x73, 0xa4, 0xac, 0xba, 0xc2, 0xc4, 0xc5, 0xc6}) t[i] = kModRM | kImm8;
+  return t;
+}
+
+constexpr auto kOneByte = one_byte_map();
+constexpr auto kTwoByte = two_byte_map();
+
+}  // namespace
+
+std::optional<Insn> decode_insn(std::span<const uint8_t> code, std::size_t at, uint64_t vaddr) {
+  Insn in;
+  in.vaddr = vaddr;
+  std::size_t i = at;
+  auto byte = [&](std::size_t k) -> std::optional<uint8_t> {
+    if (k >= code.size()) return std::nullopt;
+    return code[k];
+  };
+  bool opsize16 = false;
+  // Legacy prefixes, at most 14 bytes in all.
+  for (;;) {
+    auto b = byte(i);
+    if (!b || i - at > 14) return std::nullopt;
+    if (*b == 0x66) {
+      opsize16 = true;
+      in.mandatory = 0x66;
+    } else if (*b == 0xf2 || *b == 0xf3) {
+      in.mandatory = *b;
+    } else if (*b != 0xf0 && *b != 0x2e && *b != 0x36 && *b != 0x3e && *b != 0x26 && *b != 0x64 && *b != 0x65 &&
+               *b != 0x67) {
+      break;
+    }
+    ++i;
+  }
+  uint8_t rex = 0;
+  if (auto b = byte(i); b && (*b & 0xf0) == 0x40) {
+    rex = *b;
+    ++i;
+  }
+  auto b0 = byte(i);
+  if (!b0) return std::nullopt;
+  uint8_t flags = 0;
+  if (*b0 == 0xc4 || *b0 == 0xc5) {
+    // VEX: the map and W come from the prefix; ModRM always follows.
+    in.vex = true;
+    auto p1 = byte(i + 1);
+    if (!p1) return std::nullopt;
+    uint8_t rxb = 0;
+    if (*b0 == 0xc5) {
+      in.map = 2;
+      rxb = (*p1 & 0x80) ? 0 : 4;
+      i += 2;
+    } else {
+      auto p2 = byte(i + 2);
+      if (!p2) return std::nullopt;
+      const uint8_t m = *p1 & 0x1f;
+      if (m < 1 || m > 3) return std::nullopt;
+      in.map = static_cast<uint8_t>(m + 1);
+      rxb = static_cast<uint8_t>((~*p1 >> 5) & 7);
+      in.rex_w = (*p2 & 0x80) != 0;
+      i += 3;
+    }
+    rex = static_cast<uint8_t>(0x40 | rxb | (in.rex_w ? 8 : 0));
+    auto op = byte(i);
+    if (!op) return std::nullopt;
+    in.opcode = *op;
+    ++i;
+    flags = in.map == 2 ? kTwoByte[in.opcode] : in.map == 4 ? kModRM | kImm8 : kModRM;
+    if (in.map == 2 && (flags & (kRel32 | kBad))) return std::nullopt;
+  } else if (*b0 == 0x0f) {
+    auto b1 = byte(i + 1);
+    if (!b1) return std::nullopt;
+    if (*b1 == 0x38 || *b1 == 0x3a) {
+      auto b2 = byte(i + 2);
+      if (!b2) return std::nullopt;
+      in.map = *b1 == 0x38 ? 3 : 4;
+      in.opcode = *b2;
+      flags = *b1 == 0x38 ? kModRM : kModRM | kImm8;
+      i += 3;
+    } else {
+      in.map = 2;
+      in.opcode = *b1;
+      flags = kTwoByte[*b1];
+      i += 2;
+    }
+  } else {
+    in.map = 1;
+    in.opcode = *b0;
+    flags = kOneByte[*b0];
+    ++i;
+  }
+  if (flags & kBad) return std::nullopt;
+  in.rex_w = in.rex_w || (rex & 8) != 0;
+
+  if (flags & kModRM) {
+    auto m = byte(i++);
+    if (!m) return std::nullopt;
+    in.has_modrm = true;
+    in.mod = static_cast<uint8_t>(*m >> 6);
+    in.reg = static_cast<uint8_t>(((*m >> 3) & 7) | ((rex & 4) ? 8 : 0));
+    in.rm = static_cast<uint8_t>((*m & 7) | ((rex & 1) ? 8 : 0));
+    std::size_t disp_len = 0;
+    if (in.mod != 3) {
+      in.mem = true;
+      if ((*m & 7) == 4) {  // SIB
+        auto sib = byte(i++);
+        if (!sib) return std::nullopt;
+        if (in.mod == 0 && (*sib & 7) == 5) disp_len = 4;
+      } else if (in.mod == 0 && (*m & 7) == 5) {
+        in.rip_relative = true;
+        disp_len = 4;
+      }
+      if (in.mod == 1) disp_len = 1;
+      if (in.mod == 2) disp_len = 4;
+    }
+    if (i + disp_len > code.size()) return std::nullopt;
+    if (disp_len == 1) {
+      in.disp = static_cast<int8_t>(code[i]);
+    } else if (disp_len == 4) {
+      int32_t d;
+      std::memcpy(&d, &code[i], 4);
+      in.disp = d;
+    }
+    i += disp_len;
+    // Group 3 (F6/F7): only test (/0, /1) takes an immediate.
+    if (in.map == 1 && (in.opcode == 0xf6 || in.opcode == 0xf7) && ((in.reg & 7) < 2))
+      flags |= in.opcode == 0xf6 ? kImm8 : kImmZ;
+  }
+  std::size_t imm = 0;
+  if (flags & kImm8) imm += 1;
+  if (flags & kImm16) imm += 2;
+  if (flags & kImmZ) imm += opsize16 && !in.rex_w ? 2 : 4;
+  if (flags & kImmV) imm += in.rex_w ? 8 : opsize16 ? 2 : 4;
+  int64_t rel = 0;
+  if (flags & (kRel8 | kRel32)) {
+    const std::size_t n = (flags & kRel8) ? 1 : 4;
+    if (i + n > code.size()) return std::nullopt;
+    if (n == 1) {
+      rel = static_cast<int8_t>(code[i]);
+    } else {
+      int32_t r;
+      std::memcpy(&r, &code[i], 4);
+      rel = r;
+    }
+    i += n;
+    in.branch = true;
+    in.call = in.map == 1 && in.opcode == 0xe8;
+  }
+  if (i + imm > code.size()) return std::nullopt;
+  i += imm;
+  in.len = static_cast<uint8_t>(i - at);
+  const uint64_t next = vaddr + in.len;
+  if (in.rip_relative) in.target = next + static_cast<uint64_t>(in.disp);
+  if (in.branch) in.target = next + static_cast<uint64_t>(rel);
+  in.ret = in.map == 1 && (in.opcode == 0xc3 || in.opcode == 0xc2);
+  return in;
+}
+
+std::vector<Insn> decode_code(std::span<const uint8_t> code, uint64_t vaddr) {
+  std::vector<Insn> out;
+  std::size_t at = 0;
+  while (at < code.size()) {
+    auto in = decode_insn(code, at, vaddr + at);
+    if (!in) break;
+    at += in->len;
+    out.push_back(*in);
+  }
+  return out;
 }
 
 // ---- allocators --------------------------------------------------------

@@ -3,7 +3,9 @@
 //  - a function's first bytes, and a prologue decoder that picks the first
 //    instruction the kernel can emulate rather than single-step,
 //  - which allocator a process uses (/proc/PID/maps, or an exe before it runs),
-//  - address -> "function+0xoff" for leak-site stacks.
+//  - address -> "function+0xoff" for leak-site stacks,
+//  - data symbols read on demand, debug files found by build id, and a
+//    linear x86-64 decoder for code that must be read rather than named.
 // Parsed files are cached per build-id (or path+inode+mtime when there is none).
 // The GC and allocation collectors depend on it: extend it, keep what is here.
 #pragma once
@@ -32,6 +34,8 @@ struct Symbol {
   uint64_t file_offset = 0;  // where a uprobe goes
 };
 
+
+
 // One parsed ELF file: its function symbols (.symtab and .dynsym, defined
 // only), PT_LOAD segments, build-id and DT_NEEDED entries. Immutable once
 // built, so it is shared between threads through the cache.
@@ -56,7 +60,13 @@ class ElfFile {
   // Up to `n` bytes of the file at `file_offset`.
   Result<std::vector<uint8_t>> read_bytes(uint64_t file_offset, std::size_t n) const;
 
-  struct Segment { uint64_t vaddr, memsz, offset, filesz; };
+  struct Segment { uint64_t vaddr, memsz, offset, filesz; uint32_t flags = 0; /* PF_R/W/X */ };
+  const std::vector<Segment>& segments() const { return segments_; }
+  // The PT_LOAD segment holding `vaddr` (in memory, .bss included).
+  const Segment* segment_of(uint64_t vaddr) const;
+  // Load bias of this file in a process, from that process's mappings of
+  // it (`maps` filtered to this file): mapping start - segment vaddr.
+  std::optional<uint64_t> load_bias(const std::vector<Mapping>& maps) const;
 
  private:
   ElfFile() = default;
@@ -71,6 +81,17 @@ class ElfFile {
 // Process-wide cache of parsed files, keyed by build-id (falls back to
 // device+inode+mtime). Thread-safe.
 Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path);
+
+// Data symbols (STT_OBJECT, local ones included) of `path` by exact name,
+// read on demand from .symtab and .dynsym: ElfFile keeps only functions,
+// and few callers need data. Names not found are absent from the map.
+Result<std::map<std::string, Symbol, std::less<>>> find_objects(const std::string& path,
+                                                                const std::vector<std::string>& names);
+
+// The separate debug file of a build id as distributions install it
+// (Debian's *-dbg packages: <debug_dir>/.build-id/ab/cdef....debug), if it
+// exists and carries that build id.
+std::optional<std::string> debug_file_for(const std::string& debug_dir, const std::string& build_id);
 
 // ---- prologue decoding -------------------------------------------------
 
@@ -91,6 +112,37 @@ ProbeSite choose_probe_site(std::span<const uint8_t> code);
 
 // Reads the function's first bytes from the file and decodes them.
 Result<ProbeSite> probe_site(const ElfFile& f, const Symbol& s);
+
+// ---- x86-64 instruction decoding -----------------------------------------
+
+// One decoded instruction: enough to walk compiled code linearly and to see
+// which memory it names. Covers the one- and two-byte opcode maps, 0F38/0F3A
+// and VEX; anything else (EVEX, 3DNow!, far forms) ends the walk.
+struct Insn {
+  uint64_t vaddr = 0;
+  uint8_t len = 0;
+  uint8_t map = 1;          // 1: one-byte opcodes, 2: 0F xx, 3: 0F 38 xx, 4: 0F 3A xx
+  uint8_t opcode = 0;
+  uint8_t mandatory = 0;    // last 66/F2/F3 prefix seen (SSE forms), 0 if none
+  bool rex_w = false;
+  bool vex = false;
+  bool has_modrm = false;
+  uint8_t mod = 0, reg = 0, rm = 0;  // ModRM fields, reg and rm widened by REX
+  bool mem = false;         // has a memory operand
+  bool rip_relative = false;
+  int64_t disp = 0;         // of the memory operand
+  uint64_t target = 0;      // rip-relative: the address named; rel branch: where it goes
+  bool branch = false;      // jmp/jcc/call with a relative target
+  bool call = false;
+  bool ret = false;
+};
+
+// Decodes the instruction at code[at], which lives at `vaddr`. nullopt
+// when the bytes run out or the encoding is one this decoder does not know.
+std::optional<Insn> decode_insn(std::span<const uint8_t> code, std::size_t at, uint64_t vaddr);
+// Decodes from the start of `code` (at `vaddr`) until the bytes end or an
+// unknown encoding: a function body, when `code` is bounded by its size.
+std::vector<Insn> decode_code(std::span<const uint8_t> code, uint64_t vaddr);
 
 // ---- allocators --------------------------------------------------------
 

@@ -5,6 +5,7 @@
 #include "collectors/alloc_collector.h"
 #include "collectors/faults_collector.h"
 #include "collectors/gc_collector.h"
+#include "collectors/heap_collector.h"
 #include "collectors/mmap_collector.h"
 #include "collectors/proc_collector.h"
 
@@ -13,6 +14,7 @@ namespace memlens {
 std::vector<std::unique_ptr<Collector>> make_collectors() {
   std::vector<std::unique_ptr<Collector>> c;
   c.push_back(std::make_unique<ProcCollector>());
+  c.push_back(std::make_unique<HeapCollector>());
   c.push_back(std::make_unique<FaultsCollector>());
   c.push_back(std::make_unique<MmapCollector>());
   c.push_back(std::make_unique<AllocCollector>());

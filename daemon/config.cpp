@@ -326,7 +326,7 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -387,6 +387,11 @@ class Parser {
       auto v = boolean(t["gc"], where + ".gc");
       if (!v) return v.error();
       p.gc = *v;
+    }
+    if (t["heap"]) {
+      auto v = boolean(t["heap"], where + ".heap");
+      if (!v) return v.error();
+      p.heap = *v;
     }
     return p;
   }

@@ -67,6 +67,7 @@ struct TargetPolicy {
   double leak_budget_bytes_per_second = 0;  // 0: no budget (on-leak never fires)
   Duration on_leak_duration{60000};    // how long on-leak tracing stays on
   bool gc = true;                      // GC pause tracing for runtimes
+  bool heap = true;                    // read the allocator's books (glibc)
 };
 
 // Bounds on kernel-side state; every map is sized up front.

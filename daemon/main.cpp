@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "collectors/glibc_heap.h"
 #include "collectors/registry.h"
 #include "daemon/app.h"
 
@@ -38,6 +39,9 @@ Flags:
   --state.path=DIR            keep timelines in DIR/timelines.state, so a restart
                               resumes the history of targets still running
                               (default: none, timelines in memory only)
+  --path.debug=PATH           where debug symbols are found by build id
+                              (default /usr/lib/debug); without them glibc's
+                              heap books are located by decoding libc's code
   --log.level=LEVEL           debug, info, warn or error (default info)
   --check-config              validate the configuration and flags and exit (0 ok,
                               2 bad; 1 for a bad --web.config.file)
@@ -118,6 +122,9 @@ int main(int argc, char** argv) {
     } else if (key == "--path.procfs") {
       if (!take()) return usage_error("--path.procfs needs a value");
       opts.procfs = value;
+    } else if (key == "--path.debug") {
+      if (!take()) return usage_error("--path.debug needs a value");
+      memlens::glibc::set_debug_directory(value);
     } else if (key == "--log.level") {
       if (!take()) return usage_error("--log.level needs a value");
       log_level = value;

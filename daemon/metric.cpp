@@ -25,9 +25,12 @@ void Sample::histogram(const MetricDesc& d, HistogramValue h, Labels extra) {
   values_.push_back(MetricValue{&d, std::move(extra), 0, std::move(h)});
 }
 
-void Sample::series(SeriesId id, double v) {
-  series_[static_cast<size_t>(id)] = v;
-  has_[static_cast<size_t>(id)] = true;
+void Sample::series(SeriesId id, double v, SeriesQuality q) {
+  const auto i = static_cast<size_t>(id);
+  if (has_[i] && q < quality_[i]) return;
+  series_[i] = v;
+  has_[i] = true;
+  quality_[i] = q;
 }
 
 }  // namespace memlens

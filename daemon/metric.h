@@ -35,10 +35,17 @@ struct HistogramValue {
 };
 
 // The time series the timeline keeps for every target. kHeap is the series the
-// leak slope runs on: anonymous RSS from /proc, replaced by the allocator's
-// live bytes when allocation tracing sets it.
+// leak slope runs on: anonymous RSS from /proc, or better, by SeriesQuality.
 enum class SeriesId : uint8_t { rss = 0, anon, heap, count_ };
 constexpr std::size_t kSeriesCount = static_cast<std::size_t>(SeriesId::count_);
+
+// How good a value of a series is; a better one replaces a worse one
+// whatever the order collectors run in, an equal one replaces the earlier.
+// For kHeap: anonymous RSS (proc) < bytes allocated minus freed since the
+// probes were attached (alloc, full mode: the live heap's slope, not its
+// level) < in-use bytes from the allocator's own books (heap, glibc) <
+// exact live bytes (alloc, traced from the first allocation).
+enum class SeriesQuality : uint8_t { estimate = 0, since_attach, books, exact };
 
 struct MetricValue {
   const MetricDesc* desc = nullptr;
@@ -53,9 +60,9 @@ class Sample {
   void gauge(const MetricDesc& d, double v, Labels extra = {});
   void counter(const MetricDesc& d, double v, Labels extra = {});
   void histogram(const MetricDesc& d, HistogramValue h, Labels extra = {});
-  // Feed a timeline series. A later call for the same series wins, so a
-  // more precise collector (eBPF) registered after proc overrides it.
-  void series(SeriesId id, double v);
+  // Feed a timeline series. A later call for the same series wins unless
+  // its quality is lower than the value's already there.
+  void series(SeriesId id, double v, SeriesQuality q = SeriesQuality::estimate);
 
   const std::vector<MetricValue>& values() const { return values_; }
   bool has_series(SeriesId id) const { return has_[static_cast<size_t>(id)]; }
@@ -65,6 +72,7 @@ class Sample {
   std::vector<MetricValue> values_;
   double series_[kSeriesCount] = {};
   bool has_[kSeriesCount] = {};
+  SeriesQuality quality_[kSeriesCount] = {};
 };
 
 }  // namespace memlens

@@ -198,6 +198,9 @@ TEST(SystemdUnit, CapabilitySetIsEnoughAsUnprivilegedUser) {
   auto pss = mt::find_sample(*full, "memlens_pss_bytes", {{"target", "victim"}});
   ASSERT_TRUE(pss.has_value()) << "no PSS for a root process: /proc not readable with the unit's capabilities";
   EXPECT_GT(*pss, 8.0 * 1024 * 1024);  // it holds 8 MiB, touched
+  // glibc's heap books: process_vm_readv wants ptrace "attach" access.
+  EXPECT_EQ(mt::find_sample(*full, "memlens_allocator_readable", {{"target", "victim"}, {"reason", "ok"}}), 1.0)
+      << "glibc heap books not readable with the unit's capabilities";
   auto enabled = mt::find_sample(*full, "memlens_collector_enabled", {{"collector", "alloc"}});
   if (!enabled || *enabled != 1) {
     GTEST_SKIP() << "allocation collector not enabled even with the unit's capabilities "
@@ -217,4 +220,6 @@ TEST(SystemdUnit, CapabilitySetIsEnoughAsUnprivilegedUser) {
   ASSERT_TRUE(less.has_value());
   EXPECT_FALSE(mt::find_sample(*less, "memlens_pss_bytes", {{"target", "victim"}}).has_value());
   EXPECT_NE(mt::find_sample(*less, "memlens_alloc_tracing", {{"target", "victim"}}).value_or(0), 1.0);
+  EXPECT_EQ(mt::find_sample(*less, "memlens_allocator_readable", {{"target", "victim"}, {"reason", "permission_denied"}}),
+            0.0);
 }
