@@ -324,6 +324,11 @@ uint64_t u64_at(const uint8_t* p) {
 
 Error inconsistent(std::string msg) { return make_error(Errc::malformed, std::move(msg)); }
 
+// User space ends at 2^47 (2^56 with five-level page tables): no mapping a
+// target can have lies above, and a range that wraps at 2^64 is none.
+constexpr uint64_t kUserTop = 1ull << 56;
+bool user_range(uint64_t addr, std::size_t len) { return len > 0 && addr < kUserTop && len <= kUserTop - addr; }
+
 // Pages of the target copied during one walk: a free list often runs
 // through neighbouring chunks, so one page serves many steps, and the
 // pages every list needs next are fetched together in one batch.
@@ -339,6 +344,9 @@ class PageCache {
   // Copies [addr, addr+len) if every page of it is cached, fetched in
   // generation `min_gen` or later.
   Got get(uint64_t addr, void* out, std::size_t len, uint32_t min_gen = 0) {
+    // A pointer read from the target may be anything: a range past user
+    // space (or wrapping at 2^64) is not mapped, whatever the cache holds.
+    if (!user_range(addr, len)) return Got::bad;
     const uint64_t first = addr / kPage, last = (addr + len - 1) / kPage;
     bool missing = false;
     for (uint64_t p = first; p <= last; ++p) {
@@ -361,6 +369,7 @@ class PageCache {
   // Asks for what get() missed, and `ahead` pages from its first missing
   // page on (negative: before it), for the next fetch.
   void want(uint64_t addr, std::size_t len, uint32_t min_gen, int64_t ahead) {
+    if (!user_range(addr, len)) return;
     const uint64_t first = addr / kPage, last = (addr + len - 1) / kPage;
     std::optional<uint64_t> missing;
     for (uint64_t p = first; p <= last; ++p)
