@@ -19,7 +19,7 @@ memlensd=$build/memlensd
 for f in "$bench" "$truth_wl" "$memlensd"; do
   [[ -x $f ]] || { echo "heap.sh: $f is missing; build first" >&2; exit 1; }
 done
-[[ $(id -u) == 0 ]] || { echo "heap.sh: needs root (process_vm_readv)"; exit 0; }
+[[ $(id -u) == 0 ]] || { echo "heap.sh: needs root (process_vm_readv): nothing was measured" >&2; exit 1; }
 source "$here/lib/common.sh"
 
 work=$(mktemp -d /tmp/memlens-heapbench.XXXXXX)
@@ -70,11 +70,26 @@ walks=$(metric 'memlens_allocator_walks_total{result="consistent"}')
 bad=$(metric 'memlens_allocator_walks_total{result="inconsistent"}')
 wsec=$(metric memlens_allocator_walk_seconds_total)
 cleanup
+# Beside it, the same workload under eBPF allocation tracing (mode full:
+# exact live heap, a uprobe per call), interleaved with untraced runs too.
+start_daemon "$(printf 'global: {tick_interval: 250ms, rescan_interval: 250ms}\ntargets:\n  - name: bench\n    comm: alloc_bench\n    heap: false\n    alloc: {mode: full}\n')"
+: >"$work/full" && : >"$work/off2"
+for _ in $(seq "$RUNS"); do
+  "$bench" --pairs "$((PAIRS / 10))" --live "$LIVE" --wait-ms 1500 | field cpu_ns_per_pair >>"$work/full"
+  "$plain" --pairs "$((PAIRS / 10))" --live "$LIVE" --wait-ms 1500 | field cpu_ns_per_pair >>"$work/off2"
+done
+cleanup
 on_best=$(sort -g "$work/on" | head -1) off_best=$(sort -g "$work/off" | head -1)
 on_med=$(median <"$work/on") off_med=$(median <"$work/off")
+full_best=$(sort -g "$work/full" | head -1) off2_best=$(sort -g "$work/off2" | head -1)
+full_med=$(median <"$work/full") off2_med=$(median <"$work/off2")
 printf '| alloc_bench (%s pairs, %s live blocks, 16 B-4 KiB) | CPU ns/pair best | median |\n|---|---:|---:|\n' "$PAIRS" "$LIVE"
 printf '| not a target | %s | %s |\n| heap walked every tick (250 ms) | %s | %s |\n' "$off_best" "$off_med" "$on_best" "$on_med"
 printf '| ratio walked / not | %.3f | %.3f |\n' "$(echo "$on_best / $off_best" | bc -l)" "$(echo "$on_med / $off_med" | bc -l)"
+printf '| eBPF alloc mode full (%s pairs; not a target alongside: %s / %s) | %s | %s |\n' "$((PAIRS / 10))" \
+  "$off2_best" "$off2_med" "$full_best" "$full_med"
+printf '| ratio eBPF full / not | %.2f | %.2f |\n' "$(echo "$full_best / $off2_best" | bc -l)" \
+  "$(echo "$full_med / $off2_med" | bc -l)"
 echo
 printf 'walks during the runs: %s consistent, %s inconsistent, %.3f s walking (%s interleaved runs each side)\n' \
   "$walks" "$bad" "$wsec" "$RUNS"

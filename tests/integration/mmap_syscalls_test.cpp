@@ -6,6 +6,7 @@
 // short-lived targets (no map entries left), a full target map (drops
 // counted) and no eBPF capabilities (the collector says why).
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <cstdio>
 #include <algorithm>
@@ -329,4 +330,40 @@ TEST(MmapSyscalls, SwitchedOffByConfig) {
   std::vector<PromSample> s;
   ASSERT_TRUE(proc_metrics_without_mmap(*d, pid, s)) << d->log();
   EXPECT_FALSE(traced(s, pid));
+}
+
+// Switched off by a reload (SIGHUP), and on again: the tracepoints go and
+// come back (a reload with syscalls: false used to leave them attached).
+TEST(MmapSyscalls, SwitchedOffAndOnByReload) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  Child w = spawn({workload_path("mmapload"), "--truth", dir + "/t", "--start", dir + "/never"});
+  const std::string pid = std::to_string(w.pid());
+  auto d = start_daemon(pid_config("reload", w.pid()));
+  ASSERT_TRUE(d);
+  REQUIRE_MMAP_COLLECTOR(d);
+  // The tracepoints are perf events held by memlensd (its other collectors
+  // here use none: no uprobes, raw tracepoints are BPF links).
+  auto links = [&] {
+    std::string out;
+    run("ls -l /proc/" + std::to_string(d->child.pid()) + "/fd | grep -c 'perf_event' || true", &out);
+    return std::atoi(out.c_str());
+  };
+  const int attached = links();
+  EXPECT_GE(attached, 5) << "mmap, munmap, mremap, brk, mprotect";
+  ASSERT_TRUE(wait_until([&] { return traced(d->scrape(), pid); }, 10s));
+  write_text(d->config_path, "bpf: {syscalls: false}\n" + pid_config("reload", w.pid()));
+  ::kill(d->child.pid(), SIGHUP);
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_collector_enabled", {{"collector", "mmap"}}) == 0.0;
+  }, 10s)) << d->log();
+  EXPECT_EQ(find_label(s, "memlens_collector_enabled", {{"collector", "mmap"}}, "reason"), "config");
+  EXPECT_EQ(links(), 0) << "every tracepoint detached";
+  EXPECT_TRUE(wait_until([&] { return !traced(d->scrape(), pid); }, 5s));
+  write_text(d->config_path, pid_config("reload", w.pid()));
+  ::kill(d->child.pid(), SIGHUP);
+  EXPECT_TRUE(wait_until([&] { return traced(d->scrape(), pid); }, 10s)) << d->log();
+  EXPECT_EQ(links(), attached);
 }
