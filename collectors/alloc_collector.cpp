@@ -155,6 +155,8 @@ struct AllocTrace {
   double phase_start = 0;        // duty: origin of the periods
   bool duty_counting = false;    // duty: the slot's counting flag is set
   bool duty_counted = false;     // duty: it was at some time since the last collect
+  double counting_since = 0;     // duty: when the flag was last set
+  double counted_seconds = 0;    // duty: time the flag was on, before counting_since
   double on_leak_until = 0;      // on-leak: tracing until then
   // Counters: kernel totals at the last read, and the exported ones.
   alloc_stats last{};
@@ -231,6 +233,7 @@ void detach(AllocState& s, AllocTrace& tr) {
   if (tr.duty_counting && tr.slot) {
     s.pool.set_counting(*tr.slot, false);
     tr.duty_counting = false;
+    tr.counted_seconds += mono_now() - tr.counting_since;
   }
   tr.probes.reset();
 }
@@ -298,6 +301,10 @@ double run_duty(AllocState& s, AllocTrace& tr, double now) {
   if (step.links) apply_mode(s, tr, true);
   if (step.counting != tr.duty_counting && tr.attached() && tr.slot) {
     s.pool.set_counting(*tr.slot, step.counting);
+    // The times the flag really changed: the scaling uses them.
+    const double at = mono_now();
+    if (step.counting) tr.counting_since = at;
+    else tr.counted_seconds += at - tr.counting_since;
     tr.duty_counting = step.counting;
     tr.duty_counted |= step.counting;
   }
@@ -656,7 +663,12 @@ Result<void> AllocCollector::collect(const Target& t, Sample& out) {
   if (!raw) return raw.error();
   alloc_stats cur{};
   std::memcpy(&cur, raw->data(), sizeof cur);
-  alloc::advance(tr.out, cur, tr.last, alloc::counter_scale(*pol));
+  if (duty) {
+    const double counting = tr.counted_seconds + (tr.duty_counting ? now - tr.counting_since : 0);
+    alloc::advance_duty(tr.out, cur, now - tr.phase_start, counting);
+  } else {
+    alloc::advance(tr.out, cur, tr.last, alloc::counter_scale(*pol));
+  }
   tr.last = cur;
 
   out.counter(m().alloc_bytes, tr.out.alloc_bytes);

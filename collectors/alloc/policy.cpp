@@ -64,6 +64,24 @@ void advance(Counters& out, const alloc_stats& now, const alloc_stats& last, dou
   for (std::size_t i = 0; i < ALLOC_HIST_BUCKETS; ++i) add(out.hist[i], now.hist[i], last.hist[i]);
 }
 
+double duty_estimate(double counted, double elapsed_s, double counting_s) {
+  if (counting_s <= 0 || elapsed_s <= 0) return 0;
+  return counted * std::max(1.0, elapsed_s / counting_s);
+}
+
+void advance_duty(Counters& out, const alloc_stats& now, double elapsed_s, double counting_s) {
+  auto raise = [&](double& acc, uint64_t n) {
+    acc = std::max(acc, duty_estimate(static_cast<double>(n), elapsed_s, counting_s));
+  };
+  raise(out.alloc_bytes, now.alloc_bytes);
+  raise(out.free_bytes, now.free_bytes);
+  raise(out.allocs, now.allocs);
+  raise(out.frees, now.frees);
+  raise(out.unknown_frees, now.unknown_frees);
+  out.drops = std::max(out.drops, static_cast<double>(now.drops));
+  for (std::size_t i = 0; i < ALLOC_HIST_BUCKETS; ++i) raise(out.hist[i], now.hist[i]);
+}
+
 double live_bytes(const alloc_stats& s) {
   return static_cast<double>(s.alloc_bytes) - static_cast<double>(s.free_bytes) +
          static_cast<double>(static_cast<int64_t>(s.inherited_bytes));

@@ -48,6 +48,13 @@ struct Counters {
 double counter_scale(const TargetPolicy& pol);
 void advance(Counters& out, const alloc_stats& now, const alloc_stats& last, double scale);
 
+// Duty mode: each counter is what was counted over the share of time the
+// counting flag was really on (measured by whoever set and cleared it), not
+// the nominal fraction: a flag set late under load must not bias the rate.
+// Counters never go down (the estimate is raised only).
+double duty_estimate(double counted, double elapsed_s, double counting_s);
+void advance_duty(Counters& out, const alloc_stats& now, double elapsed_s, double counting_s);
+
 // Live bytes the kernel counted: allocated - freed + what a child held at
 // fork inherited from its parent; and the part in mmapped chunks (glibc).
 double live_bytes(const alloc_stats& s);

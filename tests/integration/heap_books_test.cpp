@@ -238,9 +238,10 @@ void heavy_churn(bool resize) {
               "%.0f inconsistent, %.0f collections kept the previous figures; %.3f s walking\n",
               resize ? "varied sizes" : "same sizes", rate, checked, worst, ok, bad, kept, secs);
   EXPECT_GT(rate, 80000) << "the workload did not churn as asked";
-  // Walks are paced to 5 % of a core: one of 60 ms (150 ms under ASan)
-  // comes every 5 (12) ticks of 250 ms.
-  EXPECT_GE(ok, 3);
+  // Walks are paced to 5 % of a core: one of 60 ms comes every 5 ticks of
+  // 250 ms. Under ASan memlensd walks ~3x slower, so a third as often, and
+  // a slower walk is more often caught by the churn: at least one holds.
+  EXPECT_GE(ok, kSanitized ? 1 : 3);
   EXPECT_GE(bad, 0) << "inconsistent walks are counted";
 }
 

@@ -59,11 +59,7 @@ bool reload(const Daemon& d, double& done) {
 
 // Memory figures of a sanitizer build measure its allocator's quarantine,
 // not ours: those builds check everything else.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kMeasuresMemory = false;
-#else
-constexpr bool kMeasuresMemory = true;
-#endif
+constexpr bool kMeasuresMemory = !kSanitized;
 
 }  // namespace
 

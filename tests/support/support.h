@@ -13,6 +13,20 @@
 
 namespace memlens::test {
 
+// Whether this test (and the memlensd it runs, from the same tree) is built
+// with AddressSanitizer (g++ says so with a macro, clang with a feature).
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // A child process, killed (SIGKILL) and reaped when the handle goes.
 class Child {
  public:

@@ -163,3 +163,22 @@ TEST(PlanProbes, CookieCarriesSettingsAndSlot) {
   EXPECT_EQ(c >> CK_SLOT_SHIFT, 77u);
   EXPECT_EQ(c & CK_FN_MASK, 0u) << "the function bits are the probe's";
 }
+
+TEST(Counters, DutyScalesByTheTimeCountingWasReallyOn) {
+  // 20 s elapsed, counting on for 3.4 s (a flag set late: not the nominal
+  // 4 s): 17,000 counted allocations are 100,000 over the 20 s.
+  EXPECT_DOUBLE_EQ(duty_estimate(17000, 20, 3.4), 100000);
+  EXPECT_EQ(duty_estimate(5, 20, 0), 0) << "nothing counted yet: no estimate";
+  EXPECT_DOUBLE_EQ(duty_estimate(5, 1, 2), 5) << "never scaled below what was counted";
+  Counters c;
+  alloc_stats s{};
+  s.allocs = 100;
+  s.drops = 2;
+  advance_duty(c, s, 10, 2);
+  EXPECT_DOUBLE_EQ(c.allocs, 500);
+  EXPECT_DOUBLE_EQ(c.drops, 2);
+  // An off-phase: time passes, nothing is counted; the estimate would fall
+  // (100 x 12 / 2 = 600 is not lower, but 100 x 10.5 / 2.5 = 420 is).
+  advance_duty(c, s, 10.5, 2.5);
+  EXPECT_DOUBLE_EQ(c.allocs, 500) << "a counter never goes down";
+}
