@@ -82,9 +82,11 @@ struct AllocMetrics {
   MetricDesc hist = metric("alloc_size", "bytes", MetricKind::histogram,
                            "Sizes of allocated blocks since attach (glibc: chunk bytes).");
   MetricDesc frag = metric(
-      "heap_fragmentation_ratio", "", MetricKind::gauge,
+      "heap_resident_unused_ratio", "", MetricKind::gauge,
       "1 - live bytes in arena chunks / resident bytes of the allocator's heap mappings ([heap] and "
-      "glibc arenas; mmapped chunks excluded). Only when heap_live is exact and the allocator is glibc.");
+      "glibc arenas; mmapped chunks excluded): the share of resident heap holding no live block. Only "
+      "when heap_live is exact and the allocator is glibc. (memlens_heap_fragmentation_ratio is the "
+      "allocator's own free / arena bytes.)");
   MetricDesc heap_resident = metric("heap_resident", "bytes", MetricKind::gauge,
                                     "Resident bytes of the allocator's heap mappings ([heap] and glibc arenas).");
   MetricDesc tracing = metric("alloc_tracing", "", MetricKind::gauge,

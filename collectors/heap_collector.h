@@ -4,12 +4,13 @@
 // (targets[].heap: false turns it off); the target pays nothing.
 //
 // Cost is memlensd's: about 1-3 us per free chunk on a VM (more under
-// churn, when lists are read again). Each target's walks may take 5 % of a
-// core on average: one that took W seconds is walked again after
-// ceil(W / (0.05 * tick)) ticks (a 1M-chunk heap, ~1 s a walk: every 20 s
-// at the default 1 s tick). A tick starts no new walk once walks took 20 %
-// of it, unless a target is 5 ticks overdue. Between walks the last
-// consistent figures are published, with their age.
+// churn, when lists are read again). All walks together may take 5 % of a
+// core, split among the targets (each at most 5 %): one that took W seconds
+// is walked again after ceil(W / (share * tick)) ticks, share = min(5 %,
+// 5 % / targets) (a 1M-chunk heap, ~1 s a walk: every 20 s at the default
+// 1 s tick; 1000 small heaps: each every few ticks). A tick starts no new
+// walk once walks took 5 % of it (10 % for a target 5 ticks overdue).
+// Between walks the last consistent figures are published, with their age.
 #pragma once
 
 #include <map>
@@ -33,7 +34,9 @@ class HeapCollector : public Collector {
   // Walks per collection, and the CPU they may take (see above).
   static constexpr int kAttempts = 3;
   static constexpr double kTargetShare = 0.05;
-  static constexpr double kTickShare = 0.20;
+  // All walks together: a share of a core, split among the targets, so that
+  // many small heaps are refreshed less often instead of costing more.
+  static constexpr double kTickShare = 0.05;
   static constexpr uint64_t kOverdueTicks = 5;
 
  private:

@@ -271,7 +271,7 @@ TEST(MetricNames, DashboardAndRulesUseOnlyMemlensOrStandardMetrics) {
   // The dashboard covers what the brief asks of it.
   for (const char* n : {"memlens_rss_bytes", "memlens_pss_bytes", "memlens_uss_bytes", "memlens_heap_live_bytes",
                         "memlens_leak_slope_bytes_per_second", "memlens_leak_slope_confidence",
-                        "memlens_alloc_bytes_total", "memlens_heap_fragmentation_ratio",
+                        "memlens_alloc_bytes_total", "memlens_heap_fragmentation_ratio", "memlens_heap_resident_unused_ratio",
                         "memlens_gc_pause_seconds_bucket", "memlens_page_faults_total", "memlens_tick_duration_seconds"})
     EXPECT_TRUE(used.count(n)) << n << " is on no panel or rule";
 }

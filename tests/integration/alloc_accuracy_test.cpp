@@ -79,7 +79,7 @@ TEST(AllocAccuracy, LiveHeapAndFragmentationOfATargetStartedLater) {
             1.0);
 
   // Fragmentation: our 1 - live/resident vs glibc's fordblks/arena.
-  auto frag = find_sample(st->s, "memlens_heap_fragmentation_ratio", sel);
+  auto frag = find_sample(st->s, "memlens_heap_resident_unused_ratio", sel);
   ASSERT_TRUE(frag);
   const double mi = st->truth["fordblks"].get<double>() / st->truth["arena"].get<double>();
   std::printf("fragmentation: memlens %.4f, mallinfo2 fordblks/arena %.4f\n", *frag, mi);
@@ -104,10 +104,10 @@ TEST(AllocAccuracy, HolesShowHighFragmentation) {
   ASSERT_TRUE(d);
   const std::string truth = dir + "/truth.jsonl";
   Child w = spawn({exe, "--truth", truth, "--blocks", "40000", "--ops", "20000", "--holes"});
-  auto st = steady(*d, truth, w.pid(), "memlens_heap_fragmentation_ratio");
+  auto st = steady(*d, truth, w.pid(), "memlens_heap_resident_unused_ratio");
   ASSERT_TRUE(st) << d->log();
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
-  const double frag = *find_sample(st->s, "memlens_heap_fragmentation_ratio", sel);
+  const double frag = *find_sample(st->s, "memlens_heap_resident_unused_ratio", sel);
   const double mi = st->truth["fordblks"].get<double>() / st->truth["arena"].get<double>();
   std::printf("holes: fragmentation memlens %.4f, mallinfo2 %.4f\n", frag, mi);
   EXPECT_GT(frag, 0.35) << "half the blocks are holes";
@@ -154,7 +154,7 @@ TEST(AllocAccuracy, AlreadyRunningTargetReportsOnlySinceAttach) {
     return find_sample(s, "memlens_allocs_total", sel).value_or(0) > 1000;
   }, 20s)) << d->log();
   EXPECT_FALSE(find_sample(s, "memlens_heap_live_bytes", sel)) << "no live heap without the blocks from before";
-  EXPECT_FALSE(find_sample(s, "memlens_heap_fragmentation_ratio", sel));
+  EXPECT_FALSE(find_sample(s, "memlens_heap_resident_unused_ratio", sel));
   EXPECT_TRUE(find_sample(s, "memlens_heap_net_since_attach_bytes", sel));
   EXPECT_EQ(find_sample(s, "memlens_alloc_tracing", {{"pid", std::to_string(w.pid())}, {"coverage", "since_attach"}}), 1.0);
   // Steady set with churn: allocated and freed since attach agree closely.

@@ -105,7 +105,7 @@ void expect_matches_truth(const std::vector<PromSample>& s, pid_t pid, const std
   const double want = t["uordblks"].get<double>() + t["hblkhd"].get<double>();
   const double frag_want = t["fordblks"].get<double>() / t["arena"].get<double>();
   auto inuse = find_sample(s, "memlens_allocator_inuse_bytes", of(pid));
-  auto frag = find_sample(s, "memlens_allocator_fragmentation_ratio", of(pid));
+  auto frag = find_sample(s, "memlens_heap_fragmentation_ratio", of(pid));
   ASSERT_TRUE(inuse && frag) << what << ": no figures";
   std::printf("%s: in use memlens %.0f, mallinfo2 %.0f (%+.4f %%); fragmentation %.4f vs %.4f; arenas %.0f\n", what,
               *inuse, want, (*inuse - want) / want * 100, *frag, frag_want,
@@ -154,7 +154,7 @@ TEST(HeapBooks, HolesShowFragmentation) {
   ASSERT_TRUE(d);
   auto s = figures(*d, w.child.pid());
   expect_matches_truth(s, w.child.pid(), w.truth, "holes");
-  EXPECT_GT(find_sample(s, "memlens_allocator_fragmentation_ratio", of(w.child.pid())).value_or(0), 0.35);
+  EXPECT_GT(find_sample(s, "memlens_heap_fragmentation_ratio", of(w.child.pid())).value_or(0), 0.35);
   EXPECT_GT(find_sample(s, "memlens_allocator_free_chunks", of(w.child.pid())).value_or(0), 40000);
 }
 
@@ -192,7 +192,7 @@ void heavy_churn(bool resize) {
     const double before = wall_now();
     auto s = d->scrape();
     auto inuse = find_sample(s, "memlens_allocator_inuse_bytes", of(w.child.pid()));
-    auto frag = find_sample(s, "memlens_allocator_fragmentation_ratio", of(w.child.pid()));
+    auto frag = find_sample(s, "memlens_heap_fragmentation_ratio", of(w.child.pid()));
     auto age = find_sample(s, "memlens_allocator_books_age_seconds", of(w.child.pid()));
     // The walk ended at most a tick (250 ms) before the snapshot that says
     // `age`, which is at most a tick older than this scrape; "around that

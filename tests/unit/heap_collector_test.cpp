@@ -111,7 +111,7 @@ TEST(HeapCollector, ReadsAChildExactly) {
             static_cast<double>(mi.uordblks + mi.hblkhd));
   EXPECT_EQ(value(s, "memlens_allocator_free_bytes"), static_cast<double>(mi.fordblks));
   EXPECT_EQ(value(s, "memlens_allocator_system_bytes"), static_cast<double>(mi.arena + mi.hblkhd));
-  EXPECT_DOUBLE_EQ(*value(s, "memlens_allocator_fragmentation_ratio"),
+  EXPECT_DOUBLE_EQ(*value(s, "memlens_heap_fragmentation_ratio"),
                    static_cast<double>(mi.fordblks) / static_cast<double>(mi.arena));
   EXPECT_EQ(value(s, "memlens_allocator_arenas"), 1.0);
   ASSERT_TRUE(s.has_series(SeriesId::heap));
