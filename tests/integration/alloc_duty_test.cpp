@@ -1,6 +1,10 @@
 // Duty mode traces a fraction of each period and scales what it saw: the
 // allocation rate it reports must match the rate the workload itself counts
 // (heapload holds a fixed number of malloc/free replacements a second).
+// The rate is modest on purpose: a probe hit costs the workload 1-20 us, so a
+// workload that cannot keep its pace while probed (a busy 2-core machine)
+// slows in the on-phase and catches up in the off-phase, which duty mode
+// cannot see (20,000/s measured 17,549/s that way on a loaded CI machine).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,7 +20,7 @@ TEST(AllocDuty, ScaledAllocationRateMatchesTheWorkloads) {
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF uprobes)";
   const std::string dir = make_temp_dir();
   const std::string truth = dir + "/truth.jsonl";
-  Child w = spawn({workload_path("heapload"), "--hold", std::to_string(4 << 20), "--churn", "20000", "--warmup", "2",
+  Child w = spawn({workload_path("heapload"), "--hold", std::to_string(4 << 20), "--churn", "5000", "--warmup", "2",
                    "--truth", truth});
   ASSERT_TRUE(wait_until([&] { return !latest_truth(truth).empty(); }, 10s));
   // 20% of each 1 s period: a 20 s window holds 20 on-phases.
@@ -44,7 +48,7 @@ TEST(AllocDuty, ScaledAllocationRateMatchesTheWorkloads) {
                             (t1["elapsed"].get<double>() - t0["elapsed"].get<double>());
   const double memlens_rate = (a1 - a0) / 20.0;
   std::printf("duty 20%%: allocation rate memlens %.0f/s, workload %.0f/s\n", memlens_rate, truth_rate);
-  ASSERT_GT(truth_rate, 10000) << "the workload churns";
+  ASSERT_GT(truth_rate, 4000) << "the workload churns";
   // A phase cut by the window edges is 5% of it; unscaled counts would
   // be 5x too low, counting outside the on-phase too high.
   EXPECT_NEAR(memlens_rate, truth_rate, 0.1 * truth_rate);
