@@ -293,7 +293,7 @@ class Parser {
 
   Result<void> parse_bpf(const YAML::Node& b, Config& c) const {
     if (auto r = known_keys(b, "bpf", {"max_targets", "max_tracked_allocs", "max_stacks", "ringbuf_bytes",
-                                       "syscalls"});
+                                       "syscalls", "max_sampled_blocks"});
         !r)
       return r;
     if (b["syscalls"]) {
@@ -311,6 +311,7 @@ class Parser {
     if (auto r = u32("max_targets", c.bpf.max_targets, 1, 1 << 20); !r) return r;
     if (auto r = u32("max_tracked_allocs", c.bpf.max_tracked_allocs, 1, 1 << 26); !r) return r;
     if (auto r = u32("max_stacks", c.bpf.max_stacks, 1, 1 << 22); !r) return r;
+    if (auto r = u32("max_sampled_blocks", c.bpf.max_sampled_blocks, 1, 1 << 24); !r) return r;
     if (b["ringbuf_bytes"]) {
       auto v = bytes(b["ringbuf_bytes"], "bpf.ringbuf_bytes");
       if (!v) return v.error();
@@ -326,7 +327,7 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc", "heap"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -392,6 +393,11 @@ class Parser {
       auto v = boolean(t["heap"], where + ".heap");
       if (!v) return v.error();
       p.heap = *v;
+    }
+    if (t["sampler"]) {
+      auto v = boolean(t["sampler"], where + ".sampler");
+      if (!v) return v.error();
+      p.sampler = *v;
     }
     return p;
   }

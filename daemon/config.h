@@ -68,6 +68,7 @@ struct TargetPolicy {
   Duration on_leak_duration{60000};    // how long on-leak tracing stays on
   bool gc = true;                      // GC pause tracing for runtimes
   bool heap = true;                    // read the allocator's books (glibc)
+  bool sampler = true;                 // in-process sampler page and otel_memory probes
 };
 
 // Bounds on kernel-side state; every map is sized up front.
@@ -75,6 +76,7 @@ struct BpfLimits {
   uint32_t max_targets = 1024;          // per-target counter maps
   uint32_t max_tracked_allocs = 262144; // address -> size map (leak sites)
   uint32_t max_stacks = 16384;          // stack trace map
+  uint32_t max_sampled_blocks = 65536;  // otel_memory: sampled blocks not yet freed
   uint32_t ringbuf_bytes = 1 << 20;
   // The mmap collector's syscall tracepoints: every system call on the host
   // takes the kernel's slower path while any is attached (~20-30 ns here).
