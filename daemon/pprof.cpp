@@ -63,9 +63,14 @@ std::string demangle(std::string_view symbol) {
 Builder::Builder(std::vector<std::pair<std::string, std::string>> sample_types, std::string default_type,
                  std::pair<std::string, std::string> period_type, int64_t period)
     : period_(period) {
-  for (auto& [t, u] : sample_types) types_.emplace_back(str(t), str(u));
+  // One statement each: the string table's order is the order of the calls.
+  for (auto& [t, u] : sample_types) {
+    const int64_t type = str(t);
+    types_.emplace_back(type, str(u));
+  }
   default_type_ = str(default_type);
-  period_type_ = {str(period_type.first), str(period_type.second)};
+  const int64_t ptype = str(period_type.first);
+  period_type_ = {ptype, str(period_type.second)};
 }
 
 int64_t Builder::str(const std::string& s) {
