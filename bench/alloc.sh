@@ -152,6 +152,46 @@ if command -v heaptrack >/dev/null; then
   [[ -n $out ]] && record "heaptrack" "$out"
 fi
 
+# 6c. The in-process sampler (libmemlens-sampler.so preloaded): with no one
+#     listening (it counts, draws its gaps, fires nothing), and with memlensd
+#     attached to its otel_memory probes (on by default for every target).
+#     memlensd's own CPU per 1000 samples and the size of the profile it
+#     serves are measured on the attached runs.
+sampler=$build/lib/libmemlens-sampler.so
+if [[ -f $sampler ]]; then
+  for _ in $(seq "$RUNS"); do
+    record "sampler preloaded, nothing attached" "$(LD_PRELOAD=$sampler "$bench" --pairs "$NU")"
+  done
+  start_daemon "$(printf 'global: {tick_interval: 1s, rescan_interval: 500ms}\ntargets:\n  - name: bench\n    comm: alloc_bench\n')"
+  port=$(tr '\0' ' ' </proc/$daemon_pid/cmdline | sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p')
+  jiffies() { awk '{print $14 + $15}' "/proc/$daemon_pid/stat"; }
+  samples=0 ticks=0 psize=0
+  for _ in $(seq "$RUNS"); do
+    LD_PRELOAD=$sampler "$bench" --pairs "$NU" --wait-ms 2500 >"$work/sampled.out" &
+    bg_pid=$!
+    sleep 2.2 # attached by then (rescan, then the next tick)
+    j0=$(jiffies)
+    # The target goes when the process exits: read its figures while it runs
+    # (a scrape every 0.5 s, part of the CPU measured).
+    n=0
+    while kill -0 "$bg_pid" 2>/dev/null; do
+      m=$(curl -s "http://127.0.0.1:$port/metrics" |
+        awk '/^memlens_sampler_samples_total\{.*outcome="fired"/ {s += $2} END {printf "%d", s}')
+      ((m > n)) && n=$m
+      p=$(curl -s "http://127.0.0.1:$port/debug/pprof/heap?target=bench" | wc -c)
+      ((p > 100)) && psize=$p
+      sleep 0.5
+    done
+    j1=$(jiffies)
+    wait "$bg_pid" || true
+    bg_pid=""
+    record "sampler preloaded, attached by memlensd" "$(cat "$work/sampled.out")"
+    samples=$((samples + n))
+    ticks=$((ticks + j1 - j0))
+  done
+  cleanup
+fi
+
 printf '| mode | wall ns/pair | CPU ns/pair | CPU x untraced |\n|---|---:|---:|---:|\n'
 for k in "${order[@]}"; do
   printf '| %s | %s | %s | %.2f |\n' "$k" "${wall[$k]}" "${cpu[$k]}" "$(echo "${cpu[$k]} / ${cpu[untraced]}" | bc -l)"
@@ -164,6 +204,11 @@ printf 'memlensd full / bare traps at the same sites: %.2f (classic links), %.2f
   "$(echo "$full / $bare_full" | bc -l)" "$(echo "$full / $bare_multi" | bc -l)"
 if [[ -n ${cpu["memleak-equivalent (bpftrace)"]:-} ]]; then
   printf 'memleak-equivalent / memlensd full: %.2f\n' "$(echo "${cpu["memleak-equivalent (bpftrace)"]} / $full" | bc -l)"
+fi
+if [[ -n ${cpu["sampler preloaded, attached by memlensd"]:-} ]]; then
+  hz=$(getconf CLK_TCK)
+  printf 'sampler attached: %d samples fired over %d runs, memlensd CPU %.1f ms per 1000 samples (ticks included), last profile %d bytes gzipped\n' \
+    "$samples" "$RUNS" "$(echo "$ticks * 1000 / $hz * 1000 / ($samples + 1)" | bc -l)" "$psize"
 fi
 printf 'non-target / untraced: %.3f\n' "$(echo "${cpu["non-target (memlensd tracing another process)"]} / ${cpu[untraced]}" | bc -l)"
 

@@ -725,6 +725,7 @@ void AllocCollector::collect_global(GlobalSample& out) {
   // Leak sites go out as /api/v1/targets/<name>/leaks documents: the HTTP
   // thread only copies them from the snapshot.
   for (auto& [path, body] : s_->leaks.documents()) out.document(std::move(path), std::move(body));
+  for (auto& [key, gz] : s_->leaks.profiles()) out.profile(std::move(key), std::move(gz));
   if (!s_->skel) return;
   for (int r = 0; r < DROP_REASONS; ++r) {
     __u32 key = static_cast<__u32>(r);

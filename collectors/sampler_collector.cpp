@@ -11,6 +11,7 @@
 
 #include "bpf/sampler.h"
 #include "collectors/elf_symbols.h"
+#include "collectors/profile_stacks.h"
 #include "daemon/clock.h"
 #include "daemon/config.h"
 #include "daemon/http_util.h"
@@ -241,10 +242,8 @@ struct SiteRow {
   site_val val;
 };
 
-// One pprof profile of the given rows (all of one target; a `pid` label on
-// each sample). Leading frames inside the producer (the library whose probe
-// fired, when it is not the executable itself) are dropped: the call site
-// that allocated is what a reader looks for at the top.
+// One pprof profile of the given rows (one process, or every process of a
+// target).
 std::string encode_profile(const std::vector<const SiteRow*>& rows, int stacks_fd, const std::string& procfs,
                            uint64_t period) {
   pprof::Builder b({{"alloc_objects", "count"}, {"alloc_space", "bytes"}, {"inuse_objects", "count"},
@@ -253,46 +252,12 @@ std::string encode_profile(const std::vector<const SiteRow*>& rows, int stacks_f
   b.time_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
                    std::chrono::system_clock::now().time_since_epoch())
                    .count());
-  std::map<pid_t, std::optional<elf::Symbolizer>> syms;
-  std::map<pid_t, std::string> exes;
-  ProcFs fs(procfs);
+  std::map<pid_t, StackResolver> resolvers;
   for (const SiteRow* r : rows) {
     const pid_t pid = static_cast<pid_t>(r->key.pid);
-    if (!syms.count(pid)) {
-      auto s = elf::Symbolizer::for_pid(procfs, pid);
-      if (s) syms.emplace(pid, std::move(*s));
-      else syms.emplace(pid, std::nullopt);
-      auto exe = read_link(fs.path(pid, "exe"));
-      exes[pid] = exe ? *exe : std::string();
-    }
-    std::vector<uint64_t> ips;
-    if (r->key.stack_id >= 0) {
-      uint64_t raw[SAMPLER_STACK_DEPTH] = {};
-      __u32 sid = static_cast<__u32>(r->key.stack_id);
-      if (bpf_map_lookup_elem(stacks_fd, &sid, raw) == 0)
-        for (uint64_t ip : raw) {
-          if (!ip) break;
-          ips.push_back(ip);
-        }
-    }
-    std::vector<uint64_t> locs;
-    const auto& sym = syms[pid];
-    std::string producer;
-    bool leading = true;
-    for (std::size_t i = 0; i < ips.size(); ++i) {
-      elf::Symbolizer::Frame fr;
-      if (sym) fr = sym->resolve(ips[i]);
-      const std::string file = fr.map ? fr.map->path : std::string();
-      if (i == 0 && !file.empty() && file != exes[pid]) producer = file;
-      if (leading && !producer.empty() && file == producer && i + 1 < ips.size()) continue;
-      leading = false;
-      uint64_t mapping = 0;
-      if (fr.map) mapping = b.mapping(fr.map->start, fr.map->end, fr.map->offset, fr.map->path, fr.build_id);
-      std::string fn = fr.function.empty() ? std::string() : pprof::demangle(fr.function);
-      // A return address points after the call: name the call itself.
-      locs.push_back(b.location(i == 0 ? ips[i] : ips[i] - 1, mapping, fn));
-    }
-    if (locs.empty()) locs.push_back(b.location(0, 0, "[unknown stack]"));
+    auto it = resolvers.find(pid);
+    if (it == resolvers.end()) it = resolvers.emplace(pid, StackResolver::for_pid(procfs, pid)).first;
+    auto locs = stack_locations(b, it->second, read_stack(stacks_fd, r->key.stack_id, SAMPLER_STACK_DEPTH));
     const double ao = static_cast<double>(r->val.alloc_objects) / 1000.0;
     const double io = static_cast<double>(std::max<int64_t>(0, r->val.inuse_objects)) / 1000.0;
     b.sample(std::move(locs), {static_cast<int64_t>(ao + 0.5), static_cast<int64_t>(r->val.alloc_space),

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "tests/support/pprof_tool.h"
 #include "tests/support/support.h"
 #include "tests/support/truth.h"
 
@@ -61,6 +62,7 @@ TEST(LeakSites, ServedAsJsonWithTheLeakingStack) {
   ASSERT_NE(leak, nullptr) << sites.dump(2);
   EXPECT_TRUE(churn_seen) << sites.dump(2);
   const auto& top = *leak;
+  const double top_bytes = top["bytes"].get<double>();
   // Every leaked block is 4 KiB: 4096 requested, 4112 as a glibc chunk
   // (header mode counts the chunk, as the live heap does).
   const double per_block = top["bytes"].get<double>() / top["blocks"].get<double>();
@@ -70,6 +72,15 @@ TEST(LeakSites, ServedAsJsonWithTheLeakingStack) {
   EXPECT_LE(top["bytes"].get<double>(), leaked + 2 * 65536);
   EXPECT_GE(top["bytes"].get<double>(), 0.5 * leaked);
 
+  // The same capture as a pprof profile, every site: go tool pprof reads it,
+  // names both call sites, and holds at least the JSON's top sites' bytes.
+  auto prof = http_get(d->url("/debug/pprof/heap?target=leaky"));
+  ASSERT_EQ(prof.status, 200) << prof.body;
+  write_text(dir + "/leaks.pb.gz", prof.body);
+  const std::string listing = pprof(dir, "-top " + dir + "/leaks.pb.gz");
+  EXPECT_NE(listing.find(" main\n"), std::string::npos) << listing;
+  EXPECT_NE(listing.find(" replace_one\n"), std::string::npos) << listing;
+  EXPECT_GE(raw_totals(pprof(dir, "-raw " + dir + "/leaks.pb.gz")).inuse_space, 0.5 * top_bytes) << listing;
   // Never as metric labels: no series carries a stack or a symbol.
   for (const auto& sample : d->scrape())
     for (const auto& [k, v] : sample.labels) EXPECT_EQ(v.find("main+"), std::string::npos) << sample.name;

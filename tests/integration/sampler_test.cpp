@@ -8,9 +8,9 @@
 
 #include <sys/stat.h>
 
-#include <sstream>
 #include <thread>
 
+#include "tests/support/pprof_tool.h"
 #include "tests/support/support.h"
 #include "tests/support/truth.h"
 
@@ -20,63 +20,6 @@ using namespace std::chrono_literals;
 namespace {
 
 std::string sampler_lib() { return std::string(MEMLENS_BINARY_DIR) + "/lib/libmemlens-sampler.so"; }
-
-// `go tool pprof` with its caches in `dir` (HOME may be unset under CI).
-std::string pprof(const std::string& dir, const std::string& args) {
-  std::string out;
-  run("HOME=" + dir + " GOCACHE=" + dir + "/gocache PPROF_TMPDIR=" + dir + " go tool pprof " + args + " 2>&1", &out);
-  return out;
-}
-
-struct ProfileTotals {
-  double alloc_objects = 0, alloc_space = 0, inuse_objects = 0, inuse_space = 0;
-  int samples = 0;
-};
-
-// Sums the sample values `go tool pprof -raw` prints ("v1 v2 v3 v4: locs").
-ProfileTotals raw_totals(const std::string& raw) {
-  ProfileTotals t;
-  std::istringstream in(raw);
-  std::string line;
-  bool in_samples = false;
-  while (std::getline(in, line)) {
-    if (line.rfind("Samples:", 0) == 0) {
-      in_samples = true;
-      std::getline(in, line);  // the sample types
-      continue;
-    }
-    if (!in_samples) continue;
-    if (line.find(':') == std::string::npos || line.rfind("Locations", 0) == 0) break;
-    std::istringstream v(line.substr(0, line.find(':')));
-    double a, b, c, d;
-    if (v >> a >> b >> c >> d) {
-      t.alloc_objects += a;
-      t.alloc_space += b;
-      t.inuse_objects += c;
-      t.inuse_space += d;
-      ++t.samples;
-    }
-  }
-  return t;
-}
-
-// The function on the first row of `go tool pprof -top` (highest flat).
-std::string top_function(const std::string& top) {
-  std::istringstream in(top);
-  std::string line;
-  bool header = false;
-  while (std::getline(in, line)) {
-    if (line.find("flat%") != std::string::npos) {
-      header = true;
-      continue;
-    }
-    if (!header) continue;
-    std::istringstream f(line);
-    std::string flat, flatp, sum, cum, cump, fn;
-    if (f >> flat >> flatp >> sum >> cum >> cump >> fn) return fn;
-  }
-  return {};
-}
 
 // Fetches the profile into `dir`/NAME.pb.gz; empty path on failure.
 std::string fetch_profile(const Daemon& d, const std::string& query, const std::string& dir, const std::string& name) {
