@@ -253,7 +253,7 @@ void forget(AllocState& s, AllocTrace& tr) {
 Result<void> attach(AllocState& s, AllocTrace& tr) {
   if (tr.attached()) return {};
   if (!tr.slot) return make_error(Errc::unavailable, "no stats slot");
-  auto specs = alloc::plan_probes(*tr.alloc->elf, tr.glibc(), tr.track_addrs);
+  auto specs = alloc::plan_probes(*tr.alloc->elf, tr.glibc(), tr.track_addrs, tr.alloc->prefix);
   if (!specs) return specs.error();
   alloc::AttachPlan plan;
   plan.entry = s.skel->progs.alloc_entry;

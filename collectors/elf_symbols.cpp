@@ -601,14 +601,30 @@ namespace {
 
 AllocatorKind classify(const std::string& path, const ElfFile& f) {
   auto has = [&](const char* s) { return path.find(s) != std::string::npos; };
-  if (has("jemalloc") || f.defines("mallctl") || f.defines("je_mallctl")) return AllocatorKind::jemalloc;
+  if (has("jemalloc") || f.defines("mallctl") || f.defines("je_mallctl") || f.defines("_rjem_mallctl") ||
+      f.defines("_rjem_mallocx"))
+    return AllocatorKind::jemalloc;
   if (has("tcmalloc") || f.defines("tc_malloc")) return AllocatorKind::tcmalloc;
   if (has("mimalloc") || f.defines("mi_malloc")) return AllocatorKind::mimalloc;
   if (has("/libc.so") || has("/libc-")) return AllocatorKind::glibc;
   return AllocatorKind::other;
 }
 
+// An allocator location for `f` if it defines one.
+std::optional<AllocatorLocation> location_of(const std::string& path, const std::string& open_path,
+                                            const std::shared_ptr<const ElfFile>& f) {
+  auto prefix = allocator_prefix(*f);
+  if (!prefix) return std::nullopt;
+  return AllocatorLocation{classify(path, *f), path, open_path, f, *prefix};
+}
+
 }  // namespace
+
+std::optional<std::string> allocator_prefix(const ElfFile& f) {
+  if (f.defines("malloc") && f.defines("free")) return std::string();
+  if (f.defines("_rjem_mallocx") && f.defines("_rjem_sdallocx")) return std::string("_rjem_");
+  return std::nullopt;
+}
 
 Result<AllocatorLocation> find_allocator(const std::string& procfs, pid_t pid) {
   ProcFs fs(procfs);
@@ -628,8 +644,10 @@ Result<AllocatorLocation> find_allocator(const std::string& procfs, pid_t pid) {
   for (std::size_t i = 0; i < files.size(); ++i) {
     std::string open_path = fs.path(pid, "root") + files[i];
     auto f = open_cached(open_path);
-    if (!f || !(*f)->defines("malloc") || !(*f)->defines("free")) continue;
-    AllocatorLocation loc{classify(files[i], **f), files[i], open_path, *f};
+    if (!f) continue;
+    auto found = location_of(files[i], open_path, *f);
+    if (!found) continue;
+    AllocatorLocation& loc = *found;
     // The executable interposes on every library; among libraries a
     // dedicated allocator wins over libc (it is usually preloaded/needed).
     if (i == 0 && exe && files[0] == *exe) return loc;
@@ -692,12 +710,12 @@ Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path,
   // The loader binds malloc to the first object in its search order that
   // defines it: the executable, then the preloads, then the needed libraries.
   auto exe = open_cached(exe_path);
-  if (exe && (*exe)->defines("malloc") && (*exe)->defines("free"))
-    return AllocatorLocation{classify(exe_path, **exe), exe_path, exe_path, *exe};
+  if (exe)
+    if (auto loc = location_of(exe_path, exe_path, *exe)) return *loc;
   for (const auto& p : preload) {
     auto f = open_cached(p);
-    if (!f || !(*f)->defines("malloc") || !(*f)->defines("free")) continue;
-    return AllocatorLocation{classify(p, **f), p, p, *f};
+    if (!f) continue;
+    if (auto loc = location_of(p, p, *f)) return *loc;
   }
   return find_allocator_for_exe(exe_path);
 }
@@ -705,16 +723,17 @@ Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path,
 Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path) {
   auto exe = open_cached(exe_path);
   if (!exe) return exe.error();
-  if ((*exe)->defines("malloc") && (*exe)->defines("free"))
-    return AllocatorLocation{classify(exe_path, **exe), exe_path, exe_path, *exe};
+  if (auto loc = location_of(exe_path, exe_path, *exe)) return *loc;
   std::optional<AllocatorLocation> libc;
   for (const auto& lib : (*exe)->needed()) {
     for (const char* d : kLibDirs) {
       std::string p = std::string(d) + lib;
       if (access(p.c_str(), R_OK) != 0) continue;
       auto f = open_cached(p);
-      if (!f || !(*f)->defines("malloc")) break;
-      AllocatorLocation loc{classify(p, **f), p, p, *f};
+      if (!f) break;
+      auto found = location_of(p, p, *f);
+      if (!found) break;
+      AllocatorLocation& loc = *found;
       if (loc.kind == AllocatorKind::glibc) {
         if (!libc) libc = loc;
       } else {

@@ -168,7 +168,15 @@ struct AllocatorLocation {
   std::string path;      // as the process sees it (maps path)
   std::string open_path; // what we open/attach (through /proc/PID/root)
   std::shared_ptr<const ElfFile> elf;
+  // Before every entry point's name: "" for malloc/free, "_rjem_" for the
+  // jemalloc Rust programs link through tikv-jemallocator (_rjem_mallocx,
+  // _rjem_sdallocx, ...), which never goes through malloc or free.
+  std::string prefix;
 };
+
+// The prefix of the allocator entry points `f` defines (see
+// AllocatorLocation::prefix); nullopt when it defines none.
+std::optional<std::string> allocator_prefix(const ElfFile& f);
 
 // The allocator a running process calls: the executable if it defines
 // malloc (static jemalloc, Rust/C++ binaries with their own), else a

@@ -96,28 +96,38 @@ bool live_heap_exact(bool from_start, bool attached, double drops, bool duty) {
   return from_start && attached && drops == 0 && !duty;
 }
 
-Result<std::vector<ProbeSpec>> plan_probes(const elf::ElfFile& f, bool glibc, bool track_addrs) {
+Result<std::vector<ProbeSpec>> plan_probes(const elf::ElfFile& f, bool glibc, bool track_addrs,
+                                           const std::string& prefix) {
   const bool entries = track_addrs || !glibc;
   struct Want {
     const char* sym;
     uint32_t fn;
     bool entry, ret;
   };
+  // jemalloc's own API has the argument order of the standard calls it
+  // stands beside: mallocx(size, flags) as malloc, rallocx(ptr, size, flags)
+  // as realloc, sdallocx(ptr, size, flags) and dallocx(ptr, flags) as free.
+  // Rust's allocator API goes through them, never through malloc and free.
   const Want want[] = {
       {"malloc", FN_MALLOC, entries, true},     {"calloc", FN_CALLOC, entries, true},
       {"memalign", FN_MEMALIGN, entries, true}, {"aligned_alloc", FN_MEMALIGN, entries, true},
       {"valloc", FN_MALLOC, entries, true},     {"pvalloc", FN_MALLOC, entries, true},
       {"posix_memalign", FN_POSIX_MEMALIGN, true, true},
       {"realloc", FN_REALLOC, true, true},      {"free", FN_FREE, true, false},
+      {"mallocx", FN_MALLOC, true, true},       {"rallocx", FN_REALLOC, true, true},
+      {"sdallocx", FN_FREE, true, false},       {"dallocx", FN_FREE, true, false},
   };
   std::vector<ProbeSpec> out;
   std::set<std::pair<uint64_t, bool>> seen;
+  bool some_alloc = false, some_free = false;
   for (const auto& w : want) {
-    auto sym = f.find(w.sym);
-    if (!sym) {
-      if (std::string_view(w.sym) == "malloc" || w.fn == FN_FREE) return sym.error();
-      continue;
-    }
+    // The x-API is jemalloc's: never planned for glibc.
+    const bool x_api = std::string_view(w.sym).ends_with("allocx");
+    if (x_api && glibc) continue;
+    auto sym = f.find(prefix + w.sym);
+    if (!sym) continue;
+    some_alloc |= w.fn != FN_FREE;
+    some_free |= w.fn == FN_FREE;
     if (w.entry) {
       uint64_t off = sym->file_offset;
       if (!w.ret) {
@@ -135,6 +145,8 @@ Result<std::vector<ProbeSpec>> plan_probes(const elf::ElfFile& f, bool glibc, bo
     if (w.ret && seen.insert({sym->file_offset, true}).second)
       out.push_back({sym->file_offset, true, w.fn | (header_only ? uint32_t{FN_HEADER_ONLY} : 0u)});
   }
+  if (!some_alloc || !some_free)
+    return make_error(Errc::not_found, f.path() + ": no " + prefix + "malloc/" + prefix + "free pair to probe");
   return out;
 }
 

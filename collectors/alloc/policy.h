@@ -82,7 +82,8 @@ struct ProbeSpec {
 // free's entry probe goes on the first instruction the kernel emulates
 // (after its NULL test), never a guessed offset. Aliases (aligned_alloc =
 // memalign) are probed once. Errc::not_found without malloc or free.
-Result<std::vector<ProbeSpec>> plan_probes(const elf::ElfFile& f, bool glibc, bool track_addrs);
+Result<std::vector<ProbeSpec>> plan_probes(const elf::ElfFile& f, bool glibc, bool track_addrs,
+                                           const std::string& prefix = "");
 
 // The settings every probe of a target carries in its cookie (CK_* in
 // bpf/alloc.h): fixed for the life of its links.
