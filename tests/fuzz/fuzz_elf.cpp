@@ -13,6 +13,9 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)memlens::elf::choose_probe_site(std::span<const uint8_t>(data, size));
+  if (auto n = memlens::elf::parse_stapsdt(std::span<const uint8_t>(data, size));
+      n && (n->provider.empty() || n->name.empty()))
+    __builtin_trap();
   static const int fd = memfd_create("fuzz-elf", 0);
   if (fd < 0) return 0;
   if (ftruncate(fd, 0) != 0 || pwrite(fd, data, size, 0) != static_cast<ssize_t>(size)) return 0;
@@ -26,6 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)e.vaddr_to_offset(s->vaddr);
     if (auto site = memlens::elf::probe_site(e, *s); site && site->offset > 64) __builtin_trap();
   }
+  for (const auto& n : e.usdt()) (void)e.has_usdt(n.provider, n.name);
   (void)e.symbolize(0x1000);
   (void)e.offset_to_vaddr(0x40);
   (void)e.read_bytes(0, 64);

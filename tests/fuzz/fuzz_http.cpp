@@ -32,6 +32,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)memlens::accepts_gzip(in);
   (void)memlens::parse_basic_auth(in);
   const bool utf8 = memlens::valid_utf8(in);
+  // Query values (the profile's target and pid) decode to valid UTF-8 or
+  // to nothing.
+  const std::string query = memlens::raw_query(in);
+  for (const char* key : {"target", "pid"})
+    if (auto v = memlens::query_param(query, key); v && (!memlens::valid_utf8(*v) || v->find('\0') != std::string::npos))
+      __builtin_trap();
   auto path = memlens::decode_target_path(in);
   if (!path) return 0;
   if (!memlens::valid_utf8(*path) || path->find('\0') != std::string::npos) __builtin_trap();
@@ -40,6 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     req.method = method;
     req.head = std::string_view(method) == "HEAD";
     req.path = *path;
+    req.query = query;
     auto reply = exporter().handle(req);
     if (reply.status < 200 || reply.status > 599) __builtin_trap();
     // Bodies are text a browser or a JSON parser takes: valid UTF-8.
