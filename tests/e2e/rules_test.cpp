@@ -277,7 +277,7 @@ TEST(MetricNames, DashboardAndRulesUseOnlyMemlensOrStandardMetrics) {
   std::set<std::string> used;
   for (const auto& [where, expr] : queries) {
     const auto names = metric_names(expr);
-    // Static series (budgets) are the only queries allowed to select nothing.
+    // A static vector() is the only query allowed to select nothing.
     if (expr.find("vector(") == std::string::npos) {
       EXPECT_FALSE(names.empty()) << where << " selects no metric: " << expr;
     }
