@@ -25,9 +25,18 @@ class GlobalSample : public Sample {
  public:
   void document(std::string path, std::string json) { docs_.emplace_back(std::move(path), std::move(json)); }
   const std::vector<std::pair<std::string, std::string>>& documents() const { return docs_; }
+  // Gzipped pprof heap profiles by key: "NAME" (every process of a target)
+  // and "NAME/PID", served as /debug/pprof/heap?target=NAME[&pid=PID].
+  void profile(std::string key, std::shared_ptr<const std::string> gz) {
+    profiles_.emplace_back(std::move(key), std::move(gz));
+  }
+  const std::vector<std::pair<std::string, std::shared_ptr<const std::string>>>& profiles() const {
+    return profiles_;
+  }
 
  private:
   std::vector<std::pair<std::string, std::string>> docs_;
+  std::vector<std::pair<std::string, std::shared_ptr<const std::string>>> profiles_;
 };
 
 // The `reason` label of memlens_collector_enabled when start() failed: a

@@ -47,6 +47,32 @@ std::string_view base_name(std::string_view sym) {
 
 }  // namespace
 
+std::optional<UsdtNote> parse_stapsdt(std::span<const uint8_t> desc) {
+  // pc, base, semaphore (three 8-byte addresses), then three NUL-ended
+  // strings: provider, name, argument spec.
+  if (desc.size() < 3 * 8 + 3) return std::nullopt;
+  UsdtNote n;
+  std::memcpy(&n.pc, desc.data(), 8);
+  std::memcpy(&n.base, desc.data() + 8, 8);
+  std::memcpy(&n.semaphore, desc.data() + 16, 8);
+  std::string_view rest(reinterpret_cast<const char*>(desc.data()) + 24, desc.size() - 24);
+  std::string* fields[] = {&n.provider, &n.name, &n.args};
+  for (std::string* out : fields) {
+    const std::size_t end = rest.find('\0');
+    if (end == std::string_view::npos) return std::nullopt;
+    *out = std::string(rest.substr(0, end));
+    rest.remove_prefix(end + 1);
+  }
+  if (n.provider.empty() || n.name.empty()) return std::nullopt;
+  return n;
+}
+
+bool ElfFile::has_usdt(std::string_view provider, std::string_view name) const {
+  for (const auto& n : usdt_)
+    if (n.provider == provider && n.name == name) return true;
+  return false;
+}
+
 Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
   if (elf_version(EV_CURRENT) == EV_NONE) return make_error(Errc::unavailable, "libelf too old");
   ElfHandle h;
@@ -86,6 +112,10 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
         if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 &&
             std::memcmp(static_cast<const char*>(d->d_buf) + name_off, "GNU", 4) == 0)
           f->build_id_ = hex(static_cast<const uint8_t*>(d->d_buf) + desc_off, nh.n_descsz);
+        else if (nh.n_type == kNtStapsdt && nh.n_namesz == 8 &&
+                 std::memcmp(static_cast<const char*>(d->d_buf) + name_off, "stapsdt", 8) == 0)
+          if (auto n = parse_stapsdt({static_cast<const uint8_t*>(d->d_buf) + desc_off, nh.n_descsz}))
+            f->usdt_.push_back(std::move(*n));
       }
     } else if (sh.sh_type == SHT_DYNAMIC) {
       Elf_Data* d = elf_getdata(scn, nullptr);
@@ -724,6 +754,23 @@ std::string Symbolizer::symbolize(uint64_t addr) const {
     return fmt::format("{}+{:#x} ({})", sym->first->name, sym->second, base);
   }
   return fmt::format("{:#x}", addr);
+}
+
+Symbolizer::Frame Symbolizer::resolve(uint64_t addr) const {
+  Frame fr;
+  for (const auto& m : maps_) {
+    if (addr < m.start || addr >= m.end) continue;
+    fr.map = &m;
+    if (m.path.empty() || m.path[0] != '/') return fr;
+    auto f = open_cached(ProcFs(procfs_).path(pid_, "root") + m.path);
+    if (!f) return fr;
+    fr.build_id = (*f)->build_id();
+    auto vaddr = (*f)->offset_to_vaddr(addr - m.start + m.offset);
+    if (!vaddr) return fr;
+    if (auto sym = (*f)->symbolize(*vaddr)) fr.function = sym->first->name;
+    return fr;
+  }
+  return fr;
 }
 
 }  // namespace memlens::elf

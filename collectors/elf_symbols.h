@@ -36,6 +36,17 @@ struct Symbol {
 
 
 
+// One USDT probe of a binary's .note.stapsdt (SystemTap's SDT notes, which
+// every USDT producer emits: <sys/sdt.h>, the JVM, Node, CPython).
+struct UsdtNote {
+  std::string provider, name, args;
+  uint64_t pc = 0, base = 0, semaphore = 0;  // link-time addresses (0: no semaphore)
+};
+inline constexpr uint32_t kNtStapsdt = 3;
+// Decodes one note's descriptor. Pure, for tests and fuzzing; nullopt when
+// it is short or its strings are not NUL-ended.
+std::optional<UsdtNote> parse_stapsdt(std::span<const uint8_t> desc);
+
 // One parsed ELF file: its function symbols (.symtab and .dynsym, defined
 // only), PT_LOAD segments, build-id and DT_NEEDED entries. Immutable once
 // built, so it is shared between threads through the cache.
@@ -47,6 +58,8 @@ class ElfFile {
   const std::string& path() const { return path_; }
   const std::string& build_id() const { return build_id_; }  // hex, may be empty
   const std::vector<std::string>& needed() const { return needed_; }
+  const std::vector<UsdtNote>& usdt() const { return usdt_; }
+  bool has_usdt(std::string_view provider, std::string_view name) const;
 
   // Defined function (or ifunc) symbol by exact name; a versioned name
   // ("malloc@@GLIBC_2.2.5") matches its base name too.
@@ -73,6 +86,7 @@ class ElfFile {
   std::string path_;
   std::string build_id_;
   std::vector<std::string> needed_;
+  std::vector<UsdtNote> usdt_;
   std::vector<Segment> segments_;
   std::vector<Symbol> syms_;           // sorted by vaddr
   std::map<std::string, std::size_t, std::less<>> by_name_;
@@ -188,6 +202,14 @@ class Symbolizer {
  public:
   static Result<Symbolizer> for_pid(const std::string& procfs, pid_t pid);
   std::string symbolize(uint64_t addr) const;
+  // The same address as parts: its mapping (nullptr when in none), the raw
+  // symbol name (empty when unknown) and the file's build id.
+  struct Frame {
+    const Mapping* map = nullptr;
+    std::string function;
+    std::string build_id;
+  };
+  Frame resolve(uint64_t addr) const;
 
  private:
   std::string procfs_;

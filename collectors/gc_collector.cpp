@@ -98,7 +98,7 @@ uint16_t rt_code(Runtime r) {
 
 constexpr uint64_t kSlotNs = static_cast<uint64_t>(GcCollector::kWindowSeconds * 1e9) / (GC_SLOTS - 1);
 
-// ---- what elf_symbols does not offer: a prefix search and USDT notes -------
+// ---- what elf_symbols does not offer: a prefix search ---------------------
 // Both are read once per binary (keyed by build-id, else path) and cached.
 
 struct ElfHandle {
@@ -142,34 +142,8 @@ std::string find_function_by_prefix(const std::string& path, std::string_view pr
 
 // Does `path` carry the SystemTap SDT note provider:name?
 bool has_usdt(const std::string& path, std::string_view provider, std::string_view name) {
-  ElfHandle h(path);
-  if (!h.elf) return false;
-  const bool is64 = gelf_getclass(h.elf) == ELFCLASS64;
-  std::size_t shstrndx = 0;
-  if (elf_getshdrstrndx(h.elf, &shstrndx) != 0) return false;
-  for (Elf_Scn* scn = nullptr; (scn = elf_nextscn(h.elf, scn)) != nullptr;) {
-    GElf_Shdr sh;
-    if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_NOTE) continue;
-    const char* sname = elf_strptr(h.elf, shstrndx, sh.sh_name);
-    if (!sname || std::strcmp(sname, ".note.stapsdt") != 0) continue;
-    Elf_Data* data = elf_getdata(scn, nullptr);
-    if (!data) continue;
-    GElf_Nhdr nh;
-    std::size_t off = 0, name_off = 0, desc_off = 0;
-    while ((off = gelf_getnote(data, off, &nh, &name_off, &desc_off)) > 0) {
-      if (nh.n_type != 3) continue;  // NT_STAPSDT
-      // desc: pc, base, semaphore (3 addresses), then provider\0name\0args\0
-      const std::size_t addrs = is64 ? 24 : 12;
-      if (nh.n_descsz <= addrs) continue;
-      const char* d = static_cast<const char*>(data->d_buf) + desc_off + addrs;
-      const std::size_t left = nh.n_descsz - addrs;
-      std::string_view prov(d, strnlen(d, left));
-      if (prov != provider || prov.size() + 1 >= left) continue;
-      const char* n = d + prov.size() + 1;
-      if (std::string_view(n, strnlen(n, left - prov.size() - 1)) == name) return true;
-    }
-  }
-  return false;
+  auto f = elf::open_cached(path);
+  return f && (*f)->has_usdt(provider, name);
 }
 
 // Cache of the two lookups above, per binary identity.

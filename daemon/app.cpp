@@ -347,6 +347,7 @@ void App::publish_collectors(SnapshotBuilder& b, Snapshot& snap) {
   }
   for (const auto& v : g.values()) b.add(v, {});
   for (const auto& [path, body] : g.documents()) snap.documents[path] = body;
+  for (const auto& [key, gz] : g.profiles()) snap.profiles[key] = gz;
 }
 
 // memlensd's own figures: targets by entry, discovery and reload counters,

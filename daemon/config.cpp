@@ -340,7 +340,7 @@ class Parser {
 
   Result<void> parse_bpf(const YAML::Node& b, Config& c) const {
     if (auto r = known_keys(b, "bpf", {"max_targets", "max_tracked_allocs", "max_stacks", "ringbuf_bytes",
-                                       "syscalls"});
+                                       "syscalls", "max_sampled_blocks"});
         !r)
       return r;
     if (b["syscalls"]) {
@@ -358,6 +358,7 @@ class Parser {
     if (auto r = u32("max_targets", c.bpf.max_targets, 1, 1 << 20); !r) return r;
     if (auto r = u32("max_tracked_allocs", c.bpf.max_tracked_allocs, 1, 1 << 26); !r) return r;
     if (auto r = u32("max_stacks", c.bpf.max_stacks, 1, 1 << 22); !r) return r;
+    if (auto r = u32("max_sampled_blocks", c.bpf.max_sampled_blocks, 1, 1 << 24); !r) return r;
     if (b["ringbuf_bytes"]) {
       auto v = bytes(b["ringbuf_bytes"], "bpf.ringbuf_bytes");
       if (!v) return v.error();
@@ -373,7 +374,7 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc", "heap", "budgets"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -439,6 +440,11 @@ class Parser {
       auto v = boolean(t["heap"], where + ".heap");
       if (!v) return v.error();
       p.heap = *v;
+    }
+    if (t["sampler"]) {
+      auto v = boolean(t["sampler"], where + ".sampler");
+      if (!v) return v.error();
+      p.sampler = *v;
     }
     if (t["budgets"]) {
       if (auto r = parse_budgets(t["budgets"], where + ".budgets", p); !r) return r.error();

@@ -99,6 +99,7 @@ struct TargetPolicy {
   Duration on_leak_duration{60000};    // how long on-leak tracing stays on
   bool gc = true;                      // GC pause tracing for runtimes
   bool heap = true;                    // read the allocator's books (glibc)
+  bool sampler = true;                 // in-process sampler page and otel_memory probes
   // In kBudgetKeys order; `leak` is 0 unless set when the block is present.
   std::vector<Budget> budgets;
   const Budget* budget(std::string_view resource) const {
@@ -113,6 +114,7 @@ struct BpfLimits {
   uint32_t max_targets = 1024;          // per-target counter maps
   uint32_t max_tracked_allocs = 262144; // address -> size map (leak sites)
   uint32_t max_stacks = 16384;          // stack trace map
+  uint32_t max_sampled_blocks = 65536;  // otel_memory: sampled blocks not yet freed
   uint32_t ringbuf_bytes = 1 << 20;
   // The mmap collector's syscall tracepoints: every system call on the host
   // takes the kernel's slower path while any is attached (~20-30 ns here).

@@ -123,7 +123,7 @@ std::shared_ptr<const Snapshot> Exporter::current() const {
 Access Exporter::access(std::string_view p) const {
   if (p == "/healthz") return Access::open;  // probes carry no credentials
   if (p == metrics_path_) return Access::auth;
-  if (p == "/" || p == "/api" || p.rfind("/api/", 0) == 0) return Access::api;
+  if (p == "/" || p == "/api" || p.rfind("/api/", 0) == 0 || p == "/debug/pprof/heap") return Access::api;
   return Access::auth;
 }
 
@@ -157,6 +157,33 @@ HttpReply Exporter::metrics(const HttpRequest& req) const {
   return r;
 }
 
+// GET /debug/pprof/heap?target=NAME[&pid=N]: the gzipped pprof profile the
+// sampler collector built (what `go tool pprof URL` fetches).
+HttpReply Exporter::heap_profile(const HttpRequest& req, const std::shared_ptr<const Snapshot>& snap) const {
+  if (!snap) return text(503, "no data yet\n");
+  auto name = query_param(req.query, "target");
+  if (!name || name->empty()) return text(400, "give the target: /debug/pprof/heap?target=NAME[&pid=PID]\n");
+  std::string key = *name;
+  if (auto pid = query_param(req.query, "pid")) {
+    if (pid->empty() || pid->size() > 10 || pid->find_first_not_of("0123456789") != std::string::npos)
+      return text(400, "pid must be a number\n");
+    key += "/" + *pid;
+  }
+  auto it = snap->profiles.find(key);
+  if (it == snap->profiles.end()) {
+    bool known = false;
+    for (const auto& t : snap->targets) known |= t.name == *name;
+    return text(404, known ? "no heap profile for this target: no otel_memory probes attached (preload "
+                             "libmemlens-sampler.so, or use an allocator that fires them)\n"
+                           : "no such target is watched\n");
+  }
+  HttpReply r;
+  r.content_type = "application/octet-stream";
+  r.shared = it->second;
+  r.headers.emplace_back("Content-Disposition", "attachment; filename=\"heap.pb.gz\"");
+  return r;
+}
+
 HttpReply Exporter::handle(const HttpRequest& req) const {
   const std::string& path = req.path;
   if (path == metrics_path_) return metrics(req);
@@ -165,6 +192,7 @@ HttpReply Exporter::handle(const HttpRequest& req) const {
     // Healthy once the first tick has published a snapshot.
     return snap ? text(200, "ok\n") : text(503, "starting\n");
   }
+  if (path == "/debug/pprof/heap") return heap_profile(req, snap);
   const bool api = path.rfind("/api/", 0) == 0;
   if (!api && path != "/") return text(404, "not found\n");
   if (!snap) return text(503, "no data yet\n");

@@ -58,6 +58,7 @@ class Exporter {
   Exporter() = default;
   std::shared_ptr<const Exposition> exposition() const;
   HttpReply metrics(const HttpRequest& req) const;
+  HttpReply heap_profile(const HttpRequest& req, const std::shared_ptr<const Snapshot>& snap) const;
 
   mutable std::mutex mu_;
   std::shared_ptr<const Exposition> current_;

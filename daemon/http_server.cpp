@@ -335,6 +335,7 @@ class Session : public SessionBase, public std::enable_shared_from_this<Session<
     auto path = decode_target_path(sv(req.target()));
     if (!path) return reply(400, path.error().message + "\n");
     r.path = std::move(*path);
+    r.query = raw_query(sv(req.target()));
     if (auto it = req.find(http::field::accept_encoding); it != req.end()) r.gzip = accepts_gzip(sv(it->value()));
     const Access access = srv_.routes.access(r.path);
     const WebConfig* web = srv_.web.get();

@@ -27,6 +27,7 @@ namespace memlens {
 struct HttpRequest {
   std::string method;
   std::string path;   // percent-decoded, valid UTF-8, no NUL
+  std::string query;  // what follows '?', raw (query_param decodes a value)
   bool head = false;
   bool gzip = false;  // Accept-Encoding allows gzip
   std::string user;   // the basic-auth user, when one authenticated

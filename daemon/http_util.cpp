@@ -135,6 +135,41 @@ Result<std::string> decode_target_path(std::string_view target) {
   return out;
 }
 
+std::string raw_query(std::string_view target) {
+  const std::size_t q = target.find('?');
+  if (q == std::string_view::npos) return {};
+  std::string_view rest = target.substr(q + 1);
+  return std::string(rest.substr(0, rest.find('#')));
+}
+
+std::optional<std::string> query_param(std::string_view query, std::string_view key) {
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    const std::size_t eq = pair.find('=');
+    if (pair.substr(0, eq) != key) continue;
+    std::string_view raw = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+    std::string out;
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '+') {
+        out += ' ';
+      } else if (raw[i] == '%') {
+        const int hi = i + 2 < raw.size() ? hex_value(raw[i + 1]) : -1;
+        const int lo = hi >= 0 ? hex_value(raw[i + 2]) : -1;
+        if (lo < 0) return std::nullopt;
+        out += static_cast<char>(hi * 16 + lo);
+        i += 2;
+      } else {
+        out += raw[i];
+      }
+    }
+    if (out.find('\0') != std::string::npos || !valid_utf8(out)) return std::nullopt;
+    return out;
+  }
+  return std::nullopt;
+}
+
 bool accepts_gzip(std::string_view v) {
   while (!v.empty()) {
     const std::size_t comma = v.find(',');
@@ -211,6 +246,11 @@ std::string gzip_finish(const GzipHead& head, std::string_view tail) {
   put_le32(out, static_cast<uint32_t>(crc32_combine(head.crc, tail_crc, static_cast<z_off_t>(tail.size()))));
   put_le32(out, static_cast<uint32_t>((head.length + tail.size()) & 0xffffffffu));
   return out;
+}
+
+std::string gzip(std::string_view data) {
+  GzipHead h = gzip_start(data);
+  return h.bytes + gzip_finish(h, {});
 }
 
 }  // namespace memlens

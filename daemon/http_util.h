@@ -27,6 +27,13 @@ bool valid_utf8(std::string_view s);
 // that are not UTF-8, a NUL, a target that is not a path.
 Result<std::string> decode_target_path(std::string_view target);
 
+// The raw query of a request target (after '?', before '#'; "" when none).
+std::string raw_query(std::string_view target);
+// The value of `key` in a query ("a=1&b=x%20y"), percent- and '+'-decoded;
+// nullopt when absent, or when the value is malformed, has NUL or is not
+// valid UTF-8. The first occurrence wins.
+std::optional<std::string> query_param(std::string_view query, std::string_view key);
+
 // Whether an Accept-Encoding value allows gzip (gzip or x-gzip with q > 0).
 bool accepts_gzip(std::string_view accept_encoding);
 
@@ -45,6 +52,8 @@ struct GzipHead {
   uint64_t length = 0;
 };
 GzipHead gzip_start(std::string_view text);
-std::string gzip_finish(const GzipHead& head, std::string_view tail);
+std::string gzip_finish(const GzipHead& head, std::string_view tail);  // the bytes after head.bytes
+// One whole gzip member of `data`.
+std::string gzip(std::string_view data);
 
 }  // namespace memlens

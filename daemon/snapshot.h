@@ -27,6 +27,8 @@ struct Snapshot {
   std::vector<TargetView> targets;
   // Extra JSON documents served under /api/v1/ (e.g. leak sites), by path.
   std::map<std::string, std::string> documents;
+  // Gzipped pprof heap profiles by "NAME" and "NAME/PID".
+  std::map<std::string, std::shared_ptr<const std::string>> profiles;
   double built_at = 0;  // unix seconds
 };
 

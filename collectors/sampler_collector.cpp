@@ -1,0 +1,357 @@
+#include "collectors/sampler_collector.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <spdlog/spdlog.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "bpf/sampler.h"
+#include "collectors/elf_symbols.h"
+#include "daemon/clock.h"
+#include "daemon/config.h"
+#include "daemon/http_util.h"
+#include "daemon/pprof.h"
+#include "sampler/memlens_sampler.h"
+#include "sampler.skel.h"
+
+namespace memlens {
+
+static_assert(sizeof(sampled_key) == 16);
+static_assert(sizeof(sampled_val) == 24);
+static_assert(sizeof(site_key) == 8);
+static_assert(sizeof(site_val) == 40);
+
+namespace {
+
+struct SamplerMetrics {
+  // The allocation counters share their names with the uprobe collector's;
+  // `source` says which one counted.
+  MetricDesc allocs = metric("allocs", "", MetricKind::counter,
+                             "Allocations (malloc, calloc, realloc, memalign family) since attach.");
+  MetricDesc frees = metric("frees", "", MetricKind::counter,
+                            "Frees (free, realloc of a block) since attach; in address mode only frees "
+                            "of blocks allocated since attach.");
+  MetricDesc alloc_bytes = metric("alloc", "bytes", MetricKind::counter,
+                                  "Bytes allocated since attach (same units as heap_live). Estimated "
+                                  "(observed / duty fraction) in duty mode.");
+  MetricDesc samples = metric("sampler_samples", "", MetricKind::counter,
+                              "Allocations the in-process sampler drew, by outcome: fired (an otel_memory:alloc "
+                              "probe was hit), dropped (its table of sampled blocks was full), unlistened (no probe "
+                              "was attached, so none was fired).");
+  MetricDesc interval = metric("sampler_mean_interval", "bytes", MetricKind::gauge,
+                               "Mean bytes between two samples of the in-process sampler (0: it only counts).");
+  MetricDesc attached = metric("sampler_usdt_attached", "", MetricKind::gauge,
+                               "Binaries of this process whose otel_memory USDT probes memlensd has attached.");
+  MetricDesc drops = metric("sampler_bpf_drops", "", MetricKind::counter,
+                            "Sampled allocations the kernel side could not keep, by reason: stack (stack map full), "
+                            "sampled_full (sampled-block map full), sites_full (profile site map full), "
+                            "free_unknown (a free of a block sampled before memlensd attached).");
+  MetricDesc failures = metric("sampler_failures", "", MetricKind::counter,
+                               "Sampler work that failed, by what: attach (a USDT probe), page_read (the counting "
+                               "page of a process).");
+};
+const SamplerMetrics& m() {
+  static const SamplerMetrics d;
+  return d;
+}
+
+const Labels kFromSampler = {{"source", "sampler"}};
+
+double mono_seconds() { return mono_now(); }
+
+}  // namespace
+
+void SamplerCollector::SkelDeleter::operator()(sampler_bpf* s) const { sampler_bpf__destroy(s); }
+
+SamplerCollector::SamplerCollector() = default;
+SamplerCollector::~SamplerCollector() {
+  watches_.clear();  // links first, then the object they point into
+  skel_.reset();
+}
+
+Result<void> SamplerCollector::start(const ConfigPtr& config) {
+  const Config& cfg = *config;
+  proc_ = ProcFs(cfg.procfs);
+  if (skel_) return {};  // a reload keeps the loaded programs
+  if (auto r = bpf::prepare(); !r) return r;
+  std::unique_ptr<sampler_bpf, SkelDeleter> skel(sampler_bpf__open());
+  if (!skel)
+    return make_error(errc_from_errno(errno), std::string("sampler: open BPF object: ") + std::strerror(errno));
+  bpf_map__set_max_entries(skel->maps.sampled, cfg.bpf.max_sampled_blocks);
+  bpf_map__set_max_entries(skel->maps.sampler_stacks, cfg.bpf.max_stacks);
+  bpf_map__set_max_entries(skel->maps.sites, std::max<uint32_t>(1024, cfg.bpf.max_stacks));
+  if (int err = sampler_bpf__load(skel.get()); err)
+    return make_error(Errc::unavailable, std::string("sampler: load BPF object: ") + std::strerror(-err));
+  skel_ = std::move(skel);
+  return {};
+}
+
+void SamplerCollector::target_added(const Target& t) {
+  Watch& w = watches_[t.id];
+  w.name = t.name;
+  w.pid = t.pid();
+}
+
+void SamplerCollector::target_removed(const Target& t) {
+  auto it = watches_.find(t.id);
+  if (it == watches_.end()) return;
+  const pid_t pid = it->second.pid;
+  watches_.erase(it);  // detaches its probes
+  forget_pid(pid);
+}
+
+// Drops a gone process's kernel state (its pid may come back as another).
+void SamplerCollector::forget_pid(pid_t pid) {
+  if (!skel_) return;
+  const int sites_fd = bpf_map__fd(skel_->maps.sites), sampled_fd = bpf_map__fd(skel_->maps.sampled);
+  std::vector<site_key> sk;
+  site_key k{}, next{};
+  for (const void* prev = nullptr; bpf_map_get_next_key(sites_fd, prev, &next) == 0; prev = &k) {
+    k = next;
+    if (next.pid == static_cast<__u32>(pid)) sk.push_back(next);
+  }
+  for (auto& x : sk) bpf_map_delete_elem(sites_fd, &x);
+  std::vector<sampled_key> bk;
+  sampled_key b{}, bnext{};
+  for (const void* prev = nullptr; bpf_map_get_next_key(sampled_fd, prev, &bnext) == 0; prev = &b) {
+    b = bnext;
+    if (bnext.pid == static_cast<__u32>(pid)) bk.push_back(bnext);
+  }
+  for (auto& x : bk) bpf_map_delete_elem(sampled_fd, &x);
+}
+
+// Finds, in the process's mappings, the sampler's counting page and every
+// binary carrying otel_memory probes not attached yet (a library dlopened
+// since the last look shows up here).
+void SamplerCollector::look(const Target& t, Watch& w) {
+  auto text = read_file(proc_.path(t.pid(), "maps"));
+  if (!text) return;
+  const auto maps = parse_maps(*text);
+  const std::string root = proc_.path(t.pid(), "root");
+  std::set<std::string> seen;
+  for (const auto& mp : maps) {
+    if (mp.path.empty() || mp.path[0] != '/' || !seen.insert(mp.path).second) continue;
+    if (mp.path.ends_with(" (deleted)")) continue;
+    auto f = elf::open_cached(root + mp.path);
+    if (!f) continue;
+    if (!w.page_addr && (*f)->segments().size() && mp.path.find("memlens-sampler") != std::string::npos) {
+      auto objs = elf::find_objects(root + mp.path, {"memlens_sampler_page"});
+      if (objs && objs->count("memlens_sampler_page")) {
+        std::vector<Mapping> mine;
+        for (const auto& x : maps)
+          if (x.path == mp.path) mine.push_back(x);
+        if (auto bias = (*f)->load_bias(mine)) w.page_addr = *bias + objs->at("memlens_sampler_page").vaddr;
+      }
+    }
+    if (!skel_ || w.probed.count(mp.path) || w.refused.count(mp.path)) continue;
+    if (!(*f)->has_usdt("otel_memory", "alloc")) continue;
+    auto a = bpf::attach_usdt(skel_->progs.otel_alloc, t.pid(), root + mp.path, "otel_memory", "alloc");
+    Result<bpf::Link> fr = make_error(Errc::not_found, "no free probe");
+    if (a && (*f)->has_usdt("otel_memory", "free"))
+      fr = bpf::attach_usdt(skel_->progs.otel_free, t.pid(), root + mp.path, "otel_memory", "free");
+    if (!a || !fr) {
+      ++attach_failures_;
+      w.refused.insert(mp.path);
+      spdlog::warn("sampler: otel_memory probes of {} in pid {} not attached: {}", mp.path, t.pid(),
+                   (!a ? a.error() : fr.error()).message);
+      continue;
+    }
+    w.links.push_back(std::move(*a));
+    w.links.push_back(std::move(*fr));
+    w.probed.insert(mp.path);
+    spdlog::info("sampler: otel_memory probes of {} attached for pid {} ({})", mp.path, t.pid(), t.name);
+  }
+}
+
+Result<void> SamplerCollector::read_page(Watch& w) {
+  memlens_sampler_page page;
+  iovec local{&page, sizeof(page)};
+  iovec remote{reinterpret_cast<void*>(w.page_addr), sizeof(page)};
+  const ssize_t got = process_vm_readv(w.pid, &local, 1, &remote, 1, 0);
+  if (got != static_cast<ssize_t>(sizeof(page)))
+    return make_error(got < 0 ? errc_from_errno(errno) : Errc::malformed, "sampler page read");
+  // A page not yet filled (the library's constructor has not run) or not
+  // ours: try again next tick.
+  if (page.magic != MEMLENS_SAMPLER_MAGIC || page.version != MEMLENS_SAMPLER_VERSION ||
+      page.slots != MEMLENS_SAMPLER_SLOTS)
+    return make_error(Errc::malformed, "sampler page not recognised");
+  // A forked child keeps its parent's counts until its first allocation
+  // resets them: not this process's books yet.
+  if (page.pid != w.pid) return {};
+  Counts c;
+  for (const auto& s : page.slot) {
+    c.allocs += static_cast<double>(s.allocs);
+    c.frees += static_cast<double>(s.frees);
+    c.alloc_bytes += static_cast<double>(s.alloc_bytes);
+    c.sampled += static_cast<double>(s.sampled);
+  }
+  c.dropped = static_cast<double>(page.dropped);
+  c.unlistened = static_cast<double>(page.unlistened);
+  auto raise = [](double& a, double b) { a = std::max(a, b); };
+  raise(w.seen.allocs, c.allocs);
+  raise(w.seen.frees, c.frees);
+  raise(w.seen.alloc_bytes, c.alloc_bytes);
+  raise(w.seen.sampled, c.sampled);
+  raise(w.seen.dropped, c.dropped);
+  raise(w.seen.unlistened, c.unlistened);
+  w.mean_interval = page.enabled ? page.mean_interval : 0;
+  w.sampling = true;
+  return {};
+}
+
+Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
+  if (!t.policy || !t.policy->sampler) return {};
+  auto it = watches_.find(t.id);
+  if (it == watches_.end()) return {};
+  Watch& w = it->second;
+  const double now = mono_seconds();
+  if (now >= w.next_look) {
+    look(t, w);
+    w.next_look = now + kLookSeconds;
+  }
+  if (w.page_addr) {
+    if (auto r = read_page(w); !r) {
+      ++page_read_failures_;
+      if (r.error().code == Errc::not_found) return r;  // the process is gone
+    }
+  }
+  if (w.sampling) {
+    out.counter(m().allocs, w.seen.allocs, kFromSampler);
+    out.counter(m().frees, w.seen.frees, kFromSampler);
+    out.counter(m().alloc_bytes, w.seen.alloc_bytes, kFromSampler);
+    out.counter(m().samples, w.seen.sampled, {{"outcome", "fired"}});
+    out.counter(m().samples, w.seen.dropped, {{"outcome", "dropped"}});
+    out.counter(m().samples, w.seen.unlistened, {{"outcome", "unlistened"}});
+    out.gauge(m().interval, static_cast<double>(w.mean_interval));
+  }
+  if (!w.probed.empty()) out.gauge(m().attached, static_cast<double>(w.probed.size()));
+  return {};
+}
+
+// ---- profiles -------------------------------------------------------------
+
+namespace {
+
+struct SiteRow {
+  site_key key;
+  site_val val;
+};
+
+// One pprof profile of the given rows (all of one target; a `pid` label on
+// each sample). Leading frames inside the producer (the library whose probe
+// fired, when it is not the executable itself) are dropped: the call site
+// that allocated is what a reader looks for at the top.
+std::string encode_profile(const std::vector<const SiteRow*>& rows, int stacks_fd, const std::string& procfs,
+                           uint64_t period) {
+  pprof::Builder b({{"alloc_objects", "count"}, {"alloc_space", "bytes"}, {"inuse_objects", "count"},
+                    {"inuse_space", "bytes"}},
+                   "inuse_space", {"space", "bytes"}, static_cast<int64_t>(period));
+  b.time_nanos(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count());
+  std::map<pid_t, std::optional<elf::Symbolizer>> syms;
+  std::map<pid_t, std::string> exes;
+  ProcFs fs(procfs);
+  for (const SiteRow* r : rows) {
+    const pid_t pid = static_cast<pid_t>(r->key.pid);
+    if (!syms.count(pid)) {
+      auto s = elf::Symbolizer::for_pid(procfs, pid);
+      if (s) syms.emplace(pid, std::move(*s));
+      else syms.emplace(pid, std::nullopt);
+      auto exe = read_link(fs.path(pid, "exe"));
+      exes[pid] = exe ? *exe : std::string();
+    }
+    std::vector<uint64_t> ips;
+    if (r->key.stack_id >= 0) {
+      uint64_t raw[SAMPLER_STACK_DEPTH] = {};
+      __u32 sid = static_cast<__u32>(r->key.stack_id);
+      if (bpf_map_lookup_elem(stacks_fd, &sid, raw) == 0)
+        for (uint64_t ip : raw) {
+          if (!ip) break;
+          ips.push_back(ip);
+        }
+    }
+    std::vector<uint64_t> locs;
+    const auto& sym = syms[pid];
+    std::string producer;
+    bool leading = true;
+    for (std::size_t i = 0; i < ips.size(); ++i) {
+      elf::Symbolizer::Frame fr;
+      if (sym) fr = sym->resolve(ips[i]);
+      const std::string file = fr.map ? fr.map->path : std::string();
+      if (i == 0 && !file.empty() && file != exes[pid]) producer = file;
+      if (leading && !producer.empty() && file == producer && i + 1 < ips.size()) continue;
+      leading = false;
+      uint64_t mapping = 0;
+      if (fr.map) mapping = b.mapping(fr.map->start, fr.map->end, fr.map->offset, fr.map->path, fr.build_id);
+      std::string fn = fr.function.empty() ? std::string() : pprof::demangle(fr.function);
+      // A return address points after the call: name the call itself.
+      locs.push_back(b.location(i == 0 ? ips[i] : ips[i] - 1, mapping, fn));
+    }
+    if (locs.empty()) locs.push_back(b.location(0, 0, "[unknown stack]"));
+    const double ao = static_cast<double>(r->val.alloc_objects) / 1000.0;
+    const double io = static_cast<double>(std::max<int64_t>(0, r->val.inuse_objects)) / 1000.0;
+    b.sample(std::move(locs), {static_cast<int64_t>(ao + 0.5), static_cast<int64_t>(r->val.alloc_space),
+                               static_cast<int64_t>(io + 0.5), std::max<int64_t>(0, r->val.inuse_space)});
+  }
+  return b.encode();
+}
+
+}  // namespace
+
+void SamplerCollector::collect_global(GlobalSample& out) {
+  if (!skel_) return;
+  static const char* kDrop[SAMPLER_DROP_MAX] = {"stack", "sampled_full", "sites_full", "free_unknown"};
+  const int drops_fd = bpf_map__fd(skel_->maps.sampler_drops);
+  for (__u32 i = 0; i < SAMPLER_DROP_MAX; ++i) {
+    auto v = bpf::sum_percpu_u64(drops_fd, &i);
+    out.counter(m().drops, v ? static_cast<double>(*v) : 0, {{"reason", kDrop[i]}});
+  }
+  out.counter(m().failures, static_cast<double>(attach_failures_), {{"what", "attach"}});
+  out.counter(m().failures, static_cast<double>(page_read_failures_), {{"what", "page_read"}});
+
+  // Profiles: rebuilt every few seconds for targets with probes attached,
+  // from one walk of the site map; published every tick.
+  const double now = mono_seconds();
+  std::map<std::string, std::vector<Watch*>> by_target;
+  for (auto& [id, w] : watches_)
+    if (!w.probed.empty()) by_target[w.name].push_back(&w);
+  if (now >= next_build_ && !by_target.empty()) {
+    next_build_ = now + kProfileSeconds;
+    std::vector<SiteRow> rows;
+    const int sites_fd = bpf_map__fd(skel_->maps.sites);
+    site_key k{}, next{};
+    for (const void* prev = nullptr; bpf_map_get_next_key(sites_fd, prev, &next) == 0; prev = &k) {
+      k = next;
+      SiteRow r{next, {}};
+      if (bpf_map_lookup_elem(sites_fd, &next, &r.val) == 0) rows.push_back(r);
+    }
+    const int stacks_fd = bpf_map__fd(skel_->maps.sampler_stacks);
+    for (auto& [name, ws] : by_target) {
+      std::vector<const SiteRow*> all;
+      uint64_t period = 0;
+      for (Watch* w : ws) {
+        std::vector<const SiteRow*> mine;
+        for (const auto& r : rows)
+          if (r.key.pid == static_cast<__u32>(w->pid)) mine.push_back(&r);
+        period = std::max(period, w->mean_interval);
+        all.insert(all.end(), mine.begin(), mine.end());
+        w->profile = std::make_shared<const std::string>(
+            gzip(encode_profile(mine, stacks_fd, proc_.root(), w->mean_interval)));
+      }
+      profiles_[name] = std::make_shared<const std::string>(
+          gzip(encode_profile(all, stacks_fd, proc_.root(), period)));
+    }
+  }
+  for (auto it = profiles_.begin(); it != profiles_.end();)
+    it = by_target.count(it->first) ? std::next(it) : profiles_.erase(it);
+  for (const auto& [name, gz] : profiles_) out.profile(name, gz);
+  for (const auto& [id, w] : watches_)
+    if (w.profile && !w.probed.empty()) out.profile(w.name + "/" + std::to_string(w.pid), w.profile);
+}
+
+}  // namespace memlens

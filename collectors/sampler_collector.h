@@ -1,0 +1,80 @@
+// Allocation sampling in the process itself, read from outside:
+//  - the counting page of libmemlens-sampler.so (sampler/memlens_sampler.h),
+//    read with process_vm_readv each tick: exact allocation and free counts
+//    and bytes with no trap at all;
+//  - OpenTelemetry's memory USDT contract (otel_memory:alloc/free), fired
+//    by that library or by any producer that adopts it, attached per pid
+//    wherever a mapped binary carries the notes (bpf/sampler.bpf.c), folded
+//    in the kernel into per-stack sites, served as pprof heap profiles
+//    (/debug/pprof/heap?target=NAME[&pid=N]).
+// Threads: everything here runs on the collection thread; the profiles go to
+// the HTTP thread inside the published snapshot.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "collectors/bpf_support.h"
+#include "collectors/collector.h"
+#include "daemon/procfs.h"
+
+struct sampler_bpf;
+
+namespace memlens {
+
+class SamplerCollector : public Collector {
+ public:
+  SamplerCollector();
+  ~SamplerCollector() override;
+  std::string_view name() const override { return "sampler"; }
+  Result<void> start(const ConfigPtr& cfg) override;
+  void target_added(const Target& t) override;
+  void target_removed(const Target& t) override;
+  Result<void> collect(const Target& t, Sample& out) override;
+  void collect_global(GlobalSample& out) override;
+
+  // How often a target's mappings are looked at again for new binaries
+  // (dlopen) and profiles are rebuilt.
+  static constexpr double kLookSeconds = 2;
+  static constexpr double kProfileSeconds = 2;
+
+ private:
+  struct Counts {
+    double allocs = 0, frees = 0, alloc_bytes = 0, sampled = 0, dropped = 0, unlistened = 0;
+  };
+  struct Watch {
+    std::string name;
+    pid_t pid = 0;
+    uint64_t page_addr = 0;            // 0: no sampler page found
+    uint64_t mean_interval = 0;
+    bool sampling = false;
+    Counts seen;                       // highest totals read (counters never go back)
+    std::set<std::string> probed;      // binaries (maps paths) whose probes are attached
+    std::set<std::string> refused;     // binaries whose attach failed (not retried)
+    std::vector<bpf::Link> links;
+    double next_look = 0, next_profile = 0;
+    std::shared_ptr<const std::string> profile;  // gzipped pprof
+  };
+  void look(const Target& t, Watch& w);
+  Result<void> read_page(Watch& w);
+  void build_profile(Watch& w);
+  void forget_pid(pid_t pid);
+
+  struct SkelDeleter {
+    void operator()(sampler_bpf* s) const;
+  };
+  std::unique_ptr<sampler_bpf, SkelDeleter> skel_;
+  ProcFs proc_;
+  std::map<TargetId, Watch> watches_;
+  std::map<std::string, std::shared_ptr<const std::string>> profiles_;  // per target name
+  double next_build_ = 0;
+  uint64_t attach_failures_ = 0;
+  uint64_t page_read_failures_ = 0;
+};
+
+}  // namespace memlens
