@@ -2,8 +2,10 @@
 // toward its heap budget; 70 s after the leak starts memlensd's predicted
 // time to the breach must be within 20 % of the true one, computed from the
 // workload's own books: (budget - its in-use bytes) / its leak rate. A
-// steady workload already over its budget gets no prediction.
+// steady workload already over its budget gets no prediction. And budgets
+// follow a reload.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <cmath>
 #include <thread>
@@ -101,4 +103,29 @@ TEST(BudgetBreach, PredictedWithin20PercentOfTheTruth70sIntoALeak) {
   ASSERT_TRUE(steady_heap);
   EXPECT_GT(*steady_heap, 16.0 * (1 << 20));
   run("rm -rf " + dir);
+}
+
+// Budgets follow the config on a reload (SIGHUP); a bad budget keeps the
+// running ones and says where.
+TEST(BudgetBreach, BudgetsFollowAReload) {
+  auto d = start_daemon("targets:\n  - name: me\n    self: true\n    budgets: {rss: 1GiB}\n");
+  ASSERT_TRUE(d);
+  auto budget = [&](const std::string& resource) {
+    return find_sample(d->scrape(), "memlens_budget_bytes", {{"target", "me"}, {"resource", resource}});
+  };
+  auto reloads = [&](const std::string& result) {
+    return find_sample(d->scrape(), "memlens_config_reloads_total", {{"result", result}}).value_or(-1);
+  };
+  ASSERT_TRUE(wait_until([&] { return budget("rss") == 1073741824.0; }, 5s));
+
+  write_text(d->config_path, "targets:\n  - name: me\n    self: true\n    budgets: {rss: 2GiB, heap: 64MiB}\n");
+  ASSERT_EQ(::kill(d->child.pid(), SIGHUP), 0);
+  EXPECT_TRUE(wait_until([&] { return budget("rss") == 2147483648.0 && budget("heap") == 67108864.0; }, 5s))
+      << d->log();
+
+  write_text(d->config_path, "targets:\n  - name: me\n    self: true\n    budgets: {rss: 2GiB, heap: lots}\n");
+  ASSERT_EQ(::kill(d->child.pid(), SIGHUP), 0);
+  ASSERT_TRUE(wait_until([&] { return reloads("failure") == 1; }, 5s)) << d->log();
+  EXPECT_EQ(budget("heap"), 67108864.0) << "a bad reload keeps the running budgets";
+  EXPECT_NE(d->log().find(":4:32: targets[0].budgets.heap: invalid size 'lots'"), std::string::npos) << d->log();
 }
