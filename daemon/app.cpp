@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "collectors/proc_parse.h"
+#include "daemon/budget.h"
 #include "daemon/clock.h"
 #include "daemon/procfs.h"
 #include "daemon/snapshot.h"
@@ -199,7 +200,7 @@ void App::tick() {
       force_rescan_ = true;  // its series vanish now; the rescan counts the exit
       continue;
     }
-    analyse(st, s, boot_now());
+    analyse(st, t, s, boot_now());
     publish_target(b, *snap, t, s, st);
     ++per_name[t.name];
   }
@@ -233,14 +234,68 @@ bool App::collect(const Target& t, Sample& s) {
 }
 
 // The timeline takes the tick's sample; the leak slope is fitted over the
-// leak window once half of it is covered (earlier it is noise).
-void App::analyse(TargetState& st, const Sample& s, double now) {
+// leak window once half of it is covered (earlier it is noise). A target
+// with a budget on RSS, its peak or its heap also gets the trend of that
+// series over breach_window, the same estimator, for the breach prediction.
+void App::analyse(TargetState& st, const Target& t, const Sample& s, double now) {
   if (!st.timeline) return;
   st.timeline->push(now, s);
-  const double window = std::chrono::duration<double>(cfg_->leak_window).count();
-  auto pts = st.timeline->window(SeriesId::heap, now - window);
-  st.fit_valid = pts.size() >= 4 && pts.back().t - pts.front().t >= window / 2;
-  if (st.fit_valid) st.fit = theil_sen(pts);
+  auto fit_over = [&](SeriesId id, Duration w, SlopeFit& fit) {
+    const double window = std::chrono::duration<double>(w).count();
+    auto pts = st.timeline->window(id, now - window);
+    const bool valid = pts.size() >= 4 && pts.back().t - pts.front().t >= window / 2;
+    if (valid) fit = theil_sen(pts);
+    return valid;
+  };
+  st.fit_valid = fit_over(SeriesId::heap, cfg_->leak_window, st.fit);
+  const TargetPolicy* pol = t.policy.get();
+  st.rss_trend_valid = pol && (pol->budget("rss") || pol->budget("peak")) &&
+                       fit_over(SeriesId::rss, cfg_->breach_window, st.rss_trend);
+  st.heap_trend_valid = false;
+  if (pol && pol->budget("heap")) {
+    if (cfg_->breach_window == cfg_->leak_window) {
+      st.heap_trend = st.fit;
+      st.heap_trend_valid = st.fit_valid;
+    } else {
+      st.heap_trend_valid = fit_over(SeriesId::heap, cfg_->breach_window, st.heap_trend);
+    }
+  }
+}
+
+// The heap figure budgets are held against, and for each byte budget on a
+// series memlensd keeps a trend of (rss, peak, heap), the predicted time to
+// its breach.
+void App::publish_budgets(SnapshotBuilder& b, TargetView& view, const Labels& base, const Target& t,
+                          const Sample& s, const TargetState& st) const {
+  const auto& m = budget_metrics();
+  auto add = [&](const MetricDesc& d, double v, Labels extra) {
+    MetricValue mv{&d, std::move(extra), v, {}};
+    view.values.emplace_back(series_key(mv), v);
+    b.add(mv, base);
+  };
+  const auto heap = best_heap(s);
+  if (heap) add(m.heap, heap->bytes, {{"source", heap->source}});
+  const TargetPolicy* pol = t.policy.get();
+  if (!pol) return;
+  // NaN: no such figure this tick (g++ 12 takes std::optional<double> here
+  // for uninitialised, a false -Wmaybe-uninitialized).
+  auto predict = [&](const char* resource, double current, double over_at, const SlopeFit& fit, bool valid) {
+    const Budget* budget = pol->budget(resource);
+    if (!budget || std::isnan(current) || !valid) return;
+    // Already over (for peak: the lifetime high-water mark passed it).
+    if (!std::isnan(over_at) && over_at >= budget->value) return;
+    auto secs = breach_seconds(budget->value, current, fit);
+    if (!secs) return;
+    add(m.breach, *secs, {{"resource", resource}});
+    add(m.breach_confidence, fit.confidence, {{"resource", resource}});
+  };
+  const double rss = s.has_series(SeriesId::rss) ? s.series_value(SeriesId::rss) : NAN;
+  predict("rss", rss, NAN, st.rss_trend, st.rss_trend_valid);
+  predict("peak", rss, sample_value(s, "memlens_rss_peak_bytes").value_or(NAN), st.rss_trend, st.rss_trend_valid);
+  // The heap trend is the timeline's heap series: the JVM's heap is not in
+  // it (it is the native heap's), so no prediction from a JVM figure.
+  if (heap && std::string_view(heap->source) != "jvm")
+    predict("heap", heap->bytes, NAN, st.heap_trend, st.heap_trend_valid);
 }
 
 void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
@@ -265,6 +320,7 @@ void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, co
     if (!std::isnan(peak)) add_gauge(m.peak, peak);
     add_gauge(m.timeline_pts, static_cast<double>(st.timeline->size()));
   }
+  publish_budgets(b, view, base, t, s, st);
   snap.targets.push_back(std::move(view));
 }
 
@@ -301,6 +357,10 @@ void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per
   for (const auto& pol : cfg_->targets) {
     auto it = per_name.find(pol.name);
     b.gauge(m.targets, it == per_name.end() ? 0 : it->second, {{"target", pol.name}});
+    // Budgets are configuration: exported per entry whether or not a
+    // process matches it now, as kube-state-metrics exports limits.
+    for (const auto& budget : pol.budgets)
+      b.gauge(budget_metrics().of(budget.unit), budget.value, {{"target", pol.name}, {"resource", budget.resource}});
   }
   std::size_t timeline_bytes = 0;
   for (const auto& [id, st] : states_)

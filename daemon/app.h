@@ -53,6 +53,9 @@ class App {
     std::unique_ptr<Timeline> timeline;  // null when every slot is taken
     SlopeFit fit;
     bool fit_valid = false;
+    // Trends over breach_window, for targets with a budget on the series.
+    SlopeFit rss_trend, heap_trend;
+    bool rss_trend_valid = false, heap_trend_valid = false;
   };
   struct CollectorState {
     std::unique_ptr<Collector> c;
@@ -69,10 +72,12 @@ class App {
   void rescan();
   TargetState& state_of(const Target& t);
   bool collect(const Target& t, Sample& s);
-  void analyse(TargetState& st, const Sample& s, double now);
+  void analyse(TargetState& st, const Target& t, const Sample& s, double now);
   void publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
                       const TargetState& st) const;
   void publish_collectors(SnapshotBuilder& b, Snapshot& snap);
+  void publish_budgets(SnapshotBuilder& b, TargetView& view, const Labels& base, const Target& t, const Sample& s,
+                       const TargetState& st) const;
   void publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per_name) const;
   void trim_heap();
   void reload();

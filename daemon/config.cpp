@@ -107,6 +107,41 @@ std::optional<uint64_t> parse_bytes(const std::string& text) {
   return static_cast<uint64_t>(std::llround(v));
 }
 
+std::optional<double> parse_budget(BudgetUnit unit, const std::string& text) {
+  std::string_view s = text;
+  switch (unit) {
+    case BudgetUnit::bytes: {
+      auto b = parse_bytes(text);
+      if (!b) return std::nullopt;
+      return static_cast<double>(*b);
+    }
+    case BudgetUnit::bytes_per_second: {
+      // "1MB/s", "10KiB/s"; a plain number is bytes per second. A size
+      // without "/s" is refused: a rate written as a size is likely a slip.
+      if (s.size() > 2 && s.substr(s.size() - 2) == "/s") s.remove_suffix(2);
+      else if (number_prefix(s) != s.size()) return std::nullopt;
+      auto b = parse_bytes(std::string(s));
+      if (!b) return std::nullopt;
+      return static_cast<double>(*b);
+    }
+    case BudgetUnit::seconds: {
+      auto d = parse_duration(text);
+      if (!d) return std::nullopt;
+      return std::chrono::duration<double>(*d).count();
+    }
+    case BudgetUnit::ratio: {
+      const bool percent = !s.empty() && s.back() == '%';
+      if (percent) s.remove_suffix(1);
+      auto v = parse_decimal(s);
+      if (!v) return std::nullopt;
+      if (percent) *v /= 100;
+      if (*v > 1) return std::nullopt;
+      return *v;
+    }
+  }
+  return std::nullopt;
+}
+
 std::string Selector::describe() const {
   std::ostringstream o;
   const char* sep = "";
@@ -229,7 +264,8 @@ class Parser {
 
   Result<void> parse_global(const YAML::Node& g, Config& c) const {
     if (auto r = known_keys(g, "global", {"tick_interval", "rescan_interval", "timeline_window",
-                                          "leak_window", "smaps_interval", "max_targets", "path_procfs"});
+                                          "leak_window", "breach_window", "smaps_interval", "max_targets",
+                                          "path_procfs"});
         !r)
       return r;
     if (g["tick_interval"]) {
@@ -253,6 +289,11 @@ class Parser {
       if (!d) return d.error();
       c.leak_window = *d;
     }
+    if (g["breach_window"]) {
+      auto d = duration(g["breach_window"], "global.breach_window");
+      if (!d) return d.error();
+      c.breach_window = *d;
+    }
     if (g["smaps_interval"]) {
       auto d = duration(g["smaps_interval"], "global.smaps_interval");
       if (!d) return d.error();
@@ -275,6 +316,12 @@ class Parser {
                  "must not be longer than timeline_window");
     if (c.leak_window < c.tick_interval * 4)
       return err(g["leak_window"] ? g["leak_window"] : g, "global.leak_window",
+                 "must span at least 4 ticks");
+    if (c.breach_window > c.timeline_window)
+      return err(g["breach_window"] ? g["breach_window"] : g, "global.breach_window",
+                 "must not be longer than timeline_window");
+    if (c.breach_window < c.tick_interval * 4)
+      return err(g["breach_window"] ? g["breach_window"] : g, "global.breach_window",
                  "must span at least 4 ticks");
     // Timelines are reserved up front for every target: say so here rather
     // than fail to allocate at start.
@@ -327,7 +374,7 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -399,7 +446,37 @@ class Parser {
       if (!v) return v.error();
       p.sampler = *v;
     }
+    if (t["budgets"]) {
+      if (auto r = parse_budgets(t["budgets"], where + ".budgets", p); !r) return r.error();
+    }
     return p;
+  }
+
+  Result<void> parse_budgets(const YAML::Node& b, const std::string& where, TargetPolicy& p) const {
+    std::set<std::string> known;
+    for (const auto& k : kBudgetKeys) known.insert(k.name);
+    if (auto r = known_keys(b, where, known); !r) return r;
+    for (const auto& k : kBudgetKeys) {
+      const YAML::Node n = b[k.name];
+      const std::string field = where + "." + k.name;
+      double value = 0;
+      if (n) {
+        static const char* const examples[] = {"128MiB", "1MB/s", "10ms", "20%"};
+        const char* example = examples[static_cast<int>(k.unit)];
+        if (!n.IsScalar()) return err(n, field, std::string("expected a value such as ") + example);
+        auto v = parse_budget(k.unit, n.Scalar());
+        if (!v) {
+          static const char* const what[] = {"size", "rate", "duration", "ratio"};
+          return err(n, field, std::string("invalid ") + what[static_cast<int>(k.unit)] + " '" + n.Scalar() +
+                                   "' (use e.g. " + example + ")");
+        }
+        value = *v;
+      } else if (std::string_view(k.name) != "leak") {
+        continue;  // not budgeted; only `leak` has a default (none allowed)
+      }
+      p.budgets.push_back(Budget{k.name, k.unit, value});
+    }
+    return {};
   }
 
   Result<void> parse_alloc(const YAML::Node& a, const std::string& where, TargetPolicy& p) const {

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "daemon/result.h"
@@ -55,6 +56,36 @@ constexpr uint64_t kMaxTimelineBytes = 1ull << 30;
 // than this budget holds a shorter window.
 constexpr std::size_t kTimelineBytesPerPoint = 8;
 
+// A memory budget of a target (`budgets:` in its entry), exported the way
+// kube-state-metrics exports limits: one series per (target, resource), in
+// the family of its unit, so one alert rule per resource serves every target.
+enum class BudgetUnit { bytes, bytes_per_second, seconds, ratio };
+struct Budget {
+  std::string resource;  // the `resource` label: rss, heap, peak, alloc_rate, ...
+  BudgetUnit unit = BudgetUnit::bytes;
+  double value = 0;      // in the base unit (bytes, bytes/s, seconds, 0..1)
+};
+// Every budget key, its unit, in the order they are exported.
+struct BudgetKey {
+  const char* name;
+  BudgetUnit unit;
+};
+inline constexpr BudgetKey kBudgetKeys[] = {
+    {"rss", BudgetUnit::bytes},
+    {"heap", BudgetUnit::bytes},
+    {"peak", BudgetUnit::bytes},
+    {"alloc_rate", BudgetUnit::bytes_per_second},
+    {"fragmentation", BudgetUnit::ratio},
+    {"gc_pause_p99", BudgetUnit::seconds},
+    {"leak", BudgetUnit::bytes_per_second},
+    // PostgreSQL and front-end targets (their collectors come separately).
+    {"shared_buffers", BudgetUnit::bytes},
+    {"connection_memory", BudgetUnit::bytes},
+    {"temp_files", BudgetUnit::bytes},
+    {"bundle", BudgetUnit::bytes},
+    {"renderer_memory", BudgetUnit::bytes},
+};
+
 // Per-target policy: what the selector matches and how each is watched.
 struct TargetPolicy {
   std::string name;  // the `target` label
@@ -69,6 +100,13 @@ struct TargetPolicy {
   bool gc = true;                      // GC pause tracing for runtimes
   bool heap = true;                    // read the allocator's books (glibc)
   bool sampler = true;                 // in-process sampler page and otel_memory probes
+  // In kBudgetKeys order; `leak` is 0 unless set when the block is present.
+  std::vector<Budget> budgets;
+  const Budget* budget(std::string_view resource) const {
+    for (const auto& b : budgets)
+      if (b.resource == resource) return &b;
+    return nullptr;
+  }
 };
 
 // Bounds on kernel-side state; every map is sized up front.
@@ -89,6 +127,8 @@ struct Config {
   Duration rescan_interval{2000};
   Duration timeline_window{3600 * 1000};
   Duration leak_window{60 * 1000};
+  // Window of the slopes that predict when a budget is crossed.
+  Duration breach_window{10 * 60 * 1000};
   Duration smaps_interval{5000};  // smaps_rollup and maps: costly, read less often
   int max_targets = 64;
   std::string procfs = "/proc";
@@ -116,5 +156,9 @@ Result<Config> default_config();
 std::optional<Duration> parse_duration(const std::string& s);
 // 1024, "10KiB", "4MiB", "1GB" -> bytes.
 std::optional<uint64_t> parse_bytes(const std::string& s);
+// A budget's value as people write it, in its unit's base: "128MiB" (bytes),
+// "1MB/s" (bytes per second; a plain number is bytes/s), "10ms" (seconds),
+// "20%" or 0.2 (ratio, 0..1).
+std::optional<double> parse_budget(BudgetUnit unit, const std::string& s);
 
 }  // namespace memlens

@@ -46,7 +46,10 @@ std::string per_target(const std::string& exposition) {
 TEST(Golden, ExpositionOnFixtures) {
   const std::string procfs = std::string(MEMLENS_SOURCE_DIR) + "/tests/fixtures/proc";
   const std::string golden = std::string(MEMLENS_SOURCE_DIR) + "/tests/fixtures/golden/metrics.txt";
-  auto d = start_daemon("global: {tick_interval: 200ms}\ntargets: [{name: golden, comm: heapload}]\n",
+  // With a budget of every unit, so their families are pinned down too.
+  auto d = start_daemon("global: {tick_interval: 200ms}\n"
+                        "targets: [{name: golden, comm: heapload, budgets: {rss: 64MiB, heap: 32MiB, "
+                        "alloc_rate: 1MB/s, gc_pause_p99: 10ms, fragmentation: 20%}}]\n",
                         {"--path.procfs=" + procfs});
   ASSERT_TRUE(d);
   std::string got;
