@@ -326,7 +326,7 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc", "heap"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap", "postgres"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -392,6 +392,11 @@ class Parser {
       auto v = boolean(t["heap"], where + ".heap");
       if (!v) return v.error();
       p.heap = *v;
+    }
+    if (t["postgres"]) {
+      auto v = boolean(t["postgres"], where + ".postgres");
+      if (!v) return v.error();
+      p.postgres = *v;
     }
     return p;
   }

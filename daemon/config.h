@@ -68,6 +68,9 @@ struct TargetPolicy {
   Duration on_leak_duration{60000};    // how long on-leak tracing stays on
   bool gc = true;                      // GC pause tracing for runtimes
   bool heap = true;                    // read the allocator's books (glibc)
+  // A PostgreSQL cluster (the postgres collector): unset, when the
+  // executable is named postgres or postmaster; true or false forces it.
+  std::optional<bool> postgres;
 };
 
 // Bounds on kernel-side state; every map is sized up front.

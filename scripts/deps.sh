@@ -13,6 +13,7 @@ PACKAGES=(
   openjdk-17-jdk-headless nodejs python3.11 binutils
   systemd util-linux curl
   libjemalloc-dev bpftrace heaptrack bc
+  postgresql
 )
 
 missing=()
