@@ -114,14 +114,21 @@ TEST(Postgres, ClusterFromOutside) {
   for (const char* b : {"initdb", "postgres", "psql", "pgbench"})
     if (!executable(kBin + b)) GTEST_SKIP() << "no PostgreSQL 15 (" << kBin << b << "); scripts/deps.sh installs it";
   const auto t0 = std::chrono::steady_clock::now();
+  // Where the time goes, for a run that is slow or fails on a loaded machine.
+  auto phase = [&](const char* what) {
+    std::printf("[%5.1f s] %s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), what);
+    std::fflush(stdout);
+  };
   // postgresql.conf says 48MB, postgresql.auto.conf (ALTER SYSTEM's file)
   // 56MB, which wins.
   auto pg = start_cluster("shared_buffers = 48MB\nmax_connections = 50\n", "shared_buffers = '56MB'\n");
   ASSERT_TRUE(pg->error.empty()) << pg->error;
+  phase("cluster started");
   const pid_t pm = pg->postmaster.pid();
   auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 1s}\n"
                         "targets:\n  - {name: pg, pid: " + std::to_string(pm) + "}\n");
   ASSERT_TRUE(d);
+  phase("memlensd started");
 
   // shared_buffers, exactly as the server has it.
   const double truth_sb = std::stod(pg->sql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'"));
@@ -154,6 +161,7 @@ TEST(Postgres, ClusterFromOutside) {
   // (less psql's own), and their private memory.
   std::string out;
   ASSERT_EQ(run(kBin + "pgbench " + pg->client_args() + " -i -s 1 -q postgres", &out), 0) << out;
+  phase("pgbench -i done");
   Child bench = spawn({kBin + "pgbench", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-c", "20",
                        "-j", "2", "-T", "12", "-n", "postgres"},
                       pg->dir + "/pgbench.log");
@@ -171,6 +179,14 @@ TEST(Postgres, ClusterFromOutside) {
     private20 = value(*d, "memlens_postgres_backend_private_bytes", of(pm, "client backend"));
     return private20 > 20 * 256 * 1024.0;
   }, 5s)) << private20;
+  // What a tick costs memlensd with 26 processes in the cluster (the
+  // smaps reads come every second here, every 5 s by default).
+  double slowest = 0;
+  for (int i = 0; i < 12; ++i) {
+    slowest = std::max(slowest, value(*d, "memlens_collector_duration_seconds", {{"collector", "postgres"}}));
+    std::this_thread::sleep_for(150ms);
+  }
+  std::printf("postgres collector: slowest tick seen %.2f ms\n", slowest * 1e3);
   const double res20 = value(*d, "memlens_postgres_shared_memory_resident_bytes", of(pm));
   std::printf("20 clients: private %.0f bytes (%.0f a connection); shared resident %.0f -> %.0f\n", private20,
               private20 / 20, res0, res20);
@@ -179,6 +195,7 @@ TEST(Postgres, ClusterFromOutside) {
 
   // pgbench ends: back to none.
   EXPECT_EQ(bench.wait_exit(20s) >= 0, true) << "pgbench did not end";
+  phase("pgbench done");
   EXPECT_TRUE(wait_until([&] {
     return value(*d, "memlens_postgres_connections", of(pm)) == 0 &&
            value(*d, "memlens_postgres_backend_private_bytes", of(pm, "client backend")) == 0;
@@ -200,6 +217,7 @@ TEST(Postgres, ClusterFromOutside) {
   std::printf("sort spilling: temp files %.0f bytes (pg_ls_tmpdir a moment later: %s), %.0f files\n", temp,
               truth_temp.c_str(), value(*d, "memlens_postgres_temp_files", of(pm)));
   EXPECT_GE(sort.wait_exit(60s), 0) << "the sort did not end";
+  phase("sort done");
   EXPECT_EQ(read_text(pg->dir + "/sort.log"), "2000000\n");
   EXPECT_TRUE(wait_until([&] { return value(*d, "memlens_postgres_temp_file_bytes", of(pm)) == 0; }, 5s));
   EXPECT_EQ(pg->sql("select count(*) from pg_ls_tmpdir()"), "0");
@@ -207,6 +225,7 @@ TEST(Postgres, ClusterFromOutside) {
   // 200 short connections (pgbench -C: a new one for every transaction):
   // the same series before, during and after.
   const auto series = postgres_series(d->scrape());
+  phase("short connections");
   EXPECT_EQ(series.size(), 6u + 2 * 16u);  // 6 for the cluster, 2 x 16 by backend_type
   Child shorts = spawn({kBin + "pgbench", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-C",
                         "-c", "4", "-j", "2", "-t", "50", "-S", "-n", "postgres"},
@@ -233,6 +252,5 @@ TEST(Postgres, ClusterFromOutside) {
         x.labels.at("collector") == "postgres")
       errors += x.value;
   EXPECT_EQ(errors, 0.0) << d->log();
-  std::printf("test took %.1f s\n",
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  phase("done");
 }
