@@ -313,7 +313,8 @@ Result<void> PostgresCollector::collect(const Target& t, Sample& out) {
         // A symbolic link to the location (in the server's namespace), or
         // an in-place tablespace's directory.
         auto link = read_link(root + tblspc + "/" + oid);
-        const std::string loc = link ? (link->front() == '/' ? *link : tblspc + "/" + *link) : tblspc + "/" + oid;
+        std::string loc = tblspc + "/" + oid;
+        if (link && !link->empty()) loc = link->front() == '/' ? *link : tblspc + "/" + *link;
         auto versions = list_dir(root + loc);
         if (!versions) {
           if (temp) temp = versions.error();
