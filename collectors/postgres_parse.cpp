@@ -1,6 +1,7 @@
 #include "collectors/postgres_parse.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -211,6 +212,50 @@ bool name_char(char c) {
          static_cast<unsigned char>(c) >= 0x80;
 }
 
+bool digit(char c) { return c >= '0' && c <= '9'; }
+bool letter(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || static_cast<unsigned char>(c) >= 0x80;
+}
+
+// Whether an unquoted value is one token of PostgreSQL's configuration
+// lexer: an integer with unit letters (128MB, 0x100, -1), a real without
+// them (0.5, 1.5e3), or a word (on, posix, en_US.UTF-8). "0.5GB" is a
+// real followed by another token, a syntax error: such values need quotes.
+bool bare_token(std::string_view v) {
+  if (v.empty()) return false;
+  if (letter(v[0]))
+    return std::all_of(v.begin(), v.end(), [](char c) {
+      return letter(c) || digit(c) || c == '-' || c == '.' || c == ':' || c == '/';
+    });
+  std::size_t i = (v[0] == '+' || v[0] == '-') ? 1 : 0;
+  auto skip = [&](auto is) {
+    const std::size_t b = i;
+    while (i < v.size() && is(v[i])) ++i;
+    return i - b;
+  };
+  auto alpha = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  if (v.substr(i, 2) == "0x") {
+    i += 2;
+    if (skip([](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; }) == 0) return false;
+    skip(alpha);
+    return i == v.size();
+  }
+  const std::size_t whole = skip(digit);
+  if (i < v.size() && v[i] == '.') {
+    ++i;
+    skip(digit);
+    if (i < v.size() && (v[i] == 'e' || v[i] == 'E')) {
+      ++i;
+      if (i < v.size() && (v[i] == '+' || v[i] == '-')) ++i;
+      if (skip(digit) == 0) return false;
+    }
+    return i == v.size();
+  }
+  if (whole == 0) return false;
+  skip(alpha);
+  return i == v.size();
+}
+
 // A single-quoted value from just after the opening quote; '' and \' are
 // quotes, \b \f \n \r \t and \ooo what they are in C, any other \x is x.
 std::optional<std::string> quoted(std::string_view& s) {
@@ -292,6 +337,12 @@ ConfFile parse_conf(std::string_view text) {
       while (j < rest.size() && !is_space(rest[j]) && rest[j] != '#' && rest[j] != '\'') ++j;
       e.value = std::string(rest.substr(0, j));
       rest.remove_prefix(j);
+      if (!bare_token(e.value)) {
+        std::string why = "the value of '";
+        why.append(e.name).append("' must be quoted: ").append(e.value.substr(0, 32));
+        error(why);
+        continue;
+      }
     }
     // One value a line: "128 MB" is a syntax error to PostgreSQL too.
     rest = trim(rest);

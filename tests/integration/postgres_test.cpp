@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -57,7 +58,11 @@ struct Cluster {
   }
 };
 
-std::unique_ptr<Cluster> start_cluster(const std::string& postgresql_conf, const std::string& auto_conf) {
+// `prepare` runs after initdb and returns options for the postmaster,
+// given after ours.
+using Prepare = std::function<std::vector<std::string>(Cluster&)>;
+std::unique_ptr<Cluster> start_cluster(const std::string& postgresql_conf, const std::string& auto_conf,
+                                       const Prepare& prepare = {}) {
   auto c = std::make_unique<Cluster>();
   c->dir = make_temp_dir("memlens-pg");
   c->data = c->dir + "/data";
@@ -77,11 +82,14 @@ std::unique_ptr<Cluster> start_cluster(const std::string& postgresql_conf, const
   // Appended: later lines win, as they would for an administrator's edit.
   write_text(c->data + "/postgresql.conf", read_text(c->data + "/postgresql.conf") + postgresql_conf);
   write_text(c->data + "/postgresql.auto.conf", read_text(c->data + "/postgresql.auto.conf") + auto_conf);
+  const std::vector<std::string> args = prepare ? prepare(*c) : std::vector<std::string>{};
   std::vector<std::string> argv = kAsNobody;
   argv.insert(argv.end(), {kBin + "postgres", "-D", c->data, "-k", c->dir, "-p", std::to_string(c->port), "-c",
                            "listen_addresses="});
+  argv.insert(argv.end(), args.begin(), args.end());
   c->postmaster = spawn(argv, c->dir + "/postgres.log");
-  if (!wait_until([&] { return c->sql("select 1") == "1"; }, 30s, 200ms))
+  if (!wait_until([&] { return !c->postmaster.running() || c->sql("select 1") == "1"; }, 30s, 200ms) ||
+      !c->postmaster.running())
     c->error = "postgres did not start: " + read_text(c->dir + "/postgres.log");
   return c;
 }
@@ -253,4 +261,56 @@ TEST(Postgres, ClusterFromOutside) {
       errors += x.value;
   EXPECT_EQ(errors, 0.0) << d->log();
   phase("done");
+}
+
+// Debian's layout: the configuration in its own directory (/etc/postgresql/
+// 15/main on a Debian host), named by -c config_file, with a conf.d and
+// cluster_name = '15/main', which every child's title then carries.
+TEST(Postgres, DebianLayoutConfigFileAndClusterName) {
+  if (!is_root()) GTEST_SKIP() << "needs root (to run PostgreSQL as nobody and read its /proc files)";
+  for (const char* b : {"initdb", "postgres", "psql"})
+    if (!executable(kBin + b)) GTEST_SKIP() << "no PostgreSQL 15 (" << kBin << b << "); scripts/deps.sh installs it";
+  auto pg = start_cluster(
+      "", "",
+      [&](Cluster& c) {
+        const std::string etc = c.dir + "/etc";
+        std::filesystem::create_directories(etc + "/conf.d");
+        // initdb's file moves out of the data directory, as pg_createcluster puts it in /etc.
+        write_text(etc + "/postgresql.conf", read_text(c.data + "/postgresql.conf") +
+                                                 "shared_buffers = 32MB\ncluster_name = '15/main'\n"
+                                                 "include_dir = 'conf.d'\n");
+        std::filesystem::remove(c.data + "/postgresql.conf");
+        write_text(etc + "/conf.d/tuning.conf", "shared_buffers = '0.04GB'   # 40.96 MB, 41 MB first, then 5248 blocks\n");
+        run("chown -R 65534:65534 " + sh_quote(etc));
+        return std::vector<std::string>{"-c", "config_file=" + etc + "/postgresql.conf"};
+      });
+  ASSERT_TRUE(pg->error.empty()) << pg->error;
+  const pid_t pm = pg->postmaster.pid();
+  // A psql session held open: one client, titled "postgres: 15/main: postgres postgres [local] ...".
+  Child client = spawn({kBin + "psql", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-X", "-Atq",
+                        "-d", "postgres", "-c", "select pg_sleep(30)"});
+  auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 1s}\n"
+                        "targets:\n  - {name: pg, exe: '.*/postgres', max_targets: 100}\n");
+  ASSERT_TRUE(d);
+  const double truth_sb =
+      std::stod(pg->sql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'"));
+  EXPECT_EQ(truth_sb, 5248.0 * 8192);
+  EXPECT_EQ(pg->sql("show cluster_name"), "15/main");
+  ASSERT_TRUE(wait_until([&] { return value(*d, "memlens_postgres_connections", of(pm)) == 1; }, 15s)) << d->log();
+  auto s = d->scrape();
+  EXPECT_EQ(find_sample(s, "memlens_postgres_shared_buffers_bytes", of(pm)), truth_sb);
+  for (const char* t : {"checkpointer", "background writer", "walwriter", "autovacuum launcher",
+                        "logical replication launcher", "postmaster"})
+    EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, t)), 1.0) << t;
+  EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, "other")), 0.0);
+  // An exe selector matches the children too: they are targets of their
+  // own, with /proc metrics and no PostgreSQL ones.
+  std::set<std::string> pids_with_postgres;
+  std::size_t rss_targets = 0;
+  for (const auto& x : s) {
+    if (x.name == "memlens_rss_bytes" && x.labels.count("target") && x.labels.at("target") == "pg") ++rss_targets;
+    if (x.name.rfind("memlens_postgres_", 0) == 0) pids_with_postgres.insert(x.labels.at("pid"));
+  }
+  EXPECT_GE(rss_targets, 6u);
+  EXPECT_EQ(pids_with_postgres, std::set<std::string>{std::to_string(pm)});
 }

@@ -112,6 +112,7 @@ TEST(PostgresUnits, AsThePostmasterParsesThem) {
   EXPECT_EQ(blocks("0x100"), 256u);
   EXPECT_EQ(blocks("010"), 8u);       // octal, as strtol reads it
   EXPECT_EQ(blocks("0.1MB"), 13u);    // 102 kB first, then blocks
+  EXPECT_EQ(blocks("0.04GB"), 5248u);  // 41 MB first (40.96), not 5243 blocks
   EXPECT_EQ(blocks("100kB"), 12u);    // 12.5 rounds to even
   EXPECT_EQ(blocks("12.5"), 12u);
   EXPECT_EQ(blocks("1e3"), 1000u);
@@ -142,11 +143,20 @@ TEST(PostgresConf, SyntaxQuotesAndComments) {
 
 TEST(PostgresConf, MalformedLinesAreSkippedAndSaid) {
   const ConfFile f = parse_conf(read_text(kFixtures + "malformed.conf"));
-  ASSERT_EQ(f.errors.size(), 5u);
-  EXPECT_NE(f.errors[0].find("line 2"), std::string::npos) << f.errors[0];  // "128 MB": two tokens
+  // "128 MB" (two tokens), "= 5", "9lives", an unterminated quote, no
+  // value, 0.5GB and * unquoted: each an error to PostgreSQL as well.
+  ASSERT_EQ(f.errors.size(), 7u);
+  EXPECT_NE(f.errors[0].find("line 2"), std::string::npos) << f.errors[0];
+  EXPECT_NE(f.errors[5].find("must be quoted"), std::string::npos) << f.errors[5];
   ASSERT_EQ(f.entries.size(), 2u);
   EXPECT_EQ(f.entries.back().value, "40MB");
-  EXPECT_EQ(f.entries.back().line, 7);
+  EXPECT_EQ(f.entries.back().line, 9);
+  // Bare values PostgreSQL's lexer takes whole.
+  for (const char* ok : {"x = 128MB", "x = -1", "x = 0x1F", "x = 1.5", "x = .5e-3", "x = on", "x = en_US.UTF-8",
+                         "x = pg_catalog.english", "x = 'any thing'"})
+    EXPECT_TRUE(parse_conf(ok).errors.empty()) << ok;
+  for (const char* bad : {"x = 1e3", "x = 1.5GB", "x = 15/main", "x = /tmp", "x = 0x", "x = 1.5e"})
+    EXPECT_EQ(parse_conf(bad).errors.size(), 1u) << bad;
 }
 
 TEST(PostgresSettings, IncludesInOrderThenAutoConf) {
