@@ -415,8 +415,11 @@ std::string join(const std::string& dir, const std::string& rel) {
   return dir + (dir.empty() || dir.back() == '/' ? "" : "/") + rel;
 }
 
-// PostgreSQL stops at this depth of nested includes.
+// PostgreSQL stops at this depth of nested includes. It has no bound on
+// how many files that reaches (ten lines including the file itself, ten
+// deep, are 10^10 reads); memlensd stops at this many.
 constexpr int kMaxIncludeDepth = 10;
+constexpr int kMaxFiles = 256;
 
 class Resolver {
  public:
@@ -427,6 +430,10 @@ class Resolver {
   bool file(const std::string& path, int depth, bool missing_ok) {
     if (depth > kMaxIncludeDepth) {
       out_.errors.push_back(path + ": includes nested more than " + std::to_string(kMaxIncludeDepth) + " deep");
+      return false;
+    }
+    if (++files_ > kMaxFiles) {
+      if (files_ == kMaxFiles + 1) out_.errors.push_back(path + ": more than 256 configuration files");
       return false;
     }
     auto text = fs_.read(path);
@@ -465,6 +472,7 @@ class Resolver {
 
   const ConfFs& fs_;
   Settings& out_;
+  int files_ = 0;
 };
 
 }  // namespace

@@ -222,6 +222,12 @@ TEST(PostgresSettings, UnreadableAndCyclicFilesAreErrors) {
   EXPECT_EQ(loop.get("shared_buffers"), "1GB");
   ASSERT_FALSE(loop.errors.empty());
   EXPECT_NE(loop.errors.front().find("nested"), std::string::npos) << loop.errors.front();
+  // Ten self-includes a file, ten deep, would be 10^10 reads: stopped.
+  std::string fan;
+  for (int i = 0; i < 10; ++i) fan += "include 'postgresql.conf'\n";
+  Settings many = resolve_settings(memory_fs({{"/data/postgresql.conf", fan + "shared_buffers = 3GB\n"}}), "/data", {});
+  EXPECT_EQ(many.get("shared_buffers"), "3GB");
+  EXPECT_NE(many.errors.back().find("more than 256"), std::string::npos) << many.errors.back();
   // A missing include (not include_if_exists) is an error; the rest stands.
   Settings miss = resolve_settings(
       memory_fs({{"/data/postgresql.conf", "include 'gone.conf'\nshared_buffers = 2GB\n"}}), "/data", {});
