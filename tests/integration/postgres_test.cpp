@@ -289,8 +289,12 @@ TEST(Postgres, DebianLayoutConfigFileAndClusterName) {
   // A psql session held open: one client, titled "postgres: 15/main: postgres postgres [local] ...".
   Child client = spawn({kBin + "psql", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-X", "-Atq",
                         "-d", "postgres", "-c", "select pg_sleep(30)"});
+  // The postmaster alone by its command line (docs/postgres.md's recipe:
+  // a child's is its title); the children by executable, after it.
   auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 1s}\n"
-                        "targets:\n  - {name: pg, exe: '.*/postgres', max_targets: 100}\n");
+                        "targets:\n"
+                        "  - {name: pm, comm: postgres, cmdline: '^\\S*(postgres|postmaster)( |$)'}\n"
+                        "  - {name: pg, exe: '.*/postgres', max_targets: 100}\n");
   ASSERT_TRUE(d);
   const double truth_sb =
       std::stod(pg->sql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'"));
@@ -303,14 +307,15 @@ TEST(Postgres, DebianLayoutConfigFileAndClusterName) {
                         "logical replication launcher", "postmaster"})
     EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, t)), 1.0) << t;
   EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, "other")), 0.0);
-  // An exe selector matches the children too: they are targets of their
-  // own, with /proc metrics and no PostgreSQL ones.
-  std::set<std::string> pids_with_postgres;
-  std::size_t rss_targets = 0;
+  // The exe selector takes the children: targets of their own, with /proc
+  // metrics and no PostgreSQL ones.
+  std::set<std::string> with_postgres;
+  std::map<std::string, std::set<std::string>> rss_pids;
   for (const auto& x : s) {
-    if (x.name == "memlens_rss_bytes" && x.labels.count("target") && x.labels.at("target") == "pg") ++rss_targets;
-    if (x.name.rfind("memlens_postgres_", 0) == 0) pids_with_postgres.insert(x.labels.at("pid"));
+    if (x.name == "memlens_rss_bytes" && x.labels.count("target")) rss_pids[x.labels.at("target")].insert(x.labels.at("pid"));
+    if (x.name.rfind("memlens_postgres_", 0) == 0) with_postgres.insert(x.labels.at("target") + "/" + x.labels.at("pid"));
   }
-  EXPECT_GE(rss_targets, 6u);
-  EXPECT_EQ(pids_with_postgres, std::set<std::string>{std::to_string(pm)});
+  EXPECT_EQ(rss_pids["pm"], std::set<std::string>{std::to_string(pm)});
+  EXPECT_GE(rss_pids["pg"].size(), 6u);
+  EXPECT_EQ(with_postgres, std::set<std::string>{"pm/" + std::to_string(pm)});
 }
