@@ -179,7 +179,7 @@ Result<void> PostgresCollector::read_settings(const Target& t, PerTarget& pt) {
   if (!s.errors.empty()) {
     if (!std::exchange(pt.logged_settings, true))
       spdlog::warn("postgres: target {} pid {}: {}{}", t.name, pid, s.errors.front(),
-                   s.errors.size() > 1 ? fmt::format(" (and {} more)", s.errors.size() - 1) : "");
+                   s.errors.size() > 1 ? fmt::format(" (and {} more)", s.errors.size() - 1 + s.errors_dropped) : "");
     result = make_error(s.config_read ? Errc::malformed : s.config_errc, s.errors.front());
   }
   const auto sb = s.values.find("shared_buffers");

@@ -420,6 +420,7 @@ std::string join(const std::string& dir, const std::string& rel) {
 // deep, are 10^10 reads); memlensd stops at this many.
 constexpr int kMaxIncludeDepth = 10;
 constexpr int kMaxFiles = 256;
+constexpr std::size_t kMaxErrors = 64;
 
 class Resolver {
  public:
@@ -429,21 +430,21 @@ class Resolver {
   // Reads and applies one file; false when it cannot be read.
   bool file(const std::string& path, int depth, bool missing_ok) {
     if (depth > kMaxIncludeDepth) {
-      out_.errors.push_back(path + ": includes nested more than " + std::to_string(kMaxIncludeDepth) + " deep");
+      say(path + ": includes nested more than " + std::to_string(kMaxIncludeDepth) + " deep");
       return false;
     }
     if (++files_ > kMaxFiles) {
-      if (files_ == kMaxFiles + 1) out_.errors.push_back(path + ": more than 256 configuration files");
+      if (files_ == kMaxFiles + 1) say(path + ": more than 256 configuration files");
       return false;
     }
     auto text = fs_.read(path);
     if (!text) {
-      if (!(missing_ok && text.error().code == Errc::not_found)) out_.errors.push_back(text.error().message);
+      if (!(missing_ok && text.error().code == Errc::not_found)) say(text.error().message);
       if (depth == 0) out_.config_errc = text.error().code;
       return false;
     }
     const ConfFile f = parse_conf(*text);
-    for (const auto& e : f.errors) out_.errors.push_back(path + ": " + e);
+    for (const auto& e : f.errors) say(path + ": " + e);
     const std::string dir = dir_of(path);
     for (const auto& e : f.entries) {
       if (e.name == "include") file(join(dir, e.value), depth + 1, false);
@@ -455,12 +456,19 @@ class Resolver {
   }
 
  private:
+  // Errors are kept up to a bound (a file of malformed lines, included
+  // many times, must not cost memory in proportion); the rest are counted.
+  void say(std::string e) {
+    if (out_.errors.size() < kMaxErrors) out_.errors.push_back(std::move(e));
+    else ++out_.errors_dropped;
+  }
+
   // Every *.conf file of the directory not starting with '.', in byte
   // order of their names, as PostgreSQL reads them.
   void directory(const std::string& dir, int depth) {
     auto names = fs_.list(dir);
     if (!names) {
-      out_.errors.push_back(dir + ": " + names.error().message);
+      say(dir + ": " + names.error().message);
       return;
     }
     std::vector<std::string> confs;
@@ -490,8 +498,9 @@ Settings resolve_settings(const ConfFs& fs, const std::string& data_dir, const P
   else s.config_file = join(conf_dir, "postgresql.conf");
   Resolver r(fs, s);
   s.config_read = r.file(s.config_file, 0, false);
-  // ALTER SYSTEM's file, read after the main one, in the data directory.
-  r.file(join(data_dir, "postgresql.auto.conf"), 0, true);
+  // ALTER SYSTEM's file, read after the main one, in the data directory
+  // (with a file budget of its own: it wins whatever the main one did).
+  Resolver(fs, s).file(join(data_dir, "postgresql.auto.conf"), 0, true);
   for (const auto& [name, value] : args.options) s.values[name] = Setting{value, "command line"};
   return s;
 }

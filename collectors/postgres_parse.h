@@ -110,7 +110,8 @@ struct Settings {
   std::string config_file;                // the postgresql.conf that was read
   bool config_read = false;               // whether it could be read
   Errc config_errc = Errc::io;            // why not, when it could not
-  std::vector<std::string> errors;        // what could not be read or parsed
+  std::vector<std::string> errors;        // what could not be read or parsed (the first 64)
+  std::size_t errors_dropped = 0;         // beyond those
   std::optional<std::string> get(std::string_view name) const;
 };
 
