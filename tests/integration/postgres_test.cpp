@@ -160,10 +160,13 @@ TEST(Postgres, ClusterFromOutside) {
   EXPECT_LE(res0, seg);
   EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, "checkpointer")), 1.0);
   EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, "postmaster")), 1.0);
-  EXPECT_EQ(find_sample(s, "memlens_postgres_connections", of(pm)), 0.0);
   EXPECT_EQ(find_sample(s, "memlens_postgres_temp_file_bytes", of(pm)), 0.0);
-  const double private0 = find_sample(s, "memlens_postgres_backend_private_bytes", of(pm, "client backend")).value_or(-1);
-  EXPECT_EQ(private0, 0.0);
+  // No client, once the psql sessions asking for the truth above are gone
+  // (a tick may have seen one) and smaps were read since.
+  EXPECT_TRUE(wait_until([&] {
+    return value(*d, "memlens_postgres_connections", of(pm)) == 0 &&
+           value(*d, "memlens_postgres_backend_private_bytes", of(pm, "client backend")) == 0;
+  }, 5s));
 
   // 20 pgbench clients: 20 connections, as pg_stat_activity counts them
   // (less psql's own), and their private memory.
@@ -181,7 +184,8 @@ TEST(Postgres, ClusterFromOutside) {
   const double after = value(*d, "memlens_postgres_connections", of(pm));
   std::printf("connections: memlens %.0f / %.0f, pg_stat_activity %s\n", before, after, truth_conn.c_str());
   EXPECT_EQ(truth_conn, "20");
-  EXPECT_TRUE(before == 20 && after == 20);
+  // psql's own session is a client too while it runs: a tick may count it.
+  EXPECT_TRUE(before >= 20 && before <= 21 && after >= 20 && after <= 21);
   double private20 = 0;
   EXPECT_TRUE(wait_until([&] {
     private20 = value(*d, "memlens_postgres_backend_private_bytes", of(pm, "client backend"));
@@ -300,13 +304,17 @@ TEST(Postgres, DebianLayoutConfigFileAndClusterName) {
       std::stod(pg->sql("select setting::bigint * 8192 from pg_settings where name = 'shared_buffers'"));
   EXPECT_EQ(truth_sb, 5248.0 * 8192);
   EXPECT_EQ(pg->sql("show cluster_name"), "15/main");
-  ASSERT_TRUE(wait_until([&] { return value(*d, "memlens_postgres_connections", of(pm)) == 1; }, 15s)) << d->log();
+  // Every title understood ("other" is only ever a child caught between
+  // its fork and its retitle, as an autovacuum worker may be).
+  ASSERT_TRUE(wait_until([&] {
+    return value(*d, "memlens_postgres_connections", of(pm)) == 1 &&
+           value(*d, "memlens_postgres_backends", of(pm, "other")) == 0;
+  }, 15s)) << d->log();
   auto s = d->scrape();
   EXPECT_EQ(find_sample(s, "memlens_postgres_shared_buffers_bytes", of(pm)), truth_sb);
   for (const char* t : {"checkpointer", "background writer", "walwriter", "autovacuum launcher",
                         "logical replication launcher", "postmaster"})
     EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, t)), 1.0) << t;
-  EXPECT_EQ(find_sample(s, "memlens_postgres_backends", of(pm, "other")), 0.0);
   // The exe selector takes the children: targets of their own, with /proc
   // metrics and no PostgreSQL ones.
   std::set<std::string> with_postgres;
