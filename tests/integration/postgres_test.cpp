@@ -213,26 +213,39 @@ TEST(Postgres, ClusterFromOutside) {
            value(*d, "memlens_postgres_backend_private_bytes", of(pm, "client backend")) == 0;
   }, 10s));
 
-  // A sort far larger than work_mem spills to base/pgsql_tmp while it runs.
-  Child sort = spawn({kBin + "psql", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-X", "-Atq",
-                      "-d", "postgres", "-c",
-                      "set work_mem = '64kB'; select count(*) from (select g from generate_series(1, 2000000) g "
-                      "order by md5(g::text)) s"},
-                     pg->dir + "/sort.log");
-  double temp = 0;
-  std::string truth_temp;
-  EXPECT_TRUE(wait_until([&] {
-    temp = value(*d, "memlens_postgres_temp_file_bytes", of(pm));
-    truth_temp = pg->sql("select coalesce(sum(size), 0) from pg_ls_tmpdir()");
-    return temp > 1 << 20;
-  }, 20s, 50ms)) << read_text(pg->dir + "/sort.log");
-  std::printf("sort spilling: temp files %.0f bytes (pg_ls_tmpdir a moment later: %s), %.0f files\n", temp,
-              truth_temp.c_str(), value(*d, "memlens_postgres_temp_files", of(pm)));
-  EXPECT_GE(sort.wait_exit(60s), 0) << "the sort did not end";
+  // A sort far larger than work_mem spills while it runs: to base/pgsql_tmp,
+  // then, with temp_tablespaces, to a tablespace's PG_15_*/pgsql_tmp (its
+  // location reached through pg_tblspc/OID, a link in the server's view).
+  const std::string ts = pg->dir + "/spill";
+  std::filesystem::create_directories(ts);
+  ASSERT_EQ(::chown(ts.c_str(), 65534, 65534), 0);
+  pg->sql("create tablespace spill location '" + ts + "'");
+  ASSERT_EQ(pg->sql("select count(*) from pg_tablespace where spcname = 'spill'"), "1");
+  auto spill = [&](const char* where, const std::string& settings, const std::string& tmpdir) {
+    Child sort = spawn({kBin + "psql", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-X", "-Atq",
+                        "-d", "postgres", "-c",
+                        settings + "set work_mem = '64kB'; select count(*) from (select g from "
+                                   "generate_series(1, 1000000) g order by md5(g::text)) s"},
+                       pg->dir + "/sort.log");
+    double temp = 0;
+    std::string truth_temp;
+    EXPECT_TRUE(wait_until([&] {
+      temp = value(*d, "memlens_postgres_temp_file_bytes", of(pm));
+      truth_temp = pg->sql("select coalesce(sum(size), 0) from pg_ls_tmpdir(" + tmpdir + ")");
+      return temp > 1 << 20 && truth_temp != "0";
+    }, 20s, 50ms)) << where << ": " << read_text(pg->dir + "/sort.log");
+    std::printf("sort spilling to %s: temp files %.0f bytes (pg_ls_tmpdir there a moment later: %s), %.0f files\n",
+                where, temp, truth_temp.c_str(), value(*d, "memlens_postgres_temp_files", of(pm)));
+    EXPECT_GE(sort.wait_exit(60s), 0) << "the sort did not end";
+    EXPECT_EQ(read_text(pg->dir + "/sort.log"), "1000000\n");
+    std::filesystem::remove(pg->dir + "/sort.log");
+    EXPECT_TRUE(wait_until([&] { return value(*d, "memlens_postgres_temp_file_bytes", of(pm)) == 0; }, 5s));
+    EXPECT_EQ(pg->sql("select count(*) from pg_ls_tmpdir(" + tmpdir + ")"), "0");
+  };
+  spill("base/pgsql_tmp", "", "");
   phase("sort done");
-  EXPECT_EQ(read_text(pg->dir + "/sort.log"), "2000000\n");
-  EXPECT_TRUE(wait_until([&] { return value(*d, "memlens_postgres_temp_file_bytes", of(pm)) == 0; }, 5s));
-  EXPECT_EQ(pg->sql("select count(*) from pg_ls_tmpdir()"), "0");
+  spill("a tablespace", "set temp_tablespaces = 'spill'; ", "(select oid from pg_tablespace where spcname = 'spill')");
+  phase("sort in a tablespace done");
 
   // 200 short connections (pgbench -C: a new one for every transaction):
   // the same series before, during and after.
