@@ -157,6 +157,10 @@ Result<SmapsRollup> parse_smaps_rollup(std::string_view text) {
     else if (k == "Anonymous") dst = &s.anonymous;
     else if (k == "Swap") dst = &s.swap;
     else if (k == "SwapPss") dst = &s.swap_pss;
+    else if (k == "Pss_Anon") {
+      dst = &s.pss_anon;
+      s.has_pss_anon = true;
+    }
     if (!dst) return {};
     auto n = kb_value(v);
     if (!n) return malformed("smaps_rollup", line);

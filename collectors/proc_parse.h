@@ -46,6 +46,10 @@ Result<ProcStatus> parse_status(std::string_view text);
 struct SmapsRollup {
   uint64_t rss = 0, pss = 0, shared_clean = 0, shared_dirty = 0, private_clean = 0,
            private_dirty = 0, anonymous = 0, swap = 0, swap_pss = 0;
+  // Anonymous pages divided among the processes mapping them (older
+  // kernels do not say: has_pss_anon is false there).
+  uint64_t pss_anon = 0;
+  bool has_pss_anon = false;
   uint64_t uss() const { return private_clean + private_dirty; }
   bool empty = true;  // kernel threads: the file has no lines
 };

@@ -7,6 +7,7 @@
 #include "collectors/gc_collector.h"
 #include "collectors/heap_collector.h"
 #include "collectors/mmap_collector.h"
+#include "collectors/postgres_collector.h"
 #include "collectors/proc_collector.h"
 #include "collectors/sampler_collector.h"
 
@@ -21,6 +22,7 @@ std::vector<std::unique_ptr<Collector>> make_collectors() {
   c.push_back(std::make_unique<AllocCollector>());
   c.push_back(std::make_unique<GcCollector>());
   c.push_back(std::make_unique<SamplerCollector>());
+  c.push_back(std::make_unique<PostgresCollector>());
   return c;
 }
 

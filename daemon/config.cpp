@@ -374,7 +374,7 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets", "postgres"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -448,6 +448,11 @@ class Parser {
     }
     if (t["budgets"]) {
       if (auto r = parse_budgets(t["budgets"], where + ".budgets", p); !r) return r.error();
+    }
+    if (t["postgres"]) {
+      auto v = boolean(t["postgres"], where + ".postgres");
+      if (!v) return v.error();
+      p.postgres = *v;
     }
     return p;
   }

@@ -107,6 +107,9 @@ struct TargetPolicy {
       if (b.resource == resource) return &b;
     return nullptr;
   }
+  // A PostgreSQL cluster (the postgres collector): unset, when the
+  // executable is named postgres or postmaster; true or false forces it.
+  std::optional<bool> postgres;
 };
 
 // Bounds on kernel-side state; every map is sized up front.

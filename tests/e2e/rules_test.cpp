@@ -138,8 +138,7 @@ std::string variable_expr(const std::string& q) {
 // being built: allowed while no metric() declares them, an error once one
 // does (then this list shrinks).
 const std::set<std::string> kPendingCollectorMetrics = {
-    "memlens_postgres_shared_buffers_bytes", "memlens_postgres_connection_memory_bytes",
-    "memlens_postgres_temp_files_bytes", "memlens_bundle_bytes", "memlens_renderer_memory_bytes"};
+    "memlens_bundle_bytes", "memlens_renderer_memory_bytes"};
 
 // Every string literal in the sources of memlensd (daemon/, collectors/ and
 // below): a label value the rules or their tests use must be one of them.
