@@ -207,6 +207,15 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
     chunks += st.chunks;
     pages_ += st.pages;
     if (books) {
+      // Still there at the end? A process killed while its copied pages
+      // were being sorted through left no failed read behind; its figures
+      // are not published, and its exit is counted like one mid-read.
+      uint64_t word = 0;
+      glibc::RemoteMemory::Read probe{pt.input.main_arena, sizeof word, &word};
+      if (auto alive = mem.read({&probe, 1}); !alive && alive.error().code == Errc::not_found) {
+        books = alive.error();
+        break;
+      }
       ++walks_ok_;
       break;
     }

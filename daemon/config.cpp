@@ -1,5 +1,6 @@
 #include "daemon/config.h"
 
+#include <algorithm>
 #include <re2/re2.h>
 #include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
@@ -317,6 +318,9 @@ class Parser {
     if (c.leak_window < c.tick_interval * 4)
       return err(g["leak_window"] ? g["leak_window"] : g, "global.leak_window",
                  "must span at least 4 ticks");
+    // Unset, it follows the windows it lives in: 10 minutes, but never more
+    // than the timeline holds nor less than the leak window.
+    if (!g["breach_window"]) c.breach_window = std::clamp(c.breach_window, c.leak_window, c.timeline_window);
     if (c.breach_window > c.timeline_window)
       return err(g["breach_window"] ? g["breach_window"] : g, "global.breach_window",
                  "must not be longer than timeline_window");

@@ -230,3 +230,17 @@ TEST(Units, MalformedNumbersAreRefused) {
   EXPECT_EQ(parse_bytes("2 MiB"), 2u << 20);
 }
 
+
+TEST(Config, BreachWindowUnsetFollowsTheTimeline) {
+  // Unset, it is 10 minutes, or the whole timeline when that is shorter.
+  auto c = parse_config("global: {timeline_window: 2m, leak_window: 10s}\ntargets: [{name: a, self: true}]\n", "t");
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->breach_window, c->timeline_window);
+  auto d = parse_config("targets: [{name: a, self: true}]\n", "t");
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->breach_window, Duration(10 * 60 * 1000));
+  // Set, it is checked.
+  auto e = parse_config("global: {timeline_window: 2m, breach_window: 5m}\ntargets: [{name: a, self: true}]\n", "t");
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("breach_window"), std::string::npos);
+}
