@@ -62,8 +62,6 @@ const SamplerMetrics& m() {
 
 const Labels kFromSampler = {{"source", "sampler"}};
 
-double mono_seconds() { return mono_now(); }
-
 }  // namespace
 
 void SamplerCollector::SkelDeleter::operator()(sampler_bpf* s) const { sampler_bpf__destroy(s); }
@@ -105,24 +103,27 @@ void SamplerCollector::target_removed(const Target& t) {
   forget_pid(pid);
 }
 
+namespace {
+// Deletes every key of `fd` (a hash map keyed by a struct whose first field
+// is the pid) that belongs to `pid`: collected first, deleted after, so the
+// walk never follows a key it removed.
+template <typename Key>
+void delete_pid_keys(int fd, pid_t pid) {
+  std::vector<Key> mine;
+  Key k{}, next{};
+  for (const void* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &k) {
+    k = next;
+    if (next.pid == static_cast<__u32>(pid)) mine.push_back(next);
+  }
+  for (auto& x : mine) bpf_map_delete_elem(fd, &x);
+}
+}  // namespace
+
 // Drops a gone process's kernel state (its pid may come back as another).
 void SamplerCollector::forget_pid(pid_t pid) {
   if (!skel_) return;
-  const int sites_fd = bpf_map__fd(skel_->maps.sites), sampled_fd = bpf_map__fd(skel_->maps.sampled);
-  std::vector<site_key> sk;
-  site_key k{}, next{};
-  for (const void* prev = nullptr; bpf_map_get_next_key(sites_fd, prev, &next) == 0; prev = &k) {
-    k = next;
-    if (next.pid == static_cast<__u32>(pid)) sk.push_back(next);
-  }
-  for (auto& x : sk) bpf_map_delete_elem(sites_fd, &x);
-  std::vector<sampled_key> bk;
-  sampled_key b{}, bnext{};
-  for (const void* prev = nullptr; bpf_map_get_next_key(sampled_fd, prev, &bnext) == 0; prev = &b) {
-    b = bnext;
-    if (bnext.pid == static_cast<__u32>(pid)) bk.push_back(bnext);
-  }
-  for (auto& x : bk) bpf_map_delete_elem(sampled_fd, &x);
+  delete_pid_keys<site_key>(bpf_map__fd(skel_->maps.sites), pid);
+  delete_pid_keys<sampled_key>(bpf_map__fd(skel_->maps.sampled), pid);
 }
 
 // Finds, in the process's mappings, the sampler's counting page and every
@@ -139,7 +140,7 @@ void SamplerCollector::look(const Target& t, Watch& w) {
     if (mp.path.ends_with(" (deleted)")) continue;
     auto f = elf::open_cached(root + mp.path);
     if (!f) continue;
-    if (!w.page_addr && (*f)->segments().size() && mp.path.find("memlens-sampler") != std::string::npos) {
+    if (!w.page_addr && mp.path.find("memlens-sampler") != std::string::npos) {
       auto objs = elf::find_objects(root + mp.path, {"memlens_sampler_page"});
       if (objs && objs->count("memlens_sampler_page")) {
         std::vector<Mapping> mine;
@@ -209,7 +210,7 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
   auto it = watches_.find(t.id);
   if (it == watches_.end()) return {};
   Watch& w = it->second;
-  const double now = mono_seconds();
+  const double now = mono_now();
   if (now >= w.next_look) {
     look(t, w);
     w.next_look = now + kLookSeconds;
@@ -281,7 +282,7 @@ void SamplerCollector::collect_global(GlobalSample& out) {
 
   // Profiles: rebuilt every few seconds for targets with probes attached,
   // from one walk of the site map; published every tick.
-  const double now = mono_seconds();
+  const double now = mono_now();
   std::map<std::string, std::vector<Watch*>> by_target;
   for (auto& [id, w] : watches_)
     if (!w.probed.empty()) by_target[w.name].push_back(&w);

@@ -145,8 +145,9 @@ int main(int argc, char** argv) {
   signal(SIGTERM, on_signal);
   struct work ws[64];
   pthread_t tids[64];
-  /* Everything allocated before the baseline (thread stacks come from
-   * mmap, not malloc) */
+  /* Nothing is allocated after the baseline but the work itself: the
+   * truth file and the per-thread state are ready before it (thread stacks
+   * come from mmap, not malloc). */
   memset(ws, 0, sizeof ws);
   struct counts none = {0};
   write_truth(truth, "baseline", &none);
