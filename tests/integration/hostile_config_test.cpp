@@ -59,7 +59,7 @@ bool reload(const Daemon& d, double& done) {
 
 // Memory figures of a sanitizer build measure its allocator's quarantine,
 // not ours: those builds check everything else.
-constexpr bool kMeasuresMemory = !kSanitized;
+const bool kMeasuresMemory = !daemon_sanitized();
 
 }  // namespace
 

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <thread>
 
 namespace memlens::test {
@@ -367,7 +368,14 @@ std::string last_line(const std::string& path) {
   return nl == std::string::npos ? t : t.substr(nl + 1);
 }
 
-std::string memlensd_path() { return std::string(MEMLENS_BINARY_DIR) + "/memlensd"; }
+std::string memlensd_path() {
+  const char* d = std::getenv("MEMLENS_DAEMON");
+  return d && *d ? d : std::string(MEMLENS_BINARY_DIR) + "/memlensd";
+}
+bool daemon_sanitized() {
+  const char* s = std::getenv("MEMLENS_SANITIZED");
+  return s && std::string_view(s) == "1";
+}
 std::string workload_path(const std::string& name) { return std::string(MEMLENS_WORKLOAD_DIR) + "/" + name; }
 
 std::string exe_comm(const std::string& path) {

@@ -13,19 +13,14 @@
 
 namespace memlens::test {
 
-// Whether this test (and the memlensd it runs, from the same tree) is built
-// with AddressSanitizer (g++ says so with a macro, clang with a feature).
-#if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-inline constexpr bool kSanitized = true;
-#else
-inline constexpr bool kSanitized = false;
-#endif
-#else
-inline constexpr bool kSanitized = false;
-#endif
+// The memlensd under test: the one built beside this test, or the one
+// MEMLENS_DAEMON names (the asan/ variants run these very tests against the
+// sanitizer tree's memlensd).
+std::string memlensd_path();
+// Whether that memlensd is built with AddressSanitizer (MEMLENS_SANITIZED=1
+// says so): its memory figures measure the sanitizer's allocator, and it
+// runs ~3x slower.
+bool daemon_sanitized();
 
 // A child process, killed (SIGKILL) and reaped when the handle goes.
 class Child {
@@ -111,7 +106,6 @@ void write_text(const std::string& path, const std::string& text);
 // The last complete line of a file the workload appends to (its ground truth).
 std::string last_line(const std::string& path);
 
-std::string memlensd_path();
 std::string workload_path(const std::string& name);
 // A copy of workload `name` in `dir` under a name no other test uses, for an
 // `exe:` selector: tests running at the same time each hold their own
