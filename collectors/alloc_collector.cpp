@@ -738,6 +738,7 @@ void AllocCollector::collect_global(GlobalSample& out) {
   }
   out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)),
             {{"collector", "alloc"}});
+  out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "alloc"}});
   const uint64_t cfg_entries = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.target_cfg));
   out.gauge(self.map_entries, static_cast<double>(s_->pool.in_use()), {{"map", "alloc_stats"}});
   out.gauge(self.map_entries, static_cast<double>(cfg_entries), {{"map", "alloc_target_cfg"}});

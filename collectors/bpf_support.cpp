@@ -255,6 +255,9 @@ const SelfMetrics& self_metrics() {
       metric("bpf_map_memory", "bytes", MetricKind::gauge, "Kernel memory charged to the eBPF maps of a collector."),
       metric("bpf_map_entries", "", MetricKind::gauge,
              "Entries in a per-target eBPF map (bounded by config.bpf limits)."),
+      metric("bpf_program_missed_runs", "", MetricKind::counter,
+             "Runs of a collector's eBPF programs the kernel skipped because another eBPF program was running on "
+             "that CPU: each is an event not counted."),
   };
   return m;
 }
@@ -274,6 +277,20 @@ uint64_t object_map_memory_bytes(const bpf_object* obj) {
   uint64_t total = 0;
   bpf_map* m = nullptr;
   bpf_object__for_each_map(m, obj) total += map_memory_bytes(bpf_map__fd(m));
+  return total;
+}
+
+uint64_t object_missed_runs(const bpf_object* obj) {
+  if (!obj) return 0;
+  uint64_t total = 0;
+  bpf_program* p = nullptr;
+  bpf_object__for_each_program(p, obj) {
+    const int fd = bpf_program__fd(p);
+    if (fd < 0) continue;  // not loaded (autoload off)
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) total += info.recursion_misses;
+  }
   return total;
 }
 

@@ -113,6 +113,11 @@ uint64_t map_memory_bytes(int map_fd);
 // Same for every map of a loaded object (bpf_object), for self-metrics.
 uint64_t object_map_memory_bytes(const bpf_object* obj);
 
+// Runs of an object's programs the kernel skipped (bpf_prog_info's
+// recursion_misses: another eBPF program was running on that CPU, so the
+// event went unseen), summed over its programs.
+uint64_t object_missed_runs(const bpf_object* obj);
+
 // Number of possible CPUs (size of per-CPU value arrays).
 int possible_cpus();
 
@@ -121,9 +126,9 @@ uint64_t count_u32_keys(int map_fd);
 
 // The self-metric families every eBPF collector reports, declared once so
 // names and help texts agree: drops by collector and reason, map memory by
-// collector, entries by map.
+// collector, entries by map, program runs the kernel skipped by collector.
 struct SelfMetrics {
-  MetricDesc dropped, map_memory, map_entries;
+  MetricDesc dropped, map_memory, map_entries, missed;
 };
 const SelfMetrics& self_metrics();
 

@@ -91,6 +91,7 @@ void FaultsCollector::collect_global(GlobalSample& out) {
   const auto& self = bpf::self_metrics();
   if (!s_->skel) return;
   out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "faults"}});
+  out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "faults"}});
   const uint64_t n = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.fault_stats));
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "fault_stats"}});
 }

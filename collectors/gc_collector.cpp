@@ -501,6 +501,7 @@ void GcCollector::collect_global(GlobalSample& out) {
     out.counter(m_errors(), v ? static_cast<double>(*v) : 0, {{"reason", names[i]}});
   }
   out.counter(m_errors(), static_cast<double>(attach_failures_), {{"reason", "attach"}});
+  out.counter(bpf::self_metrics().missed, static_cast<double>(bpf::object_missed_runs(skel_->obj)), {{"collector", "gc"}});
   double traced = 0;
   for (const auto& [id, w] : watches_) traced += w.available ? 1 : 0;
   out.gauge(m_traced(), traced);

@@ -163,6 +163,7 @@ void MmapCollector::collect_global(GlobalSample& out) {
   out.counter(self.dropped, static_cast<double>(s_->map_full), {{"collector", "mmap"}, {"reason", "map_full"}});
   out.counter(self.dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
   out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
+  out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "mmap"}});
   const uint64_t n = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.mmap_stats));
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "mmap_stats"}});
 }

@@ -279,6 +279,8 @@ void SamplerCollector::collect_global(GlobalSample& out) {
   }
   out.counter(m().failures, static_cast<double>(attach_failures_), {{"what", "attach"}});
   out.counter(m().failures, static_cast<double>(page_read_failures_), {{"what", "page_read"}});
+  out.counter(bpf::self_metrics().missed, static_cast<double>(bpf::object_missed_runs(skel_->obj)),
+              {{"collector", "sampler"}});
 
   // Profiles: rebuilt every few seconds for targets with probes attached,
   // from one walk of the site map; published every tick.
