@@ -206,7 +206,7 @@ void App::tick() {
   }
   publish_collectors(b, *snap);
   publish_self(b, per_name);
-  snap->families = b.take();
+  snap->text = b.take();
   exporter_->publish(std::move(snap));
   if (ticks_total_ == 1 || trim_due_) trim_heap();
   trim_due_ = false;

@@ -104,7 +104,7 @@ Exporter::~Exporter() {
 
 void Exporter::publish(std::shared_ptr<const Snapshot> s) {
   auto ex = std::make_shared<Exposition>();
-  if (s) ex->text = std::make_shared<const std::string>(prometheus::TextSerializer().Serialize(s->families));
+  if (s) ex->text = std::shared_ptr<const std::string>(s, &s->text);  // written by the tick, not copied
   ex->snap = std::move(s);
   std::lock_guard<std::mutex> l(mu_);
   current_ = std::move(ex);

@@ -40,7 +40,8 @@ class Exporter {
                                                   std::shared_ptr<const WebConfig> web = nullptr);
   // The routes alone, with no sockets (tests and fuzzers call handle()).
   static std::unique_ptr<Exporter> routes_only(const std::string& metrics_path);
-  // On the collection thread: serialises the snapshot's families once.
+  // On the collection thread: swaps in the tick's snapshot (its text written
+  // once by the tick; scrapes share it).
   void publish(std::shared_ptr<const Snapshot> s);
   std::shared_ptr<const Snapshot> current() const;
   const std::string& metrics_path() const { return metrics_path_; }

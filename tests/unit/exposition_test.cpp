@@ -1,0 +1,100 @@
+// The snapshot's text exposition, written by SnapshotBuilder, against what
+// prometheus-cpp's TextSerializer writes for the same families: the bytes
+// must be the same (the golden exposition test and every scraper saw the
+// latter until the tick wrote its text itself).
+#include <gtest/gtest.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "daemon/metric.h"
+#include "daemon/snapshot.h"
+
+namespace memlens {
+namespace {
+
+// The same value into both: a builder and prometheus-cpp's families.
+struct Both {
+  SnapshotBuilder b;
+  std::map<std::string, prometheus::MetricFamily> fams;
+
+  prometheus::ClientMetric& metric(const MetricDesc& d, const Labels& base, const Labels& extra) {
+    auto [it, fresh] = fams.try_emplace(d.name);
+    if (fresh) {
+      it->second.name = d.name;
+      it->second.help = d.help;
+      it->second.type = d.kind == MetricKind::counter     ? prometheus::MetricType::Counter
+                        : d.kind == MetricKind::histogram ? prometheus::MetricType::Histogram
+                                                          : prometheus::MetricType::Gauge;
+    }
+    auto& m = it->second.metric.emplace_back();
+    for (const auto& [k, v] : base) m.label.push_back({k, v});
+    for (const auto& [k, v] : extra) m.label.push_back({k, v});
+    return m;
+  }
+  void add(const MetricDesc& d, double v, const Labels& base, const Labels& extra = {}) {
+    b.add(MetricValue{&d, extra, v, {}}, base);
+    auto& m = metric(d, base, extra);
+    if (d.kind == MetricKind::counter) m.counter.value = v;
+    else m.gauge.value = v;
+  }
+  void add(const MetricDesc& d, const HistogramValue& h, const Labels& base) {
+    b.add(MetricValue{&d, {}, 0, h}, base);
+    auto& m = metric(d, base, {});
+    uint64_t cum = 0;
+    for (std::size_t i = 0; i < h.bounds.size(); ++i) {
+      cum += h.counts[i];
+      m.histogram.bucket.push_back({cum, h.bounds[i]});
+    }
+    m.histogram.bucket.push_back({std::max(cum, h.count), INFINITY});
+    m.histogram.sample_count = std::max(cum, h.count);
+    m.histogram.sample_sum = h.sum;
+  }
+  std::string theirs() const {
+    std::vector<prometheus::MetricFamily> v;
+    for (const auto& [n, f] : fams) v.push_back(f);
+    return prometheus::TextSerializer().Serialize(v);
+  }
+};
+
+TEST(Exposition, SameBytesAsPrometheusCpp) {
+  const MetricDesc g = metric("rss", "bytes", MetricKind::gauge, "Resident memory.");
+  const MetricDesc c = metric("allocs", "", MetricKind::counter, "Allocations.");
+  const MetricDesc h = metric("gc_pause", "seconds", MetricKind::histogram, "GC pauses.");
+  const MetricDesc none = metric("up", "", MetricKind::gauge, "No labels at all.");
+  const double values[] = {0,       -0.0,   1,       9019392, 0.04,      1e20,     1.5e-7,
+                           0.1 + 0.2, 1.0 / 3, 2.5e15, 1e16,    123456789012345678.0, -42.5, 9.999999999999999e15,
+                           std::numeric_limits<double>::quiet_NaN(), INFINITY, -INFINITY,
+                           std::numeric_limits<double>::denorm_min(), 18446744073709551615.0, -1e15};
+  Both x;
+  int pid = 1;
+  for (double v : values) {
+    const Labels base{{"target", "svc \"a\"\\b\nc"}, {"pid", std::to_string(pid++)}};
+    x.add(g, v, base);
+    x.add(c, v, base, {{"source", "sampler"}});
+  }
+  x.add(none, 7, {});
+  HistogramValue hv{{0.001, 0.01, 0.5}, {3, 0, 2}, 9, 0.125};
+  x.add(h, hv, {{"target", "t"}, {"pid", "9"}});
+  HistogramValue empty{{0.001}, {0}, 0, 0};
+  x.add(h, empty, {{"target", "t"}, {"pid", "10"}});
+  EXPECT_EQ(x.b.take(), x.theirs());
+}
+
+TEST(Exposition, TwoDescriptionsOfOneNameShareAFamily) {
+  const MetricDesc a = metric("heap", "bytes", MetricKind::gauge, "Heap.");
+  const MetricDesc b = metric("heap", "bytes", MetricKind::gauge, "Heap.");
+  SnapshotBuilder sb;
+  sb.gauge(a, 1, {{"pid", "1"}});
+  sb.gauge(b, 2, {{"pid", "2"}});
+  EXPECT_EQ(sb.take(), "# HELP memlens_heap_bytes Heap.\n# TYPE memlens_heap_bytes gauge\n"
+                       "memlens_heap_bytes{pid=\"1\"} 1\nmemlens_heap_bytes{pid=\"2\"} 2\n");
+  EXPECT_EQ(sb.take(), "") << "empty after take";
+}
+
+}  // namespace
+}  // namespace memlens
