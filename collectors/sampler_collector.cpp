@@ -129,9 +129,9 @@ void SamplerCollector::forget_pid(pid_t pid) {
 // Finds, in the process's mappings, the sampler's counting page and every
 // binary carrying otel_memory probes not attached yet (a library dlopened
 // since the last look shows up here).
-void SamplerCollector::look(const Target& t, Watch& w) {
+std::size_t SamplerCollector::look(const Target& t, Watch& w) {
   auto text = read_file(proc_.path(t.pid(), "maps"));
-  if (!text) return;
+  if (!text) return 0;
   const auto maps = parse_maps(*text);
   const std::string root = proc_.path(t.pid(), "root");
   std::set<std::string> seen;
@@ -167,6 +167,7 @@ void SamplerCollector::look(const Target& t, Watch& w) {
     w.probed.insert(mp.path);
     spdlog::info("sampler: otel_memory probes of {} attached for pid {} ({})", mp.path, t.pid(), t.name);
   }
+  return seen.size();
 }
 
 Result<void> SamplerCollector::read_page(Watch& w) {
@@ -212,8 +213,10 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
   Watch& w = it->second;
   const double now = mono_now();
   if (now >= w.next_look) {
-    look(t, w);
-    w.next_look = now + kLookSeconds;
+    const std::size_t files = look(t, w);
+    w.look_every = files == w.files ? std::min(w.look_every * 2, kLookMaxSeconds) : kLookSeconds;
+    w.files = files;
+    w.next_look = now + w.look_every;
   }
   if (w.page_addr) {
     if (auto r = read_page(w); !r) {
