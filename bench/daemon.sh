@@ -41,8 +41,8 @@ metric() { # metric NAME LABEL-FILTER < exposition: first matching value
 # p-th percentile (0-100) of the numbers on stdin.
 percentile() { sort -g | awk -v p="$1" '{ v[NR] = $1 } END { i = int((NR * p + 99) / 100); if (i < 1) i = 1; print v[i] }'; }
 
-printf '| targets | watched | CPU %% of a core | RSS MiB | peak RSS MiB | timeline MiB | /metrics p50 ms | /metrics p99 ms | series | body KiB | last tick ms |\n'
-printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| targets | watched | CPU %% of a core | RSS MiB | peak RSS MiB | timeline MiB | /metrics p50 ms | /metrics p99 ms | series | body KiB | last tick ms | memlensd heap in use MiB | memlensd fragmentation | memlensd leak slope B/s |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 
 for n in $sizes; do
   tag="mlb$$x$n"
@@ -110,10 +110,15 @@ EOF
   body=$(($(wc -c <"$dir/body") / 1024))
   tick=$(metric memlens_tick_duration_seconds '' <"$dir/body" | awk '{ printf "%.1f", $1 * 1000 }')
   tl=$(metric memlens_timeline_memory_bytes '' <"$dir/body" | awk '{ printf "%.1f", $1 / 1048576 }')
+  # memlensd as its own target (self: true): its allocator's books and its
+  # leak slope over the last 60 s, the figures the backend budgets hold.
+  self_heap=$(metric memlens_allocator_inuse_bytes 'target="memlensd"' <"$dir/body" | awk '{ printf "%.1f", $1 / 1048576 }')
+  self_frag=$(metric memlens_heap_fragmentation_ratio 'target="memlensd"' <"$dir/body" | awk '{ printf "%.3f", $1 }')
+  self_slope=$(metric memlens_leak_slope_bytes_per_second 'target="memlensd"' <"$dir/body" | awk '{ printf "%.0f", $1 }')
 
-  printf '| %s | %s | %s | %.1f | %.1f | %s | %s | %s | %s | %s | %s |\n' "$n" "${watched:-0}" "$cpu" \
+  printf '| %s | %s | %s | %.1f | %.1f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "${watched:-0}" "$cpu" \
     "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')" \
-    "${tl:-?}" "$p50" "$p99" "$series" "$body" "${tick:-?}"
+    "${tl:-?}" "$p50" "$p99" "$series" "$body" "${tick:-?}" "${self_heap:-?}" "${self_frag:-?}" "${self_slope:-?}"
   cleanup
 done
 echo
