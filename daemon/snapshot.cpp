@@ -6,7 +6,9 @@
 
 namespace memlens {
 
+// The text format's pieces (used only by the builder).
 namespace expo {
+namespace {
 
 void append_value(std::string& out, double v) {
   if (std::isnan(v)) {
@@ -29,8 +31,6 @@ void append_value(std::string& out, double v) {
   out.append(buf, static_cast<std::size_t>(n));
 }
 
-namespace {
-
 void append_label_value(std::string& out, std::string_view s) {
   for (char c : s) {
     switch (c) {
@@ -52,8 +52,6 @@ void append_labels(std::string& out, const Labels& labels, bool& first) {
     out += '"';
   }
 }
-
-}  // namespace
 
 void append_series(std::string& out, std::string_view name, std::string_view suffix, const Labels& base,
                    const Labels& extra, const double* le, double v) {
@@ -90,6 +88,7 @@ void append_header(std::string& out, const MetricDesc& d) {
                                            : " gauge\n";
 }
 
+}  // namespace
 }  // namespace expo
 
 SnapshotBuilder::Family& SnapshotBuilder::family(const MetricDesc& d) {

@@ -60,17 +60,6 @@ class SnapshotBuilder {
   std::unordered_map<const MetricDesc*, Family*> by_desc_;
 };
 
-// The text format's pieces, for the few lines written outside a builder.
-namespace expo {
-// A sample value as prometheus-cpp writes it: %.16g, Nan, +Inf, -Inf.
-void append_value(std::string& out, double v);
-// name{base...,extra...[,le="..."]} value
-void append_series(std::string& out, std::string_view name, std::string_view suffix, const Labels& base,
-                   const Labels& extra, const double* le, double v);
-// # HELP and # TYPE lines.
-void append_header(std::string& out, const MetricDesc& d);
-}  // namespace expo
-
 // "name{a="x",b="y"}" for the JSON view.
 std::string series_key(const MetricValue& v);
 
