@@ -188,6 +188,7 @@ void App::tick() {
   auto snap = std::make_shared<Snapshot>();
   snap->built_at = unix_now();
   SnapshotBuilder b;
+  PageDraw pages(pages_, exporter_->page_wants(), *cfg_, exporter_->metrics_path(), t0);
   std::map<std::string, int> per_name;
   for (const auto& [id, target] : discovery_->targets()) {
     if (stopping_.load()) return;  // shutting down: drop this tick
@@ -202,10 +203,12 @@ void App::tick() {
     }
     analyse(st, t, s, boot_now());
     publish_target(b, *snap, t, s, st);
+    pages.add(t, st.timeline.get(), snap->targets.size() - 1);
     ++per_name[t.name];
   }
   publish_collectors(b, *snap);
   publish_self(b, per_name);
+  pages.draw(*snap);
   snap->text = b.take();
   exporter_->publish(std::move(snap));
   if (ticks_total_ == 1 || trim_due_) trim_heap();

@@ -29,6 +29,7 @@
 #include "daemon/snapshot.h"
 #include "daemon/state_store.h"
 #include "daemon/timeline.h"
+#include "daemon/timeline_page.h"
 
 namespace memlens {
 
@@ -83,6 +84,10 @@ class App {
   void reload();
   void schedule();
   void arm_signals();
+
+  // The timeline pages drawn last, kept between draws (they are redrawn
+  // every few seconds while someone looks, not every tick).
+  PageCache pages_;
 
   Options opts_;
   // The running config; targets and collectors that need it share it, and

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "daemon/clock.h"
 #include "daemon/http_util.h"
 #include "daemon/metric.h"
 
@@ -25,28 +26,6 @@ constexpr const char* kTextPlain = "text/plain; charset=utf-8";
 constexpr const char* kJson = "application/json";
 constexpr const char* kExposition = "text/plain; version=0.0.4; charset=utf-8";
 
-// Names and comms come from processes: any bytes. The JSON dumps replace
-// invalid UTF-8; the HTML page does the same by hand.
-std::string html_text(const std::string& s) {
-  const bool utf8 = valid_utf8(s);
-  std::string o;
-  for (char c : s) {
-    if (!utf8 && static_cast<unsigned char>(c) >= 0x80) {
-      o += "\xef\xbf\xbd";  // U+FFFD
-      continue;
-    }
-    switch (c) {
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '&': o += "&amp;"; break;
-      case '"': o += "&quot;"; break;
-      case '\'': o += "&#39;"; break;
-      default: o += c;
-    }
-  }
-  return o;
-}
-
 std::string dump(const nlohmann::json& j) {
   return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
@@ -65,8 +44,8 @@ Result<void> check_metrics_path(const std::string& p) {
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '%' || c == '?' || c == '#')
       return bad("no spaces, control characters, %, ? or # allowed");
   if (!valid_utf8(p)) return bad("not valid UTF-8");
-  if (p == "/" || p == "/healthz" || p == "/api" || p.rfind("/api/", 0) == 0)
-    return bad("taken by the status page, /healthz or the API");
+  if (p == "/" || p == "/healthz" || p == "/api" || p.rfind("/api/", 0) == 0 || p.rfind("/targets/", 0) == 0)
+    return bad("taken by the timeline pages, /healthz or the API");
   return {};
 }
 
@@ -123,7 +102,9 @@ std::shared_ptr<const Snapshot> Exporter::current() const {
 Access Exporter::access(std::string_view p) const {
   if (p == "/healthz") return Access::open;  // probes carry no credentials
   if (p == metrics_path_) return Access::auth;
-  if (p == "/" || p == "/api" || p.rfind("/api/", 0) == 0 || p == "/debug/pprof/heap") return Access::api;
+  if (p == "/" || p.rfind("/targets/", 0) == 0 || p == "/api" || p.rfind("/api/", 0) == 0 ||
+      p == "/debug/pprof/heap")
+    return Access::api;
   return Access::auth;
 }
 
@@ -194,7 +175,8 @@ HttpReply Exporter::handle(const HttpRequest& req) const {
   }
   if (path == "/debug/pprof/heap") return heap_profile(req, snap);
   const bool api = path.rfind("/api/", 0) == 0;
-  if (!api && path != "/") return text(404, "not found\n");
+  const bool is_page = path == "/" || (path.size() > 9 && path.rfind("/targets/", 0) == 0);
+  if (!api && !is_page) return text(404, "not found\n");
   if (!snap) return text(503, "no data yet\n");
   if (path == "/api/v1/targets") {
     nlohmann::json arr = nlohmann::json::array();
@@ -219,27 +201,37 @@ HttpReply Exporter::handle(const HttpRequest& req) const {
                                             : "no such target is watched"}}));
   }
   if (api) return json(404, "{\"status\":\"error\",\"error\":\"not found\"}\n");
-  std::string b =
-      "<!doctype html><html><head><meta charset=\"utf-8\"><title>memlens</title>"
-      "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:right}"
-      "td:first-child,th:first-child{text-align:left}</style></head><body><h1>memlens</h1>"
-      "<p><a href=\"" + html_text(metrics_path_) + "\">metrics</a> &middot; <a href=\"/api/v1/targets\">targets (JSON)</a>"
-      " &middot; <a href=\"/healthz\">health</a></p><table><tr><th>target</th><th>pid</th><th>comm</th>"
-      "<th>RSS MiB</th><th>leak slope B/s</th></tr>";
-  for (const auto& t : snap->targets) {
-    double rss = 0, slope = 0;
-    for (const auto& [k, v] : t.values) {
-      if (k == "memlens_rss_bytes") rss = v;
-      if (k == "memlens_leak_slope_bytes_per_second") slope = v;
-    }
-    char row[128];
-    std::snprintf(row, sizeof row, "<td>%d</td>", t.pid);
-    b += "<tr><td>" + html_text(t.name) + "</td>" + row + "<td>" + html_text(t.comm) + "</td>";
-    std::snprintf(row, sizeof row, "<td>%.1f</td><td>%.0f</td></tr>", rss / 1048576.0, slope);
-    b += row;
+  return page(path, snap);
+}
+
+// A timeline page: served from the snapshot when the tick drew it, and
+// asked for (for the ticks of the next minute) in any case; until it is
+// drawn, a page that reloads itself. Only names of watched targets are
+// asked for, so requests cannot grow the set.
+HttpReply Exporter::page(const std::string& path, const std::shared_ptr<const Snapshot>& snap) const {
+  static const std::string kTargetPages = "/targets/";
+  auto html = [](int status, std::string body) {
+    return HttpReply{status, "text/html; charset=utf-8", nullptr, std::move(body), {}};
+  };
+  const double now = mono_now();
+  std::string what = "the timelines";
+  if (path == "/") {
+    wants_.want_overview(now);
+  } else {
+    const std::string name = path.substr(kTargetPages.size());
+    bool known = false;
+    for (const auto& t : snap->targets) known |= t.name == name;
+    if (!known) return html(404, "<!doctype html><html><body><p>No target named " + html_text(name) +
+                                     " is watched. <a href=\"/\">All targets</a></p></body></html>\n");
+    wants_.want_detail(name, now);
+    what = "the timelines of " + name;
   }
-  b += "</table></body></html>\n";
-  return HttpReply{200, "text/html; charset=utf-8", nullptr, std::move(b), {}};
+  if (auto it = snap->pages.find(path); it != snap->pages.end()) {
+    HttpReply r = html(200, "");
+    r.shared = it->second;
+    return r;
+  }
+  return html(200, render_pending(what));
 }
 
 }  // namespace memlens

@@ -1,6 +1,6 @@
 // What memlensd serves over HTTP, from the published snapshot: the
 // exposition at the metrics path, /healthz, /api/v1/targets[/<name>/leaks]
-// and a status page at /. The exposition text is built once per snapshot
+// and the timeline pages at / and /targets/<name> (daemon/timeline_page.h). The exposition text is built once per snapshot
 // on the publishing thread (and gzipped at most once per snapshot), so a
 // scrape only appends its own few lines. Sockets, limits, TLS and auth are
 // HttpServer's.
@@ -16,6 +16,7 @@
 #include "daemon/http_server.h"
 #include "daemon/result.h"
 #include "daemon/snapshot.h"
+#include "daemon/timeline_page.h"
 #include "daemon/web_config.h"
 
 namespace memlens {
@@ -47,6 +48,8 @@ class Exporter {
   const std::string& metrics_path() const { return metrics_path_; }
   int port() const { return ports_.empty() ? 0 : ports_.front(); }
   const std::vector<int>& ports() const { return ports_; }
+  // The pages someone asked for lately: the tick draws those.
+  const PageWants& page_wants() const { return wants_; }
 
   // The routes, on the HTTP I/O thread (or in a test, with no server).
   Access access(std::string_view path) const;
@@ -60,6 +63,7 @@ class Exporter {
   std::shared_ptr<const Exposition> exposition() const;
   HttpReply metrics(const HttpRequest& req) const;
   HttpReply heap_profile(const HttpRequest& req, const std::shared_ptr<const Snapshot>& snap) const;
+  HttpReply page(const std::string& path, const std::shared_ptr<const Snapshot>& snap) const;
 
   mutable std::mutex mu_;
   std::shared_ptr<const Exposition> current_;
@@ -67,6 +71,7 @@ class Exporter {
   std::vector<int> ports_;
   mutable std::atomic<double> last_scrape_seconds_{0};
   mutable std::atomic<uint64_t> scrapes_{0};
+  mutable PageWants wants_;
   // Last member: stopped first, before the state its routes read.
   std::unique_ptr<HttpServer> server_;
 };

@@ -253,4 +253,24 @@ std::string gzip(std::string_view data) {
   return h.bytes + gzip_finish(h, {});
 }
 
+std::string html_text(const std::string& s) {
+  const bool utf8 = valid_utf8(s);
+  std::string o;
+  for (char c : s) {
+    if (!utf8 && static_cast<unsigned char>(c) >= 0x80) {
+      o += "\xef\xbf\xbd";  // U+FFFD
+      continue;
+    }
+    switch (c) {
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '&': o += "&amp;"; break;
+      case '"': o += "&quot;"; break;
+      case '\'': o += "&#39;"; break;
+      default: o += c;
+    }
+  }
+  return o;
+}
+
 }  // namespace memlens

@@ -21,6 +21,9 @@ bool valid_request_line(std::string_view line);
 
 // Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
 bool valid_utf8(std::string_view s);
+// Text for HTML: markup characters escaped; not valid UTF-8 (names and comms
+// come from processes: any bytes) replaced, byte by byte, with U+FFFD.
+std::string html_text(const std::string& s);
 
 // The request target -> the path routes match: query dropped, %XX decoded.
 // Errors (Errc::malformed) carry the reason a 400 says: a bad escape, bytes

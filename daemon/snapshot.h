@@ -33,6 +33,9 @@ struct Snapshot {
   std::map<std::string, std::string> documents;
   // Gzipped pprof heap profiles by "NAME" and "NAME/PID".
   std::map<std::string, std::shared_ptr<const std::string>> profiles;
+  // The timeline pages drawn for this snapshot (HTML), by path: "/" and
+  // "/targets/NAME"; only those someone asked for lately (PageWants).
+  std::map<std::string, std::shared_ptr<const std::string>> pages;
   double built_at = 0;  // unix seconds
 };
 

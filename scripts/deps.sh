@@ -14,7 +14,7 @@ PACKAGES=(
   systemd util-linux curl
   libjemalloc-dev bpftrace heaptrack bc
   golang-go systemtap-sdt-dev rustc
-  postgresql
+  postgresql chromium fonts-dejavu-core
 )
 
 missing=()
