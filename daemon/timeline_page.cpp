@@ -101,7 +101,7 @@ struct Line {
 
 struct Chart {
   int width = 480, height = 120;
-  std::vector<Line> lines;
+  std::vector<Line> lines;  // the last is drawn on top: the one the budget is for
   std::optional<double> budget;      // drawn as a dashed red line
   std::string budget_label;
   std::optional<double> breach_in;   // seconds: the trend drawn to the budget
@@ -163,7 +163,7 @@ std::string svg(const Chart& c) {
     if (p.empty()) continue;
     p.pop_back();
     o += std::string("<polyline data-series=\"") + l.series + "\" fill=\"none\" stroke=\"" + l.color +
-         "\" stroke-width=\"1.5\" points=\"" + p + "\"><title>" + l.series + "</title></polyline>";
+         "\" stroke-width=\"2\" points=\"" + p + "\"><title>" + l.series + "</title></polyline>";
   }
   if (c.budget && budget_on_scale) {
     o += "<line data-series=\"budget\" x1=\"" + num(kLeft) + "\" y1=\"" + num(y(*c.budget)) + "\" x2=\"" +
@@ -176,8 +176,8 @@ std::string svg(const Chart& c) {
   }
   // The trend, from the newest point to where it meets the budget (or the
   // chart's edge).
-  if (c.breach_in && c.budget && budget_on_scale && !c.lines.empty() && !c.lines.front().pts->empty()) {
-    const Point& last = c.lines.front().pts->back();
+  if (c.breach_in && c.budget && budget_on_scale && !c.lines.empty() && !c.lines.back().pts->empty()) {
+    const Point& last = c.lines.back().pts->back();
     const double slope = (*c.budget - last.v) / *c.breach_in;
     const double te = std::min(t1, c.now + *c.breach_in);
     o += "<line data-series=\"trend\" x1=\"" + num(x(last.t)) + "\" y1=\"" + num(y(last.v)) + "\" x2=\"" + num(x(te)) +
@@ -277,11 +277,12 @@ std::string heap_chart(const PageTarget& t, const TargetView& v, const PageConte
   c.height = h;
   c.now = ctx.now;
   c.window = ctx.window_seconds;
-  c.lines = {{&t.heap, "heap", "#1f77b4"}, {&t.rss, "rss", "#999"}};
+  c.lines = {{&t.rss, "rss", "#999"}, {&t.heap, "heap", "#1f77b4"}};
   if (const auto cb = heap_chart_budget(t); cb.b) {
     c.budget = cb.b->value;
     c.budget_label = std::string(cb.resource) + " budget " + bytes_text(cb.b->value);
     c.breach_in = value_of(v, breach_key(cb.resource));
+    if (std::string_view(cb.resource) == "rss") std::swap(c.lines[0], c.lines[1]);
   }
   return svg(c);
 }
@@ -366,7 +367,7 @@ std::string render_detail(const std::string& name, const std::vector<PageTarget>
     }
     o += "<h3>heap <small>" + html_text(heap_source(v)) + "</small></h3>" + svg(heap);
     Chart rss = heap;
-    rss.lines = {{&t.rss, "rss", "#999"}, {&t.anon, "anon", "#2ca02c"}};
+    rss.lines = {{&t.anon, "anon", "#2ca02c"}, {&t.rss, "rss", "#999"}};
     rss.budget.reset();
     rss.breach_in.reset();
     if (const Budget* b = budget_of(t, "rss")) {
