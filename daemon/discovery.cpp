@@ -40,7 +40,7 @@ Discovery::Discovery(ConfigPtr cfg, pid_t self_pid)
 
 void Discovery::reconfigure(ConfigPtr cfg) {
   // Kept targets take the new setting's labels at the next scan.
-  relabel_ = cfg->kubernetes_labels != cfg_->kubernetes_labels ||
+  relabel_ = relabel_ || cfg->kubernetes_labels != cfg_->kubernetes_labels ||
              (cfg->kubernetes_labels && cfg->run != pods_.run_root());
   cfg_ = std::move(cfg);
   proc_ = ProcFs(cfg_->procfs);
