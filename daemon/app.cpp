@@ -11,6 +11,7 @@
 #include "collectors/proc_parse.h"
 #include "daemon/budget.h"
 #include "daemon/clock.h"
+#include "daemon/kubernetes.h"
 #include "daemon/procfs.h"
 #include "daemon/snapshot.h"
 
@@ -29,6 +30,9 @@ struct SelfMetrics {
                                  "Matching processes currently not watched because of max_targets.");
   MetricDesc scan_errors = metric("discovery_errors", "", MetricKind::counter,
                                   "Unreadable or malformed /proc entries met while scanning for targets.");
+  MetricDesc pod_label_errors = metric("kubernetes_label_errors", "", MetricKind::counter,
+                                       "Targets that got no or only some of their Kubernetes labels, by reason "
+                                       "(global.kubernetes_labels; see the README).");
   MetricDesc coll_dur = metric("collector_duration", "seconds", MetricKind::gauge,
                                "Time a collector took over all targets in the last tick.");
   MetricDesc coll_ok = metric("collector_success", "", MetricKind::gauge,
@@ -74,6 +78,21 @@ const SelfMetrics& sm() {
   return m;
 }
 
+// Kubernetes labels on, but none of the runtimes' state directories under
+// the root: likely a missing mount (deploy/kubernetes/daemonset.yaml).
+void warn_without_runtime_state(const Config& c) {
+  if (!c.kubernetes_labels) return;
+  const std::string probe(64, '0');
+  for (const auto& path : runtime_config_paths(c.run, probe)) {
+    // The directory that would hold the container's bundle.
+    std::string dir = path.substr(0, path.find(probe));
+    if (::access(dir.c_str(), R_OK | X_OK) == 0) return;
+  }
+  spdlog::warn("global.kubernetes_labels: no container runtime state under {} (containerd, k3s or CRI-O): "
+               "targets in pods get pod_uid alone (set --path.run to the host's /run)",
+               c.run);
+}
+
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -90,6 +109,7 @@ App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
     collectors_.push_back(std::move(cs));
   }
   discovery_ = std::make_unique<Discovery>(cfg_, getpid());
+  warn_without_runtime_state(*cfg_);
   store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
   start_collectors();
 }
@@ -304,8 +324,9 @@ void App::publish_budgets(SnapshotBuilder& b, TargetView& view, const Labels& ba
 void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
                          const TargetState& st) const {
   const auto& m = sm();
-  const Labels base{{"target", t.name}, {"pid", std::to_string(t.pid())}};
-  TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, {}};
+  Labels base{{"target", t.name}, {"pid", std::to_string(t.pid())}};
+  base.insert(base.end(), t.labels.begin(), t.labels.end());
+  TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, t.labels, {}};
   for (const auto& v : s.values()) {
     b.add(v, base);
     if (v.desc->kind != MetricKind::histogram) view.values.emplace_back(series_key(v), v.value);
@@ -380,6 +401,11 @@ void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per
   b.counter(m.capped, static_cast<double>(capped_total_));
   b.gauge(m.capped_now, static_cast<double>(discovery_->capped_now()));
   b.counter(m.scan_errors, static_cast<double>(scan_errors_total_));
+  if (cfg_->kubernetes_labels) {
+    for (std::size_t i = 0; i < kPodLabelErrorNames.size(); ++i)
+      b.counter(m.pod_label_errors, static_cast<double>(discovery_->pods().errors(static_cast<PodLabelError>(i))),
+                {{"reason", kPodLabelErrorNames[i]}});
+  }
   b.counter(m.reloads, static_cast<double>(reloads_total_), {{"result", "success"}});
   b.counter(m.reloads, static_cast<double>(reload_failures_total_), {{"result", "failure"}});
   b.counter(m.ticks, static_cast<double>(ticks_total_));
@@ -415,6 +441,7 @@ void App::reload() {
     return;
   }
   if (!opts_.procfs.empty()) cfg->procfs = opts_.procfs;
+  if (!opts_.run.empty()) cfg->run = opts_.run;
   if (auto r = ProcFs(cfg->procfs).check(); !r) {
     ++reload_failures_total_;
     spdlog::error("reload failed, keeping the running config: global.path_procfs: {}", r.error().message);
@@ -424,6 +451,7 @@ void App::reload() {
   const bool resize = state_geometry(*next) != store_->geometry();
   cfg_ = std::move(next);
   discovery_->reconfigure(cfg_);
+  warn_without_runtime_state(*cfg_);
   if (resize) {
     // Ring sizes changed: history restarts (the state file too).
     states_.clear();

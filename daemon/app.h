@@ -36,6 +36,7 @@ namespace memlens {
 struct Options {
   std::string config_file;  // empty: the embedded default
   std::string procfs;       // overrides global.path_procfs when set
+  std::string run;          // overrides global.path_run when set
   std::string state_path;   // directory of the state file; empty: memory only
 };
 

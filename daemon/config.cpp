@@ -266,7 +266,7 @@ class Parser {
   Result<void> parse_global(const YAML::Node& g, Config& c) const {
     if (auto r = known_keys(g, "global", {"tick_interval", "rescan_interval", "timeline_window",
                                           "leak_window", "breach_window", "smaps_interval", "max_targets",
-                                          "path_procfs"});
+                                          "path_procfs", "kubernetes_labels", "path_run"});
         !r)
       return r;
     if (g["tick_interval"]) {
@@ -309,6 +309,17 @@ class Parser {
       auto s = str(g["path_procfs"], "global.path_procfs");
       if (!s) return s.error();
       c.procfs = *s;
+    }
+    if (g["kubernetes_labels"]) {
+      auto v = boolean(g["kubernetes_labels"], "global.kubernetes_labels");
+      if (!v) return v.error();
+      c.kubernetes_labels = *v;
+    }
+    if (g["path_run"]) {
+      auto s = str(g["path_run"], "global.path_run");
+      if (!s) return s.error();
+      if (s->empty() || s->front() != '/') return err(g["path_run"], "global.path_run", "must be an absolute path");
+      c.run = *s;
     }
     if (c.timeline_window < c.tick_interval * 2)
       return err(g, "global.timeline_window", "must hold at least two ticks");

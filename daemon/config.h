@@ -135,6 +135,10 @@ struct Config {
   Duration smaps_interval{5000};  // smaps_rollup and maps: costly, read less often
   int max_targets = 64;
   std::string procfs = "/proc";
+  // namespace/pod/container labels on targets in Kubernetes pods, named by
+  // the container runtime's state under `run` (the host's /run).
+  bool kubernetes_labels = false;
+  std::string run = "/run";
   BpfLimits bpf;
   std::vector<TargetPolicy> targets;
 

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "collectors/proc_parse.h"
+#include "daemon/kubernetes.h"
 
 namespace memlens {
 
@@ -18,6 +19,15 @@ struct ProcFacts {
   std::optional<std::string> exe, cmdline, cgroup;
 };
 bool match_facts(const ProcFs& proc_, pid_t self_pid_, const Selector& s, ProcFacts& p);
+
+// The process's cgroup path, read once ("" when unreadable).
+const std::string& cgroup_of(const ProcFs& proc, ProcFacts& p) {
+  if (!p.cgroup) {
+    auto c = read_file(proc.path(p.id.pid, "cgroup"));
+    p.cgroup = c ? parse_cgroup_path(*c) : std::string();
+  }
+  return *p.cgroup;
+}
 }  // namespace
 
 // One process seen during a scan.
@@ -26,11 +36,15 @@ struct Discovery::Proc : ProcFacts {
 };
 
 Discovery::Discovery(ConfigPtr cfg, pid_t self_pid)
-    : cfg_(std::move(cfg)), proc_(cfg_->procfs), self_pid_(self_pid) {}
+    : cfg_(std::move(cfg)), proc_(cfg_->procfs), self_pid_(self_pid), pods_(cfg_->run) {}
 
 void Discovery::reconfigure(ConfigPtr cfg) {
+  // Kept targets take the new setting's labels at the next scan.
+  relabel_ = relabel_ || cfg->kubernetes_labels != cfg_->kubernetes_labels ||
+             (cfg->kubernetes_labels && cfg->run != pods_.run_root());
   cfg_ = std::move(cfg);
   proc_ = ProcFs(cfg_->procfs);
+  pods_.set_run_root(cfg_->run);
   // Re-point the kept targets at the new config's entries by name (letting
   // go of the old config); targets whose entry vanished are dropped at the
   // next scan.
@@ -77,23 +91,7 @@ bool match_facts(const ProcFs& proc_, pid_t self_pid_, const Selector& s, ProcFa
     if (!RE2::PartialMatch(*p.cmdline, *s.cmdline_re)) return false;
   }
   if (s.cgroup || s.systemd_unit) {
-    if (!p.cgroup) {
-      // cgroup v2: the line "0::/path"; on v1 hosts take the systemd line.
-      auto c = read_file(proc_.path(p.id.pid, "cgroup"));
-      std::string path;
-      if (c) {
-        std::string_view text = *c;
-        while (!text.empty()) {
-          std::size_t nl = text.find('\n');
-          std::string_view line = text.substr(0, nl);
-          text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
-          if (line.starts_with("0::")) path = std::string(line.substr(3));
-          else if (path.empty() && line.find(":name=systemd:") != std::string_view::npos)
-            path = std::string(line.substr(line.find(":name=systemd:") + 14));
-        }
-      }
-      p.cgroup = path;
-    }
+    cgroup_of(proc_, p);
     if (s.cgroup && !p.cgroup->starts_with(*s.cgroup)) return false;
     if (s.systemd_unit) {
       const std::string needle = "/" + *s.systemd_unit;
@@ -174,6 +172,7 @@ DiscoveryResult Discovery::scan() {
       auto old = targets_.find(p->id);
       if (old != targets_.end() && old->second.name == pol.name) {
         t = old->second;
+        if (relabel_) t.labels = cfg_->kubernetes_labels ? pods_.labels(cgroup_of(proc_, *p)) : Labels{};
       } else {
         t.id = p->id;
         t.name = pol.name;
@@ -183,6 +182,8 @@ DiscoveryResult Discovery::scan() {
           p->exe = e ? *e : std::string();
         }
         t.exe = *p->exe;
+        // Once per target: its cgroup never changes while the kubelet runs it.
+        if (cfg_->kubernetes_labels) t.labels = pods_.labels(cgroup_of(proc_, *p));
       }
       t.selector = pol.selector.describe();
       t.policy = std::shared_ptr<const TargetPolicy>(cfg_, &pol);
@@ -208,6 +209,7 @@ DiscoveryResult Discovery::scan() {
   for (auto it = capped_seen_.begin(); it != capped_seen_.end();)
     it = alive.count(*it) ? std::next(it) : capped_seen_.erase(it);
   capped_now_ = capped.size();
+  relabel_ = false;
   targets_ = std::move(next);
   return res;
 }

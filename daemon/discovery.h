@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "daemon/config.h"
+#include "daemon/kubernetes.h"
 #include "daemon/procfs.h"
 #include "daemon/target.h"
 
@@ -34,6 +35,8 @@ class Discovery {
   DiscoveryResult scan();
   const std::map<TargetId, Target>& targets() const { return targets_; }
   std::size_t capped_now() const { return capped_now_; }
+  // Kubernetes labels (global.kubernetes_labels): what failed, by reason.
+  const PodLabeler& pods() const { return pods_; }
 
  private:
   struct Proc;
@@ -45,6 +48,8 @@ class Discovery {
   std::map<TargetId, Target> targets_;
   std::set<TargetId> capped_seen_;  // counted once each, pruned when gone
   std::size_t capped_now_ = 0;
+  PodLabeler pods_;
+  bool relabel_ = false;  // the switch or the runtime state root changed
 };
 
 }  // namespace memlens

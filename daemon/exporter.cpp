@@ -183,8 +183,14 @@ HttpReply Exporter::handle(const HttpRequest& req) const {
     for (const auto& t : snap->targets) {
       nlohmann::json values = nlohmann::json::object();
       for (const auto& [k, v] : t.values) values[k] = v;
-      arr.push_back({{"name", t.name}, {"pid", t.pid}, {"start_time_ticks", t.start_time},
-                     {"selector", t.selector}, {"comm", t.comm}, {"exe", t.exe}, {"values", values}});
+      nlohmann::json entry = {{"name", t.name}, {"pid", t.pid}, {"start_time_ticks", t.start_time},
+                              {"selector", t.selector}, {"comm", t.comm}, {"exe", t.exe}, {"values", values}};
+      if (!t.labels.empty()) {
+        nlohmann::json labels = nlohmann::json::object();
+        for (const auto& [k, v] : t.labels) labels[k] = v;
+        entry["labels"] = labels;
+      }
+      arr.push_back(std::move(entry));
     }
     return json(200, dump({{"status", "success"}, {"built_at", snap->built_at}, {"targets", arr}}));
   }

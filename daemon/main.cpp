@@ -36,6 +36,9 @@ Flags:
                               format, plus api_users); read at start
   --web.max-connections=N     simultaneous HTTP connections (default 512)
   --path.procfs=PATH          procfs mount point (default /proc)
+  --path.run=PATH             the host's /run, where container runtimes keep
+                              each container's state (default /run); read for
+                              global.kubernetes_labels
   --state.path=DIR            keep timelines in DIR/timelines.state, so a restart
                               resumes the history of targets still running
                               (default: none, timelines in memory only)
@@ -122,6 +125,10 @@ int main(int argc, char** argv) {
     } else if (key == "--path.procfs") {
       if (!take()) return usage_error("--path.procfs needs a value");
       opts.procfs = value;
+    } else if (key == "--path.run") {
+      if (!take()) return usage_error("--path.run needs a value");
+      if (value.empty() || value.front() != '/') return usage_error("--path.run must be an absolute path");
+      opts.run = value;
     } else if (key == "--path.debug") {
       if (!take()) return usage_error("--path.debug needs a value");
       memlens::glibc::set_debug_directory(value);
@@ -151,6 +158,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!opts.procfs.empty()) cfg->procfs = opts.procfs;
+  if (!opts.run.empty()) cfg->run = opts.run;
   if (auto r = memlens::ProcFs(cfg->procfs).check(); !r) {
     std::fprintf(stderr, "memlensd: %s %s\n", opts.procfs.empty() ? "global.path_procfs:" : "--path.procfs:",
                  r.error().message.c_str());

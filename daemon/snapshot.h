@@ -20,6 +20,7 @@ struct TargetView {
   std::string name, selector, comm, exe;
   pid_t pid = 0;
   uint64_t start_time = 0;
+  Labels labels;  // Kubernetes labels, when on and found
   std::vector<std::pair<std::string, double>> values;  // "metric{labels}" -> value
 };
 

@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "daemon/metric.h"
+
 namespace memlens {
 
 struct TargetId {
@@ -24,6 +26,9 @@ struct Target {
   std::string selector;  // human-readable description of what matched
   std::string comm;
   std::string exe;       // readlink of /proc/PID/exe, may be empty
+  // On every series beside target and pid: namespace, pod, container and
+  // pod_uid of a process in a Kubernetes pod (global.kubernetes_labels).
+  Labels labels;
   // Its entry in the config that selected it; shares ownership of that
   // config, so the policy outlives any reload while the target is in use.
   std::shared_ptr<const TargetPolicy> policy;

@@ -339,6 +339,27 @@ TEST(KubernetesDaemonSet, ConfigMapIsAValidMemlensConfig) {
   std::string out;
   EXPECT_EQ(mt::run(cmd + " --check-config", &out), 0) << cmd << "\n" << out;
   EXPECT_TRUE(procfs_flag) << "the container reads the host's /proc at /host/proc";
+
+  // Kubernetes labels are on, and the runtimes' state is mounted, read-only,
+  // where --path.run says the host's /run is.
+  EXPECT_TRUE(YAML::Load(config)["global"]["kubernetes_labels"].as<bool>());
+  std::string run_root;
+  for (const auto& a : c["args"])
+    if (a.as<std::string>().rfind("--path.run=", 0) == 0) run_root = a.as<std::string>().substr(11);
+  ASSERT_EQ(run_root, "/host/run");
+  std::map<std::string, std::string> host_of;  // volume name -> host path
+  for (const auto& v : spec["volumes"])
+    if (v["hostPath"]) host_of[v["name"].as<std::string>()] = v["hostPath"]["path"].as<std::string>();
+  int state_mounts = 0;
+  for (const auto& m : c["volumeMounts"]) {
+    const std::string at = m["mountPath"].as<std::string>();
+    if (at.rfind(run_root + "/", 0) != 0) continue;
+    ++state_mounts;
+    EXPECT_TRUE(m["readOnly"] && m["readOnly"].as<bool>()) << at;
+    // The layout under the root is the host's: /host/run/X is the host's /run/X.
+    EXPECT_EQ(host_of[m["name"].as<std::string>()], "/run" + at.substr(run_root.size())) << at;
+  }
+  EXPECT_EQ(state_mounts, 2) << "containerd's and CRI-O's container state";
   mt::run("rm -rf " + dir);
 }
 

@@ -244,3 +244,25 @@ TEST(Config, BreachWindowUnsetFollowsTheTimeline) {
   ASSERT_FALSE(e);
   EXPECT_NE(e.error().message.find("breach_window"), std::string::npos);
 }
+
+TEST(Config, KubernetesLabelsSwitchAndRuntimeStateRoot) {
+  auto def = parse_config("targets: [{name: a, comm: a}]\n", "t.yaml");
+  ASSERT_TRUE(def.ok());
+  EXPECT_FALSE(def->kubernetes_labels) << "off unless asked for";
+  EXPECT_EQ(def->run, "/run");
+  auto on = parse_config("global:\n  kubernetes_labels: true\n  path_run: /host/run\ntargets: [{name: a, comm: a}]\n",
+                         "t.yaml");
+  ASSERT_TRUE(on.ok()) << on.error().message;
+  EXPECT_TRUE(on->kubernetes_labels);
+  EXPECT_EQ(on->run, "/host/run");
+  auto e = bad("global:\n  tick_interval: 1s\n  kubernetes_labels: sometimes\ntargets: [{name: a, comm: a}]\n");
+  EXPECT_NE(e.message.find("test.yaml:3:22: global.kubernetes_labels: expected true or false"), std::string::npos)
+      << e.message;
+  e = bad("global:\n  path_run: host/run\ntargets: [{name: a, comm: a}]\n");
+  EXPECT_NE(e.message.find("test.yaml:2:13: global.path_run: must be an absolute path"), std::string::npos)
+      << e.message;
+  e = bad("global:\n  path_run: [a]\ntargets: [{name: a, comm: a}]\n");
+  EXPECT_NE(e.message.find("test.yaml:2:13: global.path_run: expected a string"), std::string::npos) << e.message;
+  e = bad("global:\n  kubernetes_label: true\ntargets: [{name: a, comm: a}]\n");
+  EXPECT_NE(e.message.find("test.yaml:2:3: global.kubernetes_label: unknown field"), std::string::npos) << e.message;
+}
