@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "tests/support/postgres_cluster.h"
 #include "tests/support/support.h"
 
 using namespace memlens::test;
@@ -21,78 +22,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kBin = "/usr/lib/postgresql/15/bin/";
-// nobody: PostgreSQL refuses to run as root.
-const std::vector<std::string> kAsNobody = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
-
-bool executable(const std::string& p) { return ::access(p.c_str(), X_OK) == 0; }
-
-std::string sh_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-// A cluster of our own; its destructor stops the postmaster (fast
-// shutdown, then SIGKILL: its children leave when it is gone) and removes
-// the directory.
-struct Cluster {
-  std::string dir, data;
-  int port = 0;
-  Child postmaster;
-  std::string error;  // why it did not start
-
-  ~Cluster() {
-    if (postmaster.pid() > 0 && postmaster.stop(SIGINT, 15s) == -1) postmaster.stop(SIGKILL, 5s);
-    std::error_code ec;
-    if (!dir.empty() && dir != "/tmp") std::filesystem::remove_all(dir, ec);
-  }
-
-  std::string client_args() const { return "-h " + sh_quote(dir) + " -p " + std::to_string(port) + " -U postgres"; }
-
-  // One value from psql (-At): the first line of its output.
-  std::string sql(const std::string& query) const {
-    std::string out;
-    run(kBin + "psql " + client_args() + " -X -Atq -d postgres -c " + sh_quote(query), &out);
-    return out.substr(0, out.find('\n'));
-  }
-};
-
-// `prepare` runs after initdb and returns options for the postmaster,
-// given after ours.
-using Prepare = std::function<std::vector<std::string>(Cluster&)>;
-std::unique_ptr<Cluster> start_cluster(const std::string& postgresql_conf, const std::string& auto_conf,
-                                       const Prepare& prepare = {}) {
-  auto c = std::make_unique<Cluster>();
-  c->dir = make_temp_dir("memlens-pg");
-  c->data = c->dir + "/data";
-  c->port = free_port();
-  if (::chown(c->dir.c_str(), 65534, 65534) != 0) {
-    c->error = "chown " + c->dir;
-    return c;
-  }
-  std::string out;
-  std::string as_nobody;
-  for (const auto& a : kAsNobody) as_nobody += a + " ";
-  if (run(as_nobody + kBin + "initdb -D " + sh_quote(c->data) + " -A trust -U postgres --no-sync --no-instructions",
-          &out) != 0) {
-    c->error = "initdb: " + out;
-    return c;
-  }
-  // Appended: later lines win, as they would for an administrator's edit.
-  write_text(c->data + "/postgresql.conf", read_text(c->data + "/postgresql.conf") + postgresql_conf);
-  write_text(c->data + "/postgresql.auto.conf", read_text(c->data + "/postgresql.auto.conf") + auto_conf);
-  const std::vector<std::string> args = prepare ? prepare(*c) : std::vector<std::string>{};
-  std::vector<std::string> argv = kAsNobody;
-  argv.insert(argv.end(), {kBin + "postgres", "-D", c->data, "-k", c->dir, "-p", std::to_string(c->port), "-c",
-                           "listen_addresses="});
-  argv.insert(argv.end(), args.begin(), args.end());
-  c->postmaster = spawn(argv, c->dir + "/postgres.log");
-  if (!wait_until([&] { return !c->postmaster.running() || c->sql("select 1") == "1"; }, 30s, 200ms) ||
-      !c->postmaster.running())
-    c->error = "postgres did not start: " + read_text(c->dir + "/postgres.log");
-  return c;
-}
+const std::string kBin = kPgBin;
 
 std::map<std::string, std::string> of(pid_t pid) { return {{"pid", std::to_string(pid)}}; }
 std::map<std::string, std::string> of(pid_t pid, const std::string& type) {
