@@ -87,6 +87,7 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
 
   std::shared_ptr<ElfFile> f(new ElfFile());
   f->path_ = path;
+  std::vector<Found> found;  // names point into libelf's copy, alive until elf_end
 
   std::size_t nphdr = 0;
   if (elf_getphdrnum(h.e, &nphdr) != 0) return make_error(Errc::malformed, path + ": no program headers");
@@ -141,41 +142,85 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
           continue;
         const char* name = elf_strptr(h.e, sh.sh_link, s.st_name);
         if (!name || !*name) continue;
-        Symbol sym{name, s.st_value, s.st_size, 0};
-        f->syms_.push_back(std::move(sym));
+        found.push_back({name, s.st_value, s.st_size});
       }
     }
   }
   (void)shstrndx;
-  for (auto& s : f->syms_) s.file_offset = f->vaddr_to_offset(s.vaddr).value_or(0);
-  std::sort(f->syms_.begin(), f->syms_.end(), [](const Symbol& a, const Symbol& b) {
-    return a.vaddr != b.vaddr ? a.vaddr < b.vaddr : a.size > b.size;
-  });
-  for (std::size_t i = 0; i < f->syms_.size(); ++i) {
-    f->by_name_.emplace(f->syms_[i].name, i);  // first (largest) wins
-    auto b = base_name(f->syms_[i].name);
-    if (b.size() != f->syms_[i].name.size()) f->by_name_.emplace(std::string(b), i);
-  }
+  f->index_symbols(std::move(found));
   return std::shared_ptr<const ElfFile>(std::move(f));
 }
 
-Result<Symbol> ElfFile::find(std::string_view name) const {
-  auto it = by_name_.find(name);
-  if (it == by_name_.end()) return make_error(Errc::not_found, fmt::format("{}: no symbol {}", path_, name));
-  const Symbol& s = syms_[it->second];
-  if (s.file_offset == 0 && !vaddr_to_offset(s.vaddr))
-    return make_error(Errc::malformed, fmt::format("{}: {} is outside every segment", path_, name));
-  return s;
+// Stored compactly: a large executable (Debian's node: 75k functions, each
+// in both .dynsym and .symtab, ~70-byte mangled names) took 41 MiB of
+// memlensd's heap as a std::string per symbol plus a std::map keyed by
+// another copy; one copy of each name in one buffer and two index vectors
+// take ~8 MiB.
+void ElfFile::index_symbols(std::vector<Found> found) {
+  std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
+    if (a.vaddr != b.vaddr) return a.vaddr < b.vaddr;
+    if (a.size != b.size) return a.size > b.size;
+    return a.name < b.name;
+  });
+  // The same function in .dynsym and .symtab once.
+  found.erase(std::unique(found.begin(), found.end(),
+                          [](const Found& a, const Found& b) {
+                            return a.vaddr == b.vaddr && a.size == b.size && a.name == b.name;
+                          }),
+              found.end());
+  std::size_t bytes = 0;
+  for (const auto& x : found) bytes += x.name.size();
+  names_.reserve(bytes);
+  syms_.reserve(found.size());
+  for (const auto& x : found) {
+    if (names_.size() + x.name.size() > UINT32_MAX) break;  // a 4 GiB string table: keep what fits
+    syms_.push_back({x.vaddr, x.size, vaddr_to_offset(x.vaddr).value_or(0), static_cast<uint32_t>(names_.size()),
+                     static_cast<uint32_t>(x.name.size())});
+    names_ += x.name;
+  }
+  by_name_.resize(syms_.size());
+  for (uint32_t i = 0; i < by_name_.size(); ++i) by_name_[i] = i;
+  // By name, then by position: the first (largest at its address) wins.
+  std::sort(by_name_.begin(), by_name_.end(), [&](uint32_t a, uint32_t b) {
+    const auto na = name_of(syms_[a]), nb = name_of(syms_[b]);
+    return na != nb ? na < nb : a < b;
+  });
+  for (uint32_t i = 0; i < syms_.size(); ++i) {
+    const auto n = name_of(syms_[i]);
+    if (const auto b = base_name(n); b.size() != n.size()) by_base_.emplace_back(std::string(b), i);
+  }
+  std::sort(by_base_.begin(), by_base_.end());
 }
 
-std::optional<std::pair<const Symbol*, uint64_t>> ElfFile::symbolize(uint64_t vaddr) const {
-  auto it = std::upper_bound(syms_.begin(), syms_.end(), vaddr,
-                             [](uint64_t v, const Symbol& s) { return v < s.vaddr; });
+std::string_view ElfFile::name_of(const Entry& e) const { return std::string_view(names_).substr(e.name_off, e.name_len); }
+
+Symbol ElfFile::symbol(const Entry& e) const { return Symbol{std::string(name_of(e)), e.vaddr, e.size, e.file_offset}; }
+
+Result<Symbol> ElfFile::find(std::string_view name) const {
+  const Entry* e = nullptr;
+  auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                             [&](uint32_t i, std::string_view n) { return name_of(syms_[i]) < n; });
+  if (it != by_name_.end() && name_of(syms_[*it]) == name) {
+    e = &syms_[*it];
+  } else {
+    // A versioned name ("malloc@@GLIBC_2.2.5") answers to its base name.
+    auto b = std::lower_bound(by_base_.begin(), by_base_.end(), name,
+                              [](const auto& p, std::string_view n) { return p.first < n; });
+    if (b != by_base_.end() && b->first == name) e = &syms_[b->second];
+  }
+  if (!e) return make_error(Errc::not_found, fmt::format("{}: no symbol {}", path_, name));
+  if (e->file_offset == 0 && !vaddr_to_offset(e->vaddr))
+    return make_error(Errc::malformed, fmt::format("{}: {} is outside every segment", path_, name));
+  return symbol(*e);
+}
+
+std::optional<std::pair<Symbol, uint64_t>> ElfFile::symbolize(uint64_t vaddr) const {
+  auto it = std::upper_bound(syms_.begin(), syms_.end(), vaddr, [](uint64_t v, const Entry& s) { return v < s.vaddr; });
   if (it == syms_.begin()) return std::nullopt;
   --it;
   // Symbols without a size (hand-written asm) still name the code after them.
   if (it->size && vaddr >= it->vaddr + it->size) return std::nullopt;
-  return std::make_pair(&*it, vaddr - it->vaddr);
+  return std::make_pair(symbol(*it), vaddr - it->vaddr);
 }
 
 std::optional<uint64_t> ElfFile::vaddr_to_offset(uint64_t vaddr) const {
@@ -770,7 +815,7 @@ std::string Symbolizer::symbolize(uint64_t addr) const {
     if (!vaddr) return fmt::format("{:#x} ({})", addr, base);
     auto sym = (*f)->symbolize(*vaddr);
     if (!sym) return fmt::format("{:#x} ({})", *vaddr, base);
-    return fmt::format("{}+{:#x} ({})", sym->first->name, sym->second, base);
+    return fmt::format("{}+{:#x} ({})", sym->first.name, sym->second, base);
   }
   return fmt::format("{:#x}", addr);
 }
@@ -786,7 +831,7 @@ Symbolizer::Frame Symbolizer::resolve(uint64_t addr) const {
     fr.build_id = (*f)->build_id();
     auto vaddr = (*f)->offset_to_vaddr(addr - m.start + m.offset);
     if (!vaddr) return fr;
-    if (auto sym = (*f)->symbolize(*vaddr)) fr.function = sym->first->name;
+    if (auto sym = (*f)->symbolize(*vaddr)) fr.function = std::move(sym->first.name);
     return fr;
   }
   return fr;

@@ -66,7 +66,7 @@ class ElfFile {
   Result<Symbol> find(std::string_view name) const;
   bool defines(std::string_view name) const { return find(name).ok(); }
   // The function containing `vaddr`, and the offset into it.
-  std::optional<std::pair<const Symbol*, uint64_t>> symbolize(uint64_t vaddr) const;
+  std::optional<std::pair<Symbol, uint64_t>> symbolize(uint64_t vaddr) const;
   // File offset <-> virtual address through the PT_LOAD segments.
   std::optional<uint64_t> vaddr_to_offset(uint64_t vaddr) const;
   std::optional<uint64_t> offset_to_vaddr(uint64_t offset) const;
@@ -88,8 +88,24 @@ class ElfFile {
   std::vector<std::string> needed_;
   std::vector<UsdtNote> usdt_;
   std::vector<Segment> segments_;
-  std::vector<Symbol> syms_;           // sorted by vaddr
-  std::map<std::string, std::size_t, std::less<>> by_name_;
+  // Function symbols: each name once in names_, entries sorted by vaddr
+  // (the largest first at one address), indices sorted by name, and the
+  // versioned names ("malloc@@GLIBC_2.2.5") by their base name.
+  struct Entry {
+    uint64_t vaddr, size, file_offset;
+    uint32_t name_off, name_len;
+  };
+  struct Found {
+    std::string_view name;
+    uint64_t vaddr, size;
+  };
+  std::string names_;
+  std::vector<Entry> syms_;
+  std::vector<uint32_t> by_name_;
+  std::vector<std::pair<std::string, uint32_t>> by_base_;
+  void index_symbols(std::vector<Found> found);
+  std::string_view name_of(const Entry& e) const;
+  Symbol symbol(const Entry& e) const;
 };
 
 // Process-wide cache of parsed files, keyed by build-id (falls back to

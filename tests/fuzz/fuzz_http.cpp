@@ -16,8 +16,9 @@ memlens::Exporter& exporter() {
   static const std::unique_ptr<memlens::Exporter> ex = [] {
     auto e = memlens::Exporter::routes_only("/metrics");
     auto snap = std::make_shared<memlens::Snapshot>();
-    snap->targets.push_back({"web", "comm=web", "web", "/usr/bin/web", 42, 1, {{"memlens_rss_bytes", 1e6}}});
-    snap->targets.push_back({"ünï\"<&>", "exe=x", "x\xff", "/tmp/\xc3", 43, 2, {}});
+    snap->targets.push_back({"web", "comm=web", "web", "/usr/bin/web", 42, 1, {}, {{"memlens_rss_bytes", 1e6}}});
+    snap->targets.push_back({"ünï\"<&>", "exe=x", "x\xff", "/tmp/\xc3", 43, 2, {}, {}});
+    snap->pages["/"] = std::make_shared<const std::string>("<p>drawn</p>");
     snap->documents["/api/v1/targets/web/leaks"] = "{\"target\":\"web\"}\n";
     e->publish(snap);
     return e;
