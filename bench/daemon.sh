@@ -33,11 +33,6 @@ trap 'cleanup; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-now() { date +%s.%N; }
-metric() { # metric NAME LABEL-FILTER < exposition: first matching value
-  awk -v n="$1" -v f="$2" 'index($0, n) == 1 && index($0, f) { print $NF; exit }'
-}
 # p-th percentile (0-100) of the numbers on stdin.
 percentile() { sort -g | awk -v p="$1" '{ v[NR] = $1 } END { i = int((NR * p + 99) / 100); if (i < 1) i = 1; print v[i] }'; }
 

@@ -30,6 +30,16 @@ struct SelfMetrics {
                                  "Matching processes currently not watched because of max_targets.");
   MetricDesc scan_errors = metric("discovery_errors", "", MetricKind::counter,
                                   "Unreadable or malformed /proc entries met while scanning for targets.");
+  MetricDesc scans = metric("discovery_scans", "", MetricKind::counter,
+                            "Rescans of /proc for targets (every global.rescan_interval, and when a target exits).");
+  MetricDesc scan_seconds = metric("discovery_scan_duration", "seconds", MetricKind::gauge,
+                                   "Time the last rescan of /proc took (one stat file per process, more for "
+                                   "selectors on exe, cmdline or cgroup).");
+  MetricDesc scan_procs = metric("discovery_processes", "", MetricKind::gauge,
+                                 "User processes the last rescan saw (kernel threads and zombies aside).");
+  MetricDesc scan_reads = metric("discovery_stat_reads", "", MetricKind::gauge,
+                                 "Stat files the last rescan read: new processes, targets and a fifth of the "
+                                 "others (each process is re-read at least every 5 rescans).");
   MetricDesc pod_label_errors = metric("kubernetes_label_errors", "", MetricKind::counter,
                                        "Targets that got no or only some of their Kubernetes labels, by reason "
                                        "(global.kubernetes_labels; see the README).");
@@ -136,7 +146,12 @@ void App::start_collectors() {
 }
 
 void App::rescan() {
+  const double t0 = mono_now();
   auto res = discovery_->scan();
+  ++scans_total_;
+  scan_seconds_ = mono_now() - t0;
+  scan_processes_ = res.processes;
+  scan_stat_reads_ = res.stat_reads;
   exited_total_ += res.exited;
   capped_total_ += res.capped_new;
   scan_errors_total_ += res.scan_errors;
@@ -401,6 +416,10 @@ void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per
   b.counter(m.capped, static_cast<double>(capped_total_));
   b.gauge(m.capped_now, static_cast<double>(discovery_->capped_now()));
   b.counter(m.scan_errors, static_cast<double>(scan_errors_total_));
+  b.counter(m.scans, static_cast<double>(scans_total_));
+  b.gauge(m.scan_seconds, scan_seconds_);
+  b.gauge(m.scan_procs, static_cast<double>(scan_processes_));
+  b.gauge(m.scan_reads, static_cast<double>(scan_stat_reads_));
   if (cfg_->kubernetes_labels) {
     for (std::size_t i = 0; i < kPodLabelErrorNames.size(); ++i)
       b.counter(m.pod_label_errors, static_cast<double>(discovery_->pods().errors(static_cast<PodLabelError>(i))),

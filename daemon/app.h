@@ -103,7 +103,9 @@ class App {
   std::set<std::pair<std::size_t, TargetId>> logged_;  // (collector, target) errors logged once
 
   uint64_t timeline_refused_total_ = 0;
-  uint64_t exited_total_ = 0, capped_total_ = 0, scan_errors_total_ = 0;
+  uint64_t exited_total_ = 0, capped_total_ = 0, scan_errors_total_ = 0, scans_total_ = 0;
+  double scan_seconds_ = 0;
+  std::size_t scan_processes_ = 0, scan_stat_reads_ = 0;
   uint64_t reloads_total_ = 0, reload_failures_total_ = 0, ticks_total_ = 0, ticks_late_total_ = 0;
   double last_rescan_ = -1e18;
   bool force_rescan_ = false;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <optional>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "collectors/proc_parse.h"
 #include "daemon/kubernetes.h"
@@ -117,26 +119,55 @@ DiscoveryResult Discovery::scan() {
   DiscoveryResult res;
   std::vector<Proc> procs;
   auto pids = proc_.pids();
+  ++scans_;
   if (pids) {
     procs.reserve(pids->size());
+    // Incremental: a process's stat file is read when its pid is new, when
+    // it is a target (the proc collector reads those every tick anyway), and
+    // otherwise once every kRefreshEvery scans, a slice of the pids each
+    // scan; in between its last reading stands. On a host of 5000 processes
+    // reading every one took 87 ms a rescan, 4 % of a core at the default
+    // 2 s (bench/discovery.sh). What waits: a process that execs without
+    // forking (a wrapper script's `exec java`) or whose pid is reused is seen
+    // as what it became up to kRefreshEvery rescans later; the RSS ranking
+    // of top_rss is as old.
+    std::unordered_set<pid_t> watched;
+    for (const auto& [id, t] : targets_) watched.insert(id.pid);
+    std::unordered_map<pid_t, ProcStat> known;
+    known.reserve(pids->size());
     for (pid_t pid : *pids) {
-      auto text = read_file(proc_.path(pid, "stat"));
-      if (!text) continue;  // exited since readdir: not an error
-      auto st = parse_stat(*text);
-      if (!st) {
-        ++res.scan_errors;
-        continue;
+      auto it = known_.find(pid);
+      const bool due = it == known_.end() || watched.count(pid) ||
+                       static_cast<uint64_t>(pid) % kRefreshEvery == scans_ % kRefreshEvery;
+      ProcStat st;
+      if (due) {
+        auto text = read_file(proc_.path(pid, "stat"));
+        if (!text) continue;  // exited since readdir: not an error
+        auto parsed = parse_stat(*text);
+        if (!parsed) {
+          ++res.scan_errors;
+          continue;
+        }
+        st = std::move(*parsed);
+        ++res.stat_reads;
+      } else {
+        st = std::move(it->second);
       }
       // Kernel threads (kthreadd and its children) have no user memory.
-      if (pid == 2 || st->ppid == 2 || st->state == 'Z') continue;
-      Proc p;
-      p.id = TargetId{pid, st->starttime};
-      p.stat = std::move(*st);
-      procs.push_back(std::move(p));
+      const bool user = pid != 2 && st.ppid != 2 && st.state != 'Z';
+      if (user) {
+        Proc p;
+        p.id = TargetId{pid, st.starttime};
+        p.stat = st;
+        procs.push_back(std::move(p));
+      }
+      known.emplace(pid, std::move(st));
     }
+    known_ = std::move(known);  // pids gone from /proc are forgotten
   } else {
     ++res.scan_errors;
   }
+  res.processes = procs.size();
 
   std::map<TargetId, Target> next;
   std::set<TargetId> capped;

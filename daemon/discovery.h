@@ -5,8 +5,10 @@
 #include <cstdint>
 #include <map>
 #include <set>
+#include <unordered_map>
 #include <vector>
 
+#include "collectors/proc_parse.h"
 #include "daemon/config.h"
 #include "daemon/kubernetes.h"
 #include "daemon/procfs.h"
@@ -20,6 +22,8 @@ struct DiscoveryResult {
   std::size_t exited = 0;        // of `removed`, those whose process is gone
   std::size_t capped_new = 0;    // processes newly turned away by a cap
   std::size_t scan_errors = 0;   // unreadable or malformed stat files
+  std::size_t processes = 0;     // user processes seen (kernel threads and zombies aside)
+  std::size_t stat_reads = 0;    // stat files read (the rest stood from an earlier scan)
 };
 
 // Whether process `pid` matches the per-process fields of a selector (all
@@ -42,8 +46,13 @@ class Discovery {
   struct Proc;
   bool matches(const Selector& s, Proc& p);
 
+  // Every process's stat file is re-read at least once in this many scans.
+  static constexpr uint64_t kRefreshEvery = 5;
+
   ConfigPtr cfg_;
   ProcFs proc_;
+  std::unordered_map<pid_t, ProcStat> known_;  // last reading of each pid's stat
+  uint64_t scans_ = 0;
   pid_t self_pid_;
   std::map<TargetId, Target> targets_;
   std::set<TargetId> capped_seen_;  // counted once each, pruned when gone

@@ -12,3 +12,10 @@ free_port() {
 # utime + stime of a pid, in clock ticks (fields 14 and 15; the comm field
 # may hold spaces, so count from the closing parenthesis); 0 once it exited.
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ t = $12 + $13 } END { print t + 0 }'; }
+
+# A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+now() { date +%s.%N; }
+metric() { # metric NAME LABEL-FILTER < exposition: first matching value
+  awk -v n="$1" -v f="$2" 'index($0, n) == 1 && index($0, f) { print $NF; exit }'
+}

@@ -118,6 +118,44 @@ TEST(Discovery, ExitAndPidReuseAreNewTargets) {
   EXPECT_TRUE(d.targets().empty());
 }
 
+// Rescans read the stat file of new processes and targets every time, of
+// the others once every few scans: a process that becomes a match without
+// a new pid (exec in place) is found within five scans, a new one at once.
+TEST(Discovery, RescansAreIncrementalButMissNothingForLong) {
+  FakeProc p;
+  for (int i = 0; i < 50; ++i) p.add(800 + i, "idle", 10);
+  p.add(900, "svc", 10);
+  ConfigPtr c = config(p, "  - {name: svc, comm: svc}\n");
+  Discovery d(c, 1);
+  auto r = d.scan();
+  EXPECT_EQ(r.stat_reads, 51u) << "the first scan reads every process";
+  EXPECT_EQ(r.processes, 51u);
+  r = d.scan();
+  EXPECT_LT(r.stat_reads, 20u) << "later ones the target and a slice of the rest";
+  EXPECT_EQ(r.processes, 51u) << "the others still count, from their last reading";
+  // A new process is read at once.
+  p.add(950, "svc", 10);
+  r = d.scan();
+  ASSERT_EQ(r.added.size(), 1u);
+  EXPECT_EQ(r.added[0].id.pid, 950);
+  // An idle process execs into a match (same pid, same start time).
+  p.remove(820);
+  p.add(820, "svc", 10);
+  int scans = 0;
+  bool found = false;
+  while (!found && scans < 10) {
+    ++scans;
+    for (const auto& t : d.scan().added) found |= t.id.pid == 820;
+  }
+  EXPECT_TRUE(found);
+  EXPECT_LE(scans, 5);
+  // A target that exits is gone at the next scan.
+  p.remove(900);
+  r = d.scan();
+  ASSERT_EQ(r.removed.size(), 1u);
+  EXPECT_EQ(r.exited, 1u);
+}
+
 TEST(Discovery, CapsCountEachProcessOnceAndKeepWatchedOnes) {
   FakeProc p;
   for (int i = 0; i < 5; ++i) p.add(400 + i, "w", 10 + i);
