@@ -23,13 +23,7 @@ kib=${BENCH_KIB:-64}
 hz=$(getconf CLK_TCK)
 work=$(mktemp -d /tmp/memlens-bench.XXXXXX)
 daemon_pid="" spawner_pid=""
-
-cleanup() {
-  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  [[ -n $spawner_pid ]] && kill "$spawner_pid" 2>/dev/null && wait "$spawner_pid" 2>/dev/null
-  daemon_pid="" spawner_pid=""
-}
-trap 'cleanup; rm -rf "$work"' EXIT
+trap 'stop_section; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -114,7 +108,7 @@ EOF
   printf '| %s | %s | %s | %.1f | %.1f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "${watched:-0}" "$cpu" \
     "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')" \
     "${tl:-?}" "$p50" "$p99" "$series" "$body" "${tick:-?}" "${self_heap:-?}" "${self_frag:-?}" "${self_slope:-?}"
-  cleanup
+  stop_section
 done
 echo
 echo "Aims at 100 targets: CPU < 1% of a core, RSS < 32 MiB, /metrics p99 < 20 ms." \

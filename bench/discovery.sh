@@ -25,12 +25,7 @@ window=${BENCH_WINDOW:-30}
 hz=$(getconf CLK_TCK)
 work=$(mktemp -d /tmp/memlens-discovery.XXXXXX)
 daemon_pid="" spawner_pid=""
-cleanup() {
-  [[ -n $daemon_pid ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  [[ -n $spawner_pid ]] && kill "$spawner_pid" 2>/dev/null && wait "$spawner_pid" 2>/dev/null
-  daemon_pid="" spawner_pid=""
-}
-trap 'cleanup; rm -rf "$work"' EXIT
+trap 'stop_section; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -79,7 +74,7 @@ for n in $counts; do
   reads=$(metric memlens_discovery_stat_reads '' <"$dir/body")
   targets=$(awk '/^memlens_targets_watched\{/ { s += $NF } END { print s + 0 }' "$dir/body")
   printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "$seen" "$reads" "$targets" "$cpu" "$med" "$max" "$share"
-  cleanup
+  stop_section
 done
 printf '\nDefault config selectors plus `comm: exe` (the idle processes), max_targets 64, rescan every 2 s, tick 1 s; %s CPUs, kernel %s.\n' \
   "$(nproc)" "$(uname -r)"

@@ -33,6 +33,13 @@ struct {
 } open_pauses SEC(".maps");
 
 struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 4096);
+  __type(key, __u64);
+  __type(value, struct v8_heap);
+} v8_heaps SEC(".maps");
+
+struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
   __uint(max_entries, GC_ERR_MAX);
   __type(key, __u32);
@@ -164,8 +171,51 @@ int BPF_KPROBE(node_gc_entry, void* heap, int space) {
   return pause_begin(GC_RT_NODE, kind);
 }
 
+/* The outermost CollectGarbage returning ends the collection: the heap
+ * figures its tracer read last (at its end) become the thread's. */
 SEC("uretprobe")
-int BPF_KRETPROBE(node_gc_return) { return pause_end(); }
+int BPF_KRETPROBE(node_gc_return) {
+  __u64 tid = bpf_get_current_pid_tgid();
+  struct gc_open* o = bpf_map_lookup_elem(&open_pauses, &tid);
+  if (o && o->depth == 1) {
+    struct v8_heap* h = bpf_map_lookup_elem(&v8_heaps, &tid);
+    if (h && h->last_used && h->last_committed) {
+      h->used = h->last_used;
+      h->committed = h->last_committed;
+      h->collections += 1;
+    }
+  }
+  return pause_end();
+}
+
+static __always_inline struct v8_heap* v8_heap_of(__u64 tid) {
+  struct v8_heap* h = bpf_map_lookup_elem(&v8_heaps, &tid);
+  if (h) return h;
+  struct v8_heap zero = {};
+  if (bpf_map_update_elem(&v8_heaps, &tid, &zero, BPF_NOEXIST) != 0) {
+    h = bpf_map_lookup_elem(&v8_heaps, &tid);
+    if (!h) count_error(GC_ERR_V8_FULL);
+    return h;
+  }
+  return bpf_map_lookup_elem(&v8_heaps, &tid);
+}
+
+/* Heap::SizeOfObjects() and Heap::CommittedMemory() return size_t. Calls
+ * outside a collection (heap statistics asked for by the program) are
+ * taken too: the next collection's end overwrites them anyway. */
+SEC("uretprobe")
+int BPF_KRETPROBE(v8_size_of_objects_return, unsigned long ret) {
+  struct v8_heap* h = v8_heap_of(bpf_get_current_pid_tgid());
+  if (h) h->last_used = ret;
+  return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(v8_committed_memory_return, unsigned long ret) {
+  struct v8_heap* h = v8_heap_of(bpf_get_current_pid_tgid());
+  if (h) h->last_committed = ret;
+  return 0;
+}
 
 /* ---- Thread exit: a target dying mid-pause leaves no open entry behind ---- */
 
@@ -173,5 +223,6 @@ SEC("raw_tp/sched_process_exit")
 int BPF_PROG(gc_thread_exit) {
   __u64 tid = bpf_get_current_pid_tgid();
   bpf_map_delete_elem(&open_pauses, &tid);
+  bpf_map_delete_elem(&v8_heaps, &tid);  /* a worker's isolate ends with its thread */
   return 0;
 }

@@ -70,12 +70,27 @@ struct gc_open {
   __u32 depth; /* nested entries (V8 CollectGarbage may recurse) */
 };
 
+/* V8's own heap figures of one thread's isolate, from uretprobes on
+ * Heap::SizeOfObjects() and Heap::CommittedMemory(), which V8's GC tracer
+ * calls at the start and end of every collection (what
+ * v8.getHeapStatistics() reports as used_heap_size and total_heap_size).
+ * Keyed by pid_tgid: each Node worker thread has its own isolate; user
+ * space sums the threads of a process. */
+struct v8_heap {
+  __u64 used;           /* at the end of the last collection */
+  __u64 committed;
+  __u64 collections;    /* collections that ended with both figures read */
+  __u64 last_used;      /* the latest calls, inside the collection still open */
+  __u64 last_committed;
+};
+
 /* Indexes into the per-CPU error counter map. */
 enum gc_err {
   GC_ERR_HIST_FULL = 0, /* no room for a new (pid, kind) histogram */
   GC_ERR_OPEN_FULL = 1, /* no room for an open pause */
   GC_ERR_UNMATCHED = 2, /* an end without a begin (attached mid-pause) */
-  GC_ERR_MAX = 3,
+  GC_ERR_V8_FULL = 3,   /* no room for a thread's V8 heap figures */
+  GC_ERR_MAX = 4,
 };
 
 #endif

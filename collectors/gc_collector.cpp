@@ -222,11 +222,26 @@ const MetricDesc& m_nonheap_committed() {
                                      "JVM metaspace and compressed class space committed (hsperfdata).");
   return d;
 }
+const MetricDesc& m_v8_used() {
+  static const MetricDesc d =
+      metric("v8_heap_used", "bytes", MetricKind::gauge,
+             "V8's heap used at the end of the last collection, all isolates of the process (main thread and "
+             "workers): Heap::SizeOfObjects, what v8.getHeapStatistics() calls used_heap_size.");
+  return d;
+}
+const MetricDesc& m_v8_committed() {
+  static const MetricDesc d =
+      metric("v8_heap_committed", "bytes", MetricKind::gauge,
+             "V8's heap committed at the end of the last collection, all isolates: Heap::CommittedMemory, "
+             "v8.getHeapStatistics()'s total_heap_size.");
+  return d;
+}
 const MetricDesc& m_errors() {
   static const MetricDesc d = metric("gc_bpf_errors", "", MetricKind::counter,
                                      "Kernel-side GC tracing events lost, by reason (hist_full: no room for a new "
                                      "histogram; open_full: no room for an open pause; unmatched: an end without "
-                                     "a begin) and attach failures.");
+                                     "a begin; v8_full: no room for a thread's V8 heap figures) and attach "
+                                     "failures.");
   return d;
 }
 const MetricDesc& m_traced() {
@@ -272,6 +287,29 @@ Result<void> GcCollector::start(const ConfigPtr& config) {
   skel_ = std::move(skel);
   return {};
 }
+
+namespace {
+// V8's heap figures at each collection's end: uretprobes on the two Heap
+// methods its GC tracer calls at the start and end of every collection.
+// Optional: without them the pauses are still timed.
+bool attach_v8_heap(pid_t pid, const std::string& bin, std::vector<bpf::Link>& links, gc_bpf* skel) {
+  auto f = elf::open_cached(bin);
+  if (!f) return false;
+  auto used = (*f)->find("_ZN2v88internal4Heap13SizeOfObjectsEv");
+  auto committed = (*f)->find("_ZN2v88internal4Heap15CommittedMemoryEv");
+  if (!used || !committed) {
+    spdlog::debug("gc: {} has no Heap::SizeOfObjects/CommittedMemory: no V8 heap figures", bin);
+    return false;
+  }
+  auto l1 = bpf::attach_uprobe(skel->progs.v8_size_of_objects_return, pid, bin, used->file_offset, true);
+  if (!l1) return false;
+  auto l2 = bpf::attach_uprobe(skel->progs.v8_committed_memory_return, pid, bin, committed->file_offset, true);
+  if (!l2) return false;
+  links.push_back(std::move(*l1));
+  links.push_back(std::move(*l2));
+  return true;
+}
+}  // namespace
 
 void GcCollector::attach(const Target& t, Watch& w) {
   auto info = detect_runtime(proc_, t.pid());
@@ -333,6 +371,7 @@ void GcCollector::attach(const Target& t, Watch& w) {
       case Runtime::node:
         if (!facts.v8_collect.empty())
           ok = try_uprobe(skel_->progs.node_gc_entry, skel_->progs.node_gc_return, bin, facts.v8_collect);
+        if (ok) w.v8_heap = attach_v8_heap(pid, bin, w.links, skel_.get());
         break;
       case Runtime::none: break;
     }
@@ -383,6 +422,18 @@ void GcCollector::target_removed(const Target& t) {
   if (it == watches_.end()) return;
   it->second.links.clear();
   if (skel_) delete_keys(t.pid(), it->second.runtime);
+  if (skel_ && it->second.v8_heap) {
+    // Its threads' V8 entries (they go at thread exit too; this covers a
+    // target dropped by a reload while it runs).
+    const int fd = bpf_map__fd(skel_->maps.v8_heaps);
+    std::vector<uint64_t> mine;
+    uint64_t key = 0, next = 0;
+    for (uint64_t* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
+      key = next;
+      if (static_cast<pid_t>(key >> 32) == t.pid()) mine.push_back(key);
+    }
+    for (uint64_t k : mine) bpf_map_delete_elem(fd, &k);
+  }
   watches_.erase(it);
 }
 
@@ -422,6 +473,30 @@ void GcCollector::read_jvm_memory(const Target& t, Watch& w, double now, Sample&
   }
 }
 
+// The V8 heap of every isolate of the process (its threads' entries),
+// summed, once a collection has ended with both figures read. It becomes
+// the target's heap series: what a Node program leaks is JS objects, which
+// live in V8's own pages, not in malloc's books.
+void GcCollector::read_v8_heap(const Target& t, Sample& out) {
+  const int fd = bpf_map__fd(skel_->maps.v8_heaps);
+  uint64_t key = 0, next = 0;
+  uint64_t used = 0, committed = 0;
+  bool any = false;
+  v8_heap v{};
+  for (uint64_t* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
+    key = next;
+    if (static_cast<pid_t>(key >> 32) != t.pid()) continue;
+    if (bpf_map_lookup_elem(fd, &key, &v) != 0 || v.collections == 0) continue;
+    used += v.used;
+    committed += v.committed;
+    any = true;
+  }
+  if (!any) return;
+  out.gauge(m_v8_used(), static_cast<double>(used));
+  out.gauge(m_v8_committed(), static_cast<double>(committed));
+  out.series(SeriesId::heap, static_cast<double>(used), SeriesQuality::runtime);
+}
+
 Result<void> GcCollector::collect(const Target& t, Sample& out) {
   auto it = watches_.find(t.id);
   if (it == watches_.end()) return {};
@@ -438,6 +513,7 @@ Result<void> GcCollector::collect(const Target& t, Sample& out) {
   const double now = mono_now();
   if (w.runtime == Runtime::jvm) read_jvm_memory(t, w, now, out);
   if (!w.available) return {};
+  if (w.v8_heap) read_v8_heap(t, out);
 
   const int fd = bpf_map__fd(skel_->maps.hists);
   const auto& fine = gc_fine_bounds_ns();
@@ -494,7 +570,7 @@ Result<void> GcCollector::collect(const Target& t, Sample& out) {
 
 void GcCollector::collect_global(GlobalSample& out) {
   if (!skel_) return;
-  static const char* names[GC_ERR_MAX] = {"hist_full", "open_full", "unmatched"};
+  static const char* names[GC_ERR_MAX] = {"hist_full", "open_full", "unmatched", "v8_full"};
   const int fd = bpf_map__fd(skel_->maps.errors);
   for (uint32_t i = 0; i < GC_ERR_MAX; ++i) {
     auto v = bpf::sum_percpu_u64(fd, &i);

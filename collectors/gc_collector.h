@@ -60,6 +60,7 @@ class GcCollector : public Collector {
     double detect_next = 0;  // runtime not recognised yet: when to look again
     int detect_tries = 0;
     std::deque<Snap> snaps;  // for the window quantiles
+    bool v8_heap = false;  // Node: uretprobes on Heap::SizeOfObjects/CommittedMemory attached
     // hsperfdata (JVM only)
     std::string perf_path;
     double perf_next_try = 0;
@@ -68,6 +69,7 @@ class GcCollector : public Collector {
 
   void attach(const Target& t, Watch& w);
   void read_jvm_memory(const Target& t, Watch& w, double now, Sample& out);
+  void read_v8_heap(const Target& t, Sample& out);
   void delete_keys(pid_t pid, Runtime r);
 
   struct SkelDeleter {

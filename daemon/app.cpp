@@ -69,8 +69,9 @@ struct SelfMetrics {
                                     "target), slot (one target's history), file (all of it).");
   MetricDesc slope = metric("leak_slope", "bytes_per_second", MetricKind::gauge,
                             "Robust (Theil-Sen) slope of the heap series over the leak window: eBPF live heap when "
-                            "allocation tracing is exact for the target, else the allocator's in-use bytes from its "
-                            "own books (glibc), else resident anonymous memory.");
+                            "allocation tracing is exact for the target, else V8's heap used at each collection's end "
+                            "(Node), else the allocator's in-use bytes from its own books (glibc), else resident "
+                            "anonymous memory.");
   MetricDesc slope_conf = metric("leak_slope_confidence", "", MetricKind::gauge,
                                  "Agreement of pairwise slopes with the leak slope's sign: 0 no trend, 1 certain.");
   MetricDesc peak = metric("rss_window_peak", "bytes", MetricKind::gauge,

@@ -18,8 +18,9 @@ const BudgetMetrics& budget_metrics() {
              "Budget of a target (config budgets:) by resource, as a ratio 0..1: fragmentation."),
       metric("heap", "bytes", MetricKind::gauge,
              "The best heap figure memlensd has for the target, the one its heap budget is held against; "
-             "label source: live (exact, allocation tracing), allocator (in-use bytes from the allocator's "
-             "books), jvm (JVM heap used, hsperfdata) or anon (resident anonymous memory)."),
+             "label source: live (exact, allocation tracing), v8 (V8's heap used at its last collection's "
+             "end), allocator (in-use bytes from the allocator's books), jvm (JVM heap used, hsperfdata) or "
+             "anon (resident anonymous memory)."),
       metric("budget_breach", "seconds", MetricKind::gauge,
              "Predicted time until the resource crosses the target's budget at its current trend (Theil-Sen "
              "slope over global.breach_window); absent when the resource is not growing or already over."),
@@ -48,6 +49,9 @@ std::optional<double> sample_value(const Sample& s, std::string_view name) {
 
 std::optional<HeapFigure> best_heap(const Sample& s) {
   if (auto v = sample_value(s, "memlens_heap_live_bytes")) return HeapFigure{*v, "live"};
+  // A Node process's objects live in V8's pages, not in malloc's books
+  // (which hold only its native memory): V8's heap first.
+  if (auto v = sample_value(s, "memlens_v8_heap_used_bytes")) return HeapFigure{*v, "v8"};
   if (auto v = sample_value(s, "memlens_allocator_inuse_bytes")) return HeapFigure{*v, "allocator"};
   // The JVM exports one gauge per heap space: the heap is their sum.
   double jvm = 0;

@@ -13,7 +13,8 @@
 namespace memlens {
 
 // The best heap figure memlensd has for a target this tick, and its source:
-// "live" (exact live bytes from allocation tracing), else "allocator" (in-use
+// "live" (exact live bytes from allocation tracing), else "v8" (V8's heap used
+// at its last collection's end, Node), else "allocator" (in-use
 // bytes from the allocator's own books), else "jvm" (the JVM heap from
 // hsperfdata, all spaces), else "anon" (resident anonymous memory).
 struct HeapFigure {

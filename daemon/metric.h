@@ -45,7 +45,10 @@ constexpr std::size_t kSeriesCount = static_cast<std::size_t>(SeriesId::count_);
 // probes were attached (alloc, full mode: the live heap's slope, not its
 // level) < in-use bytes from the allocator's own books (heap, glibc) <
 // exact live bytes (alloc, traced from the first allocation).
-enum class SeriesQuality : uint8_t { estimate = 0, since_attach, books, exact };
+// runtime: the runtime's own heap (V8's used bytes at a collection's end),
+// above the allocator's books for a process whose objects live outside
+// malloc.
+enum class SeriesQuality : uint8_t { estimate = 0, since_attach, books, runtime, exact };
 
 struct MetricValue {
   const MetricDesc* desc = nullptr;

@@ -19,3 +19,11 @@ now() { date +%s.%N; }
 metric() { # metric NAME LABEL-FILTER < exposition: first matching value
   awk -v n="$1" -v f="$2" 'index($0, n) == 1 && index($0, f) { print $NF; exit }'
 }
+
+# Stops the memlensd and the spawn_targets a section started (their pids in
+# daemon_pid and spawner_pid), for its EXIT trap and between its rows.
+stop_section() {
+  [[ -n ${daemon_pid:-} ]] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  [[ -n ${spawner_pid:-} ]] && kill "$spawner_pid" 2>/dev/null && wait "$spawner_pid" 2>/dev/null
+  daemon_pid="" spawner_pid=""
+}
