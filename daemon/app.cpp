@@ -26,6 +26,9 @@ struct SelfMetrics {
   MetricDesc exited = metric("targets_exited", "", MetricKind::counter, "Targets whose process exited.");
   MetricDesc capped = metric("targets_capped", "", MetricKind::counter,
                              "Matching processes turned away by max_targets (each counted once).");
+  MetricDesc grouped = metric("targets_grouped", "", MetricKind::gauge,
+                               "Processes covered by their parent's target instead of being targets of their "
+                               "own (children: false; PostgreSQL backends under their postmaster), by entry.");
   MetricDesc capped_now = metric("targets_over_cap", "", MetricKind::gauge,
                                  "Matching processes currently not watched because of max_targets.");
   MetricDesc scan_errors = metric("discovery_errors", "", MetricKind::counter,
@@ -416,6 +419,12 @@ void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per
   b.counter(m.exited, static_cast<double>(exited_total_));
   b.counter(m.capped, static_cast<double>(capped_total_));
   b.gauge(m.capped_now, static_cast<double>(discovery_->capped_now()));
+  for (const auto& pol : cfg_->targets)
+    if (!pol.children) {
+      auto it = discovery_->grouped().find(pol.name);
+      b.gauge(m.grouped, it == discovery_->grouped().end() ? 0.0 : static_cast<double>(it->second),
+              {{"target", pol.name}});
+    }
   b.counter(m.scan_errors, static_cast<double>(scan_errors_total_));
   b.counter(m.scans, static_cast<double>(scans_total_));
   b.gauge(m.scan_seconds, scan_seconds_);

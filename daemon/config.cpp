@@ -389,7 +389,8 @@ class Parser {
     const std::string where = "targets[" + std::to_string(idx) + "]";
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
-                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets", "postgres"});
+                             "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets", "postgres",
+                             "children"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -460,6 +461,11 @@ class Parser {
       auto v = boolean(t["sampler"], where + ".sampler");
       if (!v) return v.error();
       p.sampler = *v;
+    }
+    if (t["children"]) {
+      auto v = boolean(t["children"], where + ".children");
+      if (!v) return v.error();
+      p.children = *v;
     }
     if (t["budgets"]) {
       if (auto r = parse_budgets(t["budgets"], where + ".budgets", p); !r) return r.error();

@@ -100,6 +100,11 @@ struct TargetPolicy {
   bool gc = true;                      // GC pause tracing for runtimes
   bool heap = true;                    // read the allocator's books (glibc)
   bool sampler = true;                 // in-process sampler page and otel_memory probes
+  // false: a matching process whose parent matched this entry too, with the
+  // same comm (a forked worker: PostgreSQL's backends), is no target of its
+  // own; its parent's target covers it (the postgres collector reports the
+  // children by backend type).
+  bool children = true;
   // In kBudgetKeys order; `leak` is 0 unless set when the block is present.
   std::vector<Budget> budgets;
   const Budget* budget(std::string_view resource) const {

@@ -172,10 +172,27 @@ DiscoveryResult Discovery::scan() {
   std::map<TargetId, Target> next;
   std::set<TargetId> capped;
   int total = 0;
+  grouped_.clear();
   for (const TargetPolicy& pol : cfg_->targets) {
     std::vector<Proc*> hits;
     for (auto& p : procs)
       if (!p.claimed && matches(pol.selector, p)) hits.push_back(&p);
+    if (!pol.children && !hits.empty()) {
+      // Forked workers go with their parent: it matched this entry too and
+      // has their comm. They are claimed (no later entry takes them) and
+      // never count against a cap.
+      std::unordered_map<pid_t, const std::string*> comm_of;
+      for (const Proc* p : hits) comm_of.emplace(p->id.pid, &p->stat.comm);
+      std::size_t n = 0;
+      std::erase_if(hits, [&](Proc* p) {
+        auto parent = comm_of.find(p->stat.ppid);
+        if (parent == comm_of.end() || *parent->second != p->stat.comm) return false;
+        p->claimed = true;
+        ++n;
+        return true;
+      });
+      if (n) grouped_[pol.name] += n;
+    }
     // Keep targets already watched first, so caps do not churn series; then
     // the largest by RSS (which is the whole point of top_rss).
     std::stable_sort(hits.begin(), hits.end(), [&](const Proc* a, const Proc* b) {

@@ -39,6 +39,9 @@ class Discovery {
   DiscoveryResult scan();
   const std::map<TargetId, Target>& targets() const { return targets_; }
   std::size_t capped_now() const { return capped_now_; }
+  // Processes covered by their parent's target (`children: false`), by
+  // entry name, as of the last scan.
+  const std::map<std::string, std::size_t>& grouped() const { return grouped_; }
   // Kubernetes labels (global.kubernetes_labels): what failed, by reason.
   const PodLabeler& pods() const { return pods_; }
 
@@ -57,6 +60,7 @@ class Discovery {
   std::map<TargetId, Target> targets_;
   std::set<TargetId> capped_seen_;  // counted once each, pruned when gone
   std::size_t capped_now_ = 0;
+  std::map<std::string, std::size_t> grouped_;
   PodLabeler pods_;
   bool relabel_ = false;  // the switch or the runtime state root changed
 };

@@ -270,3 +270,38 @@ TEST(Postgres, DebianLayoutConfigFileAndClusterName) {
   EXPECT_GE(rss_pids["pg"].size(), 6u);
   EXPECT_EQ(with_postgres, std::set<std::string>{"pm/" + std::to_string(pm)});
 }
+
+// The default config's postgres entry (`children: false`): a cluster is one
+// target, its postmaster; the backends, however many connect, go with it and
+// are reported by type, not as targets of their own.
+TEST(Postgres, DefaultConfigWatchesAClusterAsOneTarget) {
+  ASSERT_TRUE(is_root()) << "the cluster runs as nobody: start the test as root";
+  ASSERT_EQ(postgres_missing(), "") << "Debian package postgresql";
+  auto pg = start_cluster("", "");
+  ASSERT_TRUE(pg && pg->error.empty()) << (pg ? pg->error : "no cluster");
+  const pid_t pm = pg->postmaster.pid();
+  // Five sessions held open.
+  std::vector<Child> clients;
+  for (int i = 0; i < 5; ++i)
+    clients.push_back(spawn({kPgBin + "psql", "-h", pg->dir, "-p", std::to_string(pg->port), "-U", "postgres", "-X",
+                             "-Atq", "-d", "postgres", "-c", "select pg_sleep(30)"}));
+  auto d = start_daemon(read_text(std::string(MEMLENS_SOURCE_DIR) + "/config/default.yaml"));
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(wait_until([&] { return value(*d, "memlens_postgres_connections", of(pm)) == 5; }, 30s)) << d->log();
+  const auto s = d->scrape();
+  std::set<std::string> pids;
+  for (const auto& x : s)
+    if (x.name == "memlens_rss_bytes" && x.labels.count("target") && x.labels.at("target") == "postgres")
+      pids.insert(x.labels.at("pid"));
+  EXPECT_EQ(pids, std::set<std::string>{std::to_string(pm)}) << "the postmaster alone is the cluster's target";
+  EXPECT_EQ(find_sample(s, "memlens_targets_watched", {{"target", "postgres"}}), 1.0);
+  // Its children: the five clients and the background processes.
+  const double grouped = find_sample(s, "memlens_targets_grouped", {{"target", "postgres"}}).value_or(0);
+  const double backends = std::stod(pg->sql("select count(*) from pg_stat_activity")) ;
+  std::printf("grouped under the postmaster: %.0f processes; pg_stat_activity: %.0f\n", grouped, backends);
+  EXPECT_GE(grouped, 5 + 3) << "clients, checkpointer, background writer, walwriter at least";
+  EXPECT_GT(find_sample(s, "memlens_postgres_backend_private_bytes", {{"pid", std::to_string(pm)},
+                                                                      {"backend_type", "client backend"}})
+                .value_or(0),
+            0);
+}

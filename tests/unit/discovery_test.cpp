@@ -156,6 +156,39 @@ TEST(Discovery, RescansAreIncrementalButMissNothingForLong) {
   EXPECT_EQ(r.exited, 1u);
 }
 
+// `children: false`: forked workers (PostgreSQL's backends) go with their
+// parent's target; another cluster's postmaster is a target of its own; a
+// same-named process under something else is no one's child.
+TEST(Discovery, ChildrenGoWithTheirParentWhenAsked) {
+  FakeProc p;
+  p.add(100, "postgres", 10, 1000, "", "/user.slice", 1);
+  for (int i = 1; i <= 30; ++i) p.add(100 + i, "postgres", 5, 1000, "", "/user.slice", 100);
+  p.add(200, "postgres", 10, 1000, "", "/user.slice", 50);  // another cluster, under a shell
+  p.add(50, "bash", 1);
+  p.add(201, "postgres", 5, 1000, "", "/user.slice", 200);
+  p.add(300, "postgres", 5, 1000, "", "/user.slice", 50);   // a postgres under bash: no parent match
+  ConfigPtr c = config(p, "  - {name: pg, comm: postgres, children: false, max_targets: 4}\n"
+                          "  - {name: rest, cmdline: \".\"}\n");
+  Discovery d(c, 1);
+  auto r = d.scan();
+  auto w = watched(d);
+  EXPECT_EQ(w[100], "pg");
+  EXPECT_EQ(w[200], "pg");
+  EXPECT_EQ(w[300], "pg");
+  EXPECT_EQ(w.count(101), 0u) << "a backend is no target of its own";
+  EXPECT_EQ(w.count(201), 0u);
+  EXPECT_EQ(w[50], "rest") << "grouped processes are claimed: later entries do not take them";
+  EXPECT_EQ(w.size(), 4u);
+  EXPECT_EQ(r.capped_new, 0u) << "grouped children never count against the cap";
+  EXPECT_EQ(d.grouped().at("pg"), 31u);
+  // Without the switch every backend is a target (up to the cap).
+  ConfigPtr all = config(p, "  - {name: pg, comm: postgres, max_targets: 64}\n");
+  Discovery d2(all, 1);
+  d2.scan();
+  EXPECT_EQ(d2.targets().size(), 34u);
+  EXPECT_TRUE(d2.grouped().empty());
+}
+
 TEST(Discovery, CapsCountEachProcessOnceAndKeepWatchedOnes) {
   FakeProc p;
   for (int i = 0; i < 5; ++i) p.add(400 + i, "w", 10 + i);
