@@ -177,7 +177,7 @@ TEST(EndToEnd, EveryDashboardQueryReturnsData) {
       "    budgets: {rss: 16MiB}\n"
       "  - name: e2e-node\n"
       "    pid: " + std::to_string(node.pid()) + "\n"
-      "    budgets: {gc_pause_p99: 50ms}\n"
+      "    budgets: {gc_pause_p99: 50ms, heap: 128MiB}\n"
       "  - name: e2e-python\n"
       "    pid: " + std::to_string(py.pid()) + "\n"
       "    budgets: {gc_pause_p99: 50ms}\n"
