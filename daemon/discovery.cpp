@@ -133,11 +133,16 @@ DiscoveryResult Discovery::scan() {
     // of top_rss is as old.
     std::unordered_set<pid_t> watched;
     for (const auto& [id, t] : targets_) watched.insert(id.pid);
-    std::unordered_map<pid_t, ProcStat> known;
+    // A young process (seen for fewer than kYoungScans scans) is read at
+    // every scan: a fork is seen before its exec often enough (a rescan
+    // between them, or a process the exec hold stopped), and it must be
+    // matched by what it became at once.
+    std::unordered_map<pid_t, Known> known;
     known.reserve(pids->size());
     for (pid_t pid : *pids) {
       auto it = known_.find(pid);
-      const bool due = it == known_.end() || watched.count(pid) ||
+      const uint64_t first_seen = it == known_.end() ? scans_ : it->second.first_seen;
+      const bool due = it == known_.end() || watched.count(pid) || scans_ - first_seen < kYoungScans ||
                        static_cast<uint64_t>(pid) % kRefreshEvery == scans_ % kRefreshEvery;
       ProcStat st;
       if (due) {
@@ -151,7 +156,7 @@ DiscoveryResult Discovery::scan() {
         st = std::move(*parsed);
         ++res.stat_reads;
       } else {
-        st = std::move(it->second);
+        st = std::move(it->second.stat);
       }
       // Kernel threads (kthreadd and its children) have no user memory.
       const bool user = pid != 2 && st.ppid != 2 && st.state != 'Z';
@@ -161,7 +166,11 @@ DiscoveryResult Discovery::scan() {
         p.stat = st;
         procs.push_back(std::move(p));
       }
-      known.emplace(pid, std::move(st));
+      if (due && it != known_.end() && it->second.stat.starttime != st.starttime) {
+        known.emplace(pid, Known{std::move(st), scans_});  // a reused pid: young again
+        continue;
+      }
+      known.emplace(pid, Known{std::move(st), first_seen});
     }
     known_ = std::move(known);  // pids gone from /proc are forgotten
   } else {

@@ -51,10 +51,16 @@ class Discovery {
 
   // Every process's stat file is re-read at least once in this many scans.
   static constexpr uint64_t kRefreshEvery = 5;
+  // ... and at every scan while young (fewer scans than this since first seen).
+  static constexpr uint64_t kYoungScans = 10;
+  struct Known {
+    ProcStat stat;        // its last reading
+    uint64_t first_seen;  // the scan that first saw the pid
+  };
 
   ConfigPtr cfg_;
   ProcFs proc_;
-  std::unordered_map<pid_t, ProcStat> known_;  // last reading of each pid's stat
+  std::unordered_map<pid_t, Known> known_;
   uint64_t scans_ = 0;
   pid_t self_pid_;
   std::map<TargetId, Target> targets_;

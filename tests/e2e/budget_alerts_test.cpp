@@ -94,6 +94,12 @@ TEST(EndToEnd, ShippedBudgetAlertsFireInARealPrometheus) {
              "  - job_name: memlens\n"
              "    static_configs:\n"
              "      - targets: ['127.0.0.1:" + std::to_string(d->port) + "']\n");
+  // The heap figure of a glibc target is its books once memlensd has read
+  // them (a tick or two after discovery; /proc's anon before): the alert
+  // keeps the labels of its first evaluation, so Prometheus starts after.
+  ASSERT_TRUE(wait_until([&] {
+    return find_label(d->scrape(), "memlens_heap_bytes", {{"target", "e2e-over"}}, "source").value_or("") == "allocator";
+  }, 30s)) << d->log();
   Child prom = spawn({"prometheus", "--config.file=" + cfg, "--storage.tsdb.path=" + dir + "/data",
                       "--web.listen-address=127.0.0.1:" + std::to_string(prom_port), "--log.level=warn"},
                      dir + "/prometheus.log");

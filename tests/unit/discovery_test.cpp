@@ -118,9 +118,10 @@ TEST(Discovery, ExitAndPidReuseAreNewTargets) {
   EXPECT_TRUE(d.targets().empty());
 }
 
-// Rescans read the stat file of new processes and targets every time, of
-// the others once every few scans: a process that becomes a match without
-// a new pid (exec in place) is found within five scans, a new one at once.
+// Rescans read the stat file of new and young processes and targets every
+// time, of the others once every few scans: an old process that becomes a
+// match without a new pid (exec in place) is found within five scans, a new
+// one at once.
 TEST(Discovery, RescansAreIncrementalButMissNothingForLong) {
   FakeProc p;
   for (int i = 0; i < 50; ++i) p.add(800 + i, "idle", 10);
@@ -131,7 +132,9 @@ TEST(Discovery, RescansAreIncrementalButMissNothingForLong) {
   EXPECT_EQ(r.stat_reads, 51u) << "the first scan reads every process";
   EXPECT_EQ(r.processes, 51u);
   r = d.scan();
-  EXPECT_LT(r.stat_reads, 20u) << "later ones the target and a slice of the rest";
+  EXPECT_EQ(r.stat_reads, 51u) << "young processes are read at every scan (a fork is seen before its exec)";
+  for (int i = 0; i < 10; ++i) r = d.scan();
+  EXPECT_LT(r.stat_reads, 20u) << "once they are older: the target and a slice of the rest";
   EXPECT_EQ(r.processes, 51u) << "the others still count, from their last reading";
   // A new process is read at once.
   p.add(950, "svc", 10);
