@@ -289,6 +289,17 @@ Result<void> GcCollector::start(const ConfigPtr& config) {
 }
 
 namespace {
+// The v8_heaps keys (pid_tgid) of one process's threads.
+std::vector<uint64_t> v8_keys_of(int fd, pid_t pid) {
+  std::vector<uint64_t> keys;
+  uint64_t key = 0, next = 0;
+  for (uint64_t* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
+    key = next;
+    if (static_cast<pid_t>(key >> 32) == pid) keys.push_back(key);
+  }
+  return keys;
+}
+
 // V8's heap figures at each collection's end: uretprobes on the two Heap
 // methods its GC tracer calls at the start and end of every collection.
 // Optional: without them the pauses are still timed.
@@ -426,13 +437,7 @@ void GcCollector::target_removed(const Target& t) {
     // Its threads' V8 entries (they go at thread exit too; this covers a
     // target dropped by a reload while it runs).
     const int fd = bpf_map__fd(skel_->maps.v8_heaps);
-    std::vector<uint64_t> mine;
-    uint64_t key = 0, next = 0;
-    for (uint64_t* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
-      key = next;
-      if (static_cast<pid_t>(key >> 32) == t.pid()) mine.push_back(key);
-    }
-    for (uint64_t k : mine) bpf_map_delete_elem(fd, &k);
+    for (uint64_t k : v8_keys_of(fd, t.pid())) bpf_map_delete_elem(fd, &k);
   }
   watches_.erase(it);
 }
@@ -479,13 +484,10 @@ void GcCollector::read_jvm_memory(const Target& t, Watch& w, double now, Sample&
 // live in V8's own pages, not in malloc's books.
 void GcCollector::read_v8_heap(const Target& t, Sample& out) {
   const int fd = bpf_map__fd(skel_->maps.v8_heaps);
-  uint64_t key = 0, next = 0;
   uint64_t used = 0, committed = 0;
   bool any = false;
   v8_heap v{};
-  for (uint64_t* prev = nullptr; bpf_map_get_next_key(fd, prev, &next) == 0; prev = &key) {
-    key = next;
-    if (static_cast<pid_t>(key >> 32) != t.pid()) continue;
+  for (uint64_t key : v8_keys_of(fd, t.pid())) {
     if (bpf_map_lookup_elem(fd, &key, &v) != 0 || v.collections == 0) continue;
     used += v.used;
     committed += v.committed;

@@ -2,6 +2,7 @@
 
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -28,6 +29,11 @@ constexpr const char* kExposition = "text/plain; version=0.0.4; charset=utf-8";
 
 std::string dump(const nlohmann::json& j) {
   return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+// Whether the snapshot has a target of that name.
+bool watches(const Snapshot& snap, const std::string& name) {
+  return std::any_of(snap.targets.begin(), snap.targets.end(), [&](const TargetView& t) { return t.name == name; });
 }
 
 HttpReply text(int status, std::string body) { return HttpReply{status, kTextPlain, nullptr, std::move(body), {}}; }
@@ -152,9 +158,7 @@ HttpReply Exporter::heap_profile(const HttpRequest& req, const std::shared_ptr<c
   }
   auto it = snap->profiles.find(key);
   if (it == snap->profiles.end()) {
-    bool known = false;
-    for (const auto& t : snap->targets) known |= t.name == *name;
-    return text(404, known ? "no heap profile for this target: no otel_memory probes attached (preload "
+    return text(404, watches(*snap, *name) ? "no heap profile for this target: no otel_memory probes attached (preload "
                              "libmemlens-sampler.so, or use an allocator that fires them)\n"
                            : "no such target is watched\n");
   }
@@ -199,8 +203,7 @@ HttpReply Exporter::handle(const HttpRequest& req) const {
   if (path.size() > kTargets.size() + kLeaks.size() && path.rfind(kTargets, 0) == 0 &&
       path.compare(path.size() - kLeaks.size(), kLeaks.size(), kLeaks) == 0) {
     const std::string name = path.substr(kTargets.size(), path.size() - kTargets.size() - kLeaks.size());
-    bool known = false;
-    for (const auto& t : snap->targets) known |= t.name == name;
+    const bool known = watches(*snap, name);
     return json(404, dump({{"target", name}, {"available", false},
                            {"reason", known ? "no leak sites captured for this target: set alloc.leak_sites: true "
                                               "(mode full or duty), or mode on-leak once its budget is crossed"
@@ -225,9 +228,7 @@ HttpReply Exporter::page(const std::string& path, const std::shared_ptr<const Sn
     wants_.want_overview(now);
   } else {
     const std::string name = path.substr(kTargetPages.size());
-    bool known = false;
-    for (const auto& t : snap->targets) known |= t.name == name;
-    if (!known) return html(404, "<!doctype html><html><body><p>No target named " + html_text(name) +
+    if (!watches(*snap, name)) return html(404, "<!doctype html><html><body><p>No target named " + html_text(name) +
                                      " is watched. <a href=\"/\">All targets</a></p></body></html>\n");
     wants_.want_detail(name, now);
     what = "the timelines of " + name;

@@ -45,12 +45,6 @@ std::optional<double> attribute(const std::string& html, const std::string& name
   return std::stod(html.substr(at + key.size()));
 }
 
-std::size_t count(const std::string& s, const std::string& what) {
-  std::size_t n = 0;
-  for (auto pos = s.find(what); pos != std::string::npos; pos = s.find(what, pos + 1)) ++n;
-  return n;
-}
-
 }  // namespace
 
 TEST(TimelinePage, ChromiumShowsTheLeakItsBudgetAndItsBreach) {
@@ -106,7 +100,7 @@ TEST(TimelinePage, ChromiumShowsTheLeakItsBudgetAndItsBreach) {
   EXPECT_NEAR(*heap, in_use, 0.03 * in_use);
   EXPECT_NEAR(*slope, rate, 0.1 * rate);
   EXPECT_NEAR(*breach, true_breach, 0.2 * true_breach);
-  EXPECT_EQ(count(dom, "<svg"), 1u) << "one chart per target";
+  EXPECT_EQ(count_of(dom, "<svg"), 1u) << "one chart per target";
   EXPECT_NE(dom.find("<polyline data-series=\"heap\""), std::string::npos);
   EXPECT_NE(dom.find("<line data-series=\"budget\""), std::string::npos) << "a 64 MiB budget over a ~35 MiB heap";
   EXPECT_NE(dom.find("data-series=\"trend\""), std::string::npos);
@@ -114,7 +108,7 @@ TEST(TimelinePage, ChromiumShowsTheLeakItsBudgetAndItsBreach) {
   // to the chart's columns).
   const auto pl = dom.find("<polyline data-series=\"heap\"");
   const auto pts = dom.substr(pl, dom.find("\"", dom.find("points=\"", pl) + 8) - pl);
-  EXPECT_GE(count(pts, ","), 25u) << pts;
+  EXPECT_GE(count_of(pts, ","), 25u) << pts;
 
   // What it drew: the heap's blue, the budget's red and the trend's orange
   // (each also in the key above the table: 42 pixels).
@@ -132,7 +126,7 @@ TEST(TimelinePage, ChromiumShowsTheLeakItsBudgetAndItsBreach) {
     return http_get(d->url("/targets/leaky")).body.find("every series now") != std::string::npos;
   }, 15s));
   const std::string detail = browser.dom(d->url("/targets/leaky"));
-  EXPECT_EQ(count(detail, "<svg"), 2u) << detail;
+  EXPECT_EQ(count_of(detail, "<svg"), 2u) << detail;
   for (const char* s : {"heap", "rss", "anon"})
     EXPECT_NE(detail.find(std::string("<polyline data-series=\"") + s + "\""), std::string::npos) << s;
   for (const char* series : {"memlens_allocator_inuse_bytes", "memlens_heap_bytes", "memlens_leak_slope_bytes_per_second",

@@ -343,6 +343,12 @@ std::string make_temp_dir(const std::string& prefix) {
   return buf.data();
 }
 
+std::size_t count_of(const std::string& s, const std::string& what) {
+  std::size_t n = 0;
+  for (auto pos = s.find(what); pos != std::string::npos; pos = s.find(what, pos + 1)) ++n;
+  return n;
+}
+
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   std::ostringstream ss;

@@ -102,6 +102,8 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds tim
 int free_port();
 std::string make_temp_dir(const std::string& prefix = "memlens-test");
 std::string read_text(const std::string& path);
+// Occurrences of `what` in `s` (overlapping ones too).
+std::size_t count_of(const std::string& s, const std::string& what);
 void write_text(const std::string& path, const std::string& text);
 // The last complete line of a file the workload appends to (its ground truth).
 std::string last_line(const std::string& path);

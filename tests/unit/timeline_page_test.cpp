@@ -8,8 +8,10 @@
 #include "daemon/clock.h"
 #include "daemon/exporter.h"
 #include "daemon/timeline_page.h"
+#include "tests/support/support.h"
 
 using namespace memlens;
+using memlens::test::count_of;
 
 namespace {
 
@@ -17,12 +19,6 @@ std::vector<Point> ramp(double t0, double t1, double v0, double slope) {
   std::vector<Point> p;
   for (double t = t0; t <= t1; t += 1) p.push_back({t, v0 + slope * (t - t0)});
   return p;
-}
-
-std::size_t count(const std::string& s, const std::string& what) {
-  std::size_t n = 0;
-  for (auto pos = s.find(what); pos != std::string::npos; pos = s.find(what, pos + 1)) ++n;
-  return n;
 }
 
 // One target with a rising heap, its values and budgets, as a tick has them.
@@ -73,9 +69,9 @@ TEST(TimelinePage, DecimationKeepsSpikesAndOrderWithinTwicePerColumn) {
 TEST(TimelinePage, OverviewDrawsTheHeapItsBudgetAndTheTrendToIt) {
   OnePage p("api", 40.0 * (1 << 20), 64.0 * (1 << 20));
   const std::string html = render_overview(p.targets, p.views, p.ctx);
-  EXPECT_EQ(count(html, "<svg"), 1u);
-  EXPECT_EQ(count(html, "data-series=\"heap\""), 1u);
-  EXPECT_EQ(count(html, "data-series=\"rss\""), 1u);
+  EXPECT_EQ(count_of(html, "<svg"), 1u);
+  EXPECT_EQ(count_of(html, "data-series=\"heap\""), 1u);
+  EXPECT_EQ(count_of(html, "data-series=\"rss\""), 1u);
   EXPECT_NE(html.find("<line data-series=\"budget\""), std::string::npos) << "a budget within 2x is on the scale";
   EXPECT_NE(html.find("data-series=\"trend\""), std::string::npos);
   EXPECT_NE(html.find("data-breach-seconds=\"450.0\">heap in 8 min"), std::string::npos) << html;
@@ -118,9 +114,9 @@ TEST(TimelinePage, DetailDrawsEverySeriesAndListsEveryValue) {
   OnePage p("api", 40.0 * (1 << 20), 64.0 * (1 << 20));
   p.targets[0].anon = p.targets[0].heap;
   const std::string html = render_detail("api", p.targets, p.views, p.ctx);
-  EXPECT_EQ(count(html, "<svg"), 2u);
+  EXPECT_EQ(count_of(html, "<svg"), 2u);
   for (const char* s : {"heap", "rss", "anon"})
-    EXPECT_EQ(count(html, std::string("data-series=\"") + s + "\""), 1u) << s;
+    EXPECT_EQ(count_of(html, std::string("data-series=\"") + s + "\""), 1u) << s;
   for (const auto& [k, v] : p.views[0].values) EXPECT_NE(html.find(k.substr(0, k.find('{'))), std::string::npos) << k;
   EXPECT_NE(html.find("40.0 MiB"), std::string::npos) << "values read in their unit";
 }
