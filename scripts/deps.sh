@@ -12,7 +12,7 @@ PACKAGES=(
   prometheus libcap2-bin procps
   openjdk-17-jdk-headless nodejs python3.11 binutils
   systemd util-linux curl
-  libjemalloc-dev bpftrace heaptrack bc
+  libjemalloc-dev libtcmalloc-minimal4 libmimalloc2.0 bpftrace heaptrack bc
   golang-go systemtap-sdt-dev rustc
   postgresql chromium fonts-dejavu-core
 )
