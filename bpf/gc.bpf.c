@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
-/* GC pause timing for the JVM, Node.js (V8) and CPython. Every probe is
- * attached per target pid by the loader, so nothing here filters by pid.
+/* GC pause timing for the JVM, Node.js (V8) and CPython. The loader attaches
+ * the probes of a runtime binary for every process that maps it (they fire
+ * once or twice per collection), so a runtime started later is timed from
+ * its first collection, before discovery sees it. What is kept here is only
+ * for processes that are watched (`watched`, kept by user space) or young
+ * (started less than young_ns ago: not yet found by discovery); user space
+ * deletes what a young process left once it is neither.
  * A pause is timed per thread: the begin probe stores the start in `open_pauses`
  * keyed by pid_tgid, the end probe folds the duration into the
  * (pid, runtime, kind) histogram that user space reads each tick. */
 #include "vmlinux.h"
 
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/usdt.bpf.h>
@@ -17,6 +23,15 @@ char LICENSE[] SEC("license") = "GPL";
 /* Tunables set by the loader before load. */
 const volatile __u64 slot_ns = 4000000000ULL; /* window slot length */
 const volatile __u64 gc_bounds[GC_NBOUNDS] = {}; /* bucket upper bounds, ns */
+const volatile __u64 young_ns = 30000000000ULL; /* how long a process is young */
+
+/* Processes whose pauses user space reads (tgid -> 1). */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1024); /* resized by the loader */
+  __type(key, __u32);
+  __type(value, __u8);
+} watched SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
@@ -55,10 +70,20 @@ static __always_inline void count_error(__u32 which) {
   if (v) *v += 1;
 }
 
+/* Is the current process watched, or young enough to be found soon? */
+static __always_inline bool wanted(__u64 tid) {
+  __u32 tgid = tid >> 32;
+  if (bpf_map_lookup_elem(&watched, &tgid)) return true;
+  struct task_struct* task = (struct task_struct*)bpf_get_current_task();
+  __u64 start = BPF_CORE_READ(task, group_leader, start_time);
+  return bpf_ktime_get_ns() - start < young_ns;
+}
+
 /* ---- begin / end of a pause ---- */
 
 static __always_inline int pause_begin(__u16 runtime, __u16 kind) {
   __u64 tid = bpf_get_current_pid_tgid();
+  if (!wanted(tid)) return 0;
   struct gc_open* o = bpf_map_lookup_elem(&open_pauses, &tid);
   if (o) {
     /* Nested entry (V8 may re-enter CollectGarbage): the outer one times it. */
@@ -89,7 +114,7 @@ static __always_inline int pause_end(void) {
   __u64 tid = bpf_get_current_pid_tgid();
   struct gc_open* o = bpf_map_lookup_elem(&open_pauses, &tid);
   if (!o) {
-    count_error(GC_ERR_UNMATCHED);
+    if (wanted(tid)) count_error(GC_ERR_UNMATCHED);
     return 0;
   }
   if (o->depth > 1) {
@@ -191,6 +216,7 @@ int BPF_KRETPROBE(node_gc_return) {
 static __always_inline struct v8_heap* v8_heap_of(__u64 tid) {
   struct v8_heap* h = bpf_map_lookup_elem(&v8_heaps, &tid);
   if (h) return h;
+  if (!wanted(tid)) return NULL;
   struct v8_heap zero = {};
   if (bpf_map_update_elem(&v8_heaps, &tid, &zero, BPF_NOEXIST) != 0) {
     h = bpf_map_lookup_elem(&v8_heaps, &tid);
@@ -224,5 +250,15 @@ int BPF_PROG(gc_thread_exit) {
   __u64 tid = bpf_get_current_pid_tgid();
   bpf_map_delete_elem(&open_pauses, &tid);
   bpf_map_delete_elem(&v8_heaps, &tid);  /* a worker's isolate ends with its thread */
+  __u32 tgid = tid >> 32;
+  if ((__u32)tid != tgid) return 0;
+  /* The process's main thread: what was kept for the process goes with it,
+   * so a pid used again starts from nothing. */
+  bpf_map_delete_elem(&watched, &tgid);
+  for (__u16 rt = GC_RT_JVM; rt <= GC_RT_PYTHON; rt++)
+    for (__u16 k = 0; k <= GC_MAX_KIND; k++) {
+      struct gc_key key = {.pid = tgid, .runtime = rt, .kind = k};
+      bpf_map_delete_elem(&hists, &key);
+    }
   return 0;
 }

@@ -179,7 +179,7 @@ Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& bina
 
 Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
                            uint64_t file_offset, bool retprobe, uint64_t cookie) {
-  if (pid <= 0) return make_error(Errc::invalid, "uprobes are attached per pid");
+  if (pid <= 0 && pid != kEveryProcess) return make_error(Errc::invalid, "uprobes are attached per pid");
   LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = cookie, .retprobe = retprobe);
   bpf_link* l = bpf_program__attach_uprobe_opts(prog, pid, binary.c_str(),
                                                 static_cast<size_t>(file_offset), &opts);
@@ -195,7 +195,7 @@ Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& bina
 Result<Link> attach_usdt(bpf_program* prog, pid_t pid, const std::string& binary,
                          const std::string& provider, const std::string& name,
                          uint64_t cookie) {
-  if (pid <= 0) return make_error(Errc::invalid, "USDT probes are attached per pid");
+  if (pid <= 0 && pid != kEveryProcess) return make_error(Errc::invalid, "USDT probes are attached per pid");
   LIBBPF_OPTS(bpf_usdt_opts, opts, .usdt_cookie = cookie);
   bpf_link* l = bpf_program__attach_usdt(prog, pid, binary.c_str(), provider.c_str(),
                                          name.c_str(), &opts);

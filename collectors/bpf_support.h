@@ -71,9 +71,14 @@ class Link {
   int fd_ = -1;
 };
 
+// `pid` of a probe for every process that maps the binary, now or later.
+// Only for probes a process hits rarely (a GC's begin and end): every
+// process that runs the code pays the trap, watched or not. Allocation
+// probes are always per pid.
+inline constexpr pid_t kEveryProcess = -1;
+
 // Attaches `prog` as a uprobe (or uretprobe) at `file_offset` in `binary`,
-// for `pid` only (never pid -1: a uprobe for every process makes every
-// process that runs the code pay the trap).
+// for `pid` (> 0) or kEveryProcess.
 Result<Link> attach_uprobe(bpf_program* prog, pid_t pid, const std::string& binary,
                            uint64_t file_offset, bool retprobe);
 // Same, with a cookie the program reads with bpf_get_attach_cookie().
@@ -94,7 +99,9 @@ Result<Link> attach_uprobe_multi(bpf_program* prog, pid_t pid, const std::string
                                  const std::vector<uint64_t>& offsets,
                                  const std::vector<uint64_t>& cookies, bool retprobe);
 
-// USDT probe `provider:name` in `binary` for `pid` (libbpf's usdt support).
+// USDT probe `provider:name` in `binary` for `pid` (> 0) or kEveryProcess
+// (libbpf's usdt support; the kernel sets a probe's semaphore in every
+// process that maps the binary).
 Result<Link> attach_usdt(bpf_program* prog, pid_t pid, const std::string& binary,
                          const std::string& provider, const std::string& name,
                          uint64_t cookie = 0);

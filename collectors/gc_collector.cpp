@@ -8,7 +8,14 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <glob.h>
+#include <limits.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <set>
 #include <cstring>
 #include <ctime>
 #include <limits>
@@ -140,35 +147,28 @@ std::string find_function_by_prefix(const std::string& path, std::string_view pr
   return {};
 }
 
-// Does `path` carry the SystemTap SDT note provider:name?
-bool has_usdt(const std::string& path, std::string_view provider, std::string_view name) {
-  auto f = elf::open_cached(path);
-  return f && (*f)->has_usdt(provider, name);
-}
-
-// Cache of the two lookups above, per binary identity.
+// Where a runtime binary keeps its GC probes.
 struct BinaryFacts {
   bool python_usdt = false;
   bool jvm_usdt = false;
   std::string v8_collect;  // mangled name of Heap::CollectGarbage, or empty
 };
 
-std::string binary_key(const std::string& path) {
-  auto f = elf::open_cached(path);
-  if (f && !(*f)->build_id().empty()) return (*f)->build_id();
-  return path;
+BinaryFacts facts_of(const elf::ElfFile& f, const std::string& path, Runtime r) {
+  BinaryFacts b;
+  if (r == Runtime::python) b.python_usdt = f.has_usdt("python", "gc__start") && f.has_usdt("python", "gc__done");
+  if (r == Runtime::jvm) b.jvm_usdt = f.has_usdt("hotspot", "gc__begin") && f.has_usdt("hotspot", "gc__end");
+  if (r == Runtime::node) b.v8_collect = find_function_by_prefix(path, "_ZN2v88internal4Heap14CollectGarbageE");
+  return b;
 }
 
-const BinaryFacts& facts_for(const std::string& path, Runtime r) {
+// facts_of, cached per binary identity and runtime.
+const BinaryFacts& facts_for(const elf::ElfFile& f, const std::string& path, Runtime r) {
   static std::map<std::string, BinaryFacts> cache;
-  const std::string key = binary_key(path) + "/" + runtime_name(r);
+  const std::string key = (f.build_id().empty() ? path : f.build_id()) + "/" + runtime_name(r);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  BinaryFacts f;
-  if (r == Runtime::python) f.python_usdt = has_usdt(path, "python", "gc__start") && has_usdt(path, "python", "gc__done");
-  if (r == Runtime::jvm) f.jvm_usdt = has_usdt(path, "hotspot", "gc__begin") && has_usdt(path, "hotspot", "gc__end");
-  if (r == Runtime::node) f.v8_collect = find_function_by_prefix(path, "_ZN2v88internal4Heap14CollectGarbageE");
-  return cache.emplace(key, std::move(f)).first->second;
+  return cache.emplace(key, facts_of(f, path, r)).first->second;
 }
 
 const MetricDesc& m_pause() {
@@ -240,8 +240,15 @@ const MetricDesc& m_errors() {
   static const MetricDesc d = metric("gc_bpf_errors", "", MetricKind::counter,
                                      "Kernel-side GC tracing events lost, by reason (hist_full: no room for a new "
                                      "histogram; open_full: no room for an open pause; unmatched: an end without "
-                                     "a begin; v8_full: no room for a thread's V8 heap figures) and attach "
-                                     "failures.");
+                                     "a begin; v8_full: no room for a thread's V8 heap figures; watched_full: a "
+                                     "target left out of the kernel's watched set) and attach failures.");
+  return d;
+}
+const MetricDesc& m_armed() {
+  static const MetricDesc d = metric("gc_probed_binaries", "", MetricKind::gauge,
+                                     "Runtime binaries (libjvm.so, node, python) whose GC probes are attached for "
+                                     "every process that maps them, so a runtime started later is timed from its "
+                                     "first collection.");
   return d;
 }
 const MetricDesc& m_traced() {
@@ -259,6 +266,7 @@ void GcCollector::SkelDeleter::operator()(gc_bpf* s) const { gc_bpf__destroy(s);
 GcCollector::GcCollector() = default;
 GcCollector::~GcCollector() {
   watches_.clear();  // links first, then the object they point into
+  armed_.clear();
   exit_link_.reset();
   skel_.reset();
 }
@@ -274,9 +282,14 @@ Result<void> GcCollector::start(const ConfigPtr& config) {
   skel->rodata->slot_ns = kSlotNs;
   const auto& bounds = gc_fine_bounds_ns();
   for (std::size_t i = 0; i < bounds.size(); ++i) skel->rodata->gc_bounds[i] = bounds[i];
-  // One histogram per (pid, kind): at most 4 kinds per runtime target.
-  const uint32_t hist_entries = static_cast<uint32_t>(std::max(16, cfg.max_targets)) * (GC_MAX_KIND + 1);
-  bpf_map__set_max_entries(skel->maps.hists, hist_entries);
+  // One histogram per (pid, kind): at most 4 kinds per runtime target, and
+  // room for 64 young processes not found yet.
+  const uint32_t watchable = static_cast<uint32_t>(std::max(16, cfg.max_targets)) + 64;
+  bpf_map__set_max_entries(skel->maps.hists, watchable * (GC_MAX_KIND + 1));
+  bpf_map__set_max_entries(skel->maps.watched, watchable);
+  // Young long enough for several rescans to find a new process.
+  young_s_ = std::max(30.0, 10.0 * std::chrono::duration<double>(cfg.rescan_interval).count());
+  skel->rodata->young_ns = static_cast<uint64_t>(young_s_ * 1e9);
   if (int err = gc_bpf__load(skel.get()); err)
     return make_error(Errc::unavailable, std::string("gc: load BPF object: ") + std::strerror(-err));
   bpf_link* l = bpf_program__attach(skel->progs.gc_thread_exit);
@@ -285,6 +298,8 @@ Result<void> GcCollector::start(const ConfigPtr& config) {
                       std::string("gc: attach sched_process_exit: ") + std::strerror(errno));
   exit_link_ = bpf::Link(l);
   skel_ = std::move(skel);
+  if (std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) { return p.gc; }))
+    arm_host_binaries();
   return {};
 }
 
@@ -303,11 +318,10 @@ std::vector<uint64_t> v8_keys_of(int fd, pid_t pid) {
 // V8's heap figures at each collection's end: uretprobes on the two Heap
 // methods its GC tracer calls at the start and end of every collection.
 // Optional: without them the pauses are still timed.
-bool attach_v8_heap(pid_t pid, const std::string& bin, std::vector<bpf::Link>& links, gc_bpf* skel) {
-  auto f = elf::open_cached(bin);
-  if (!f) return false;
-  auto used = (*f)->find("_ZN2v88internal4Heap13SizeOfObjectsEv");
-  auto committed = (*f)->find("_ZN2v88internal4Heap15CommittedMemoryEv");
+bool attach_v8_heap(pid_t pid, const std::string& bin, const elf::ElfFile& f, std::vector<bpf::Link>& links,
+                    gc_bpf* skel) {
+  auto used = f.find("_ZN2v88internal4Heap13SizeOfObjectsEv");
+  auto committed = f.find("_ZN2v88internal4Heap15CommittedMemoryEv");
   if (!used || !committed) {
     spdlog::debug("gc: {} has no Heap::SizeOfObjects/CommittedMemory: no V8 heap figures", bin);
     return false;
@@ -320,7 +334,148 @@ bool attach_v8_heap(pid_t pid, const std::string& bin, std::vector<bpf::Link>& l
   links.push_back(std::move(*l2));
   return true;
 }
+
+// The GC probes of runtime `r` in `bin`, for `pid` or bpf::kEveryProcess.
+struct Probes {
+  std::string method = "none";
+  bool v8_heap = false;
+  std::vector<bpf::Link> links;
+  std::string error;  // the last attach error, when nothing was attached
+  bool ok() const { return !links.empty(); }
+};
+
+Probes attach_probes(gc_bpf* skel, pid_t pid, const std::string& bin, Runtime r, const elf::ElfFile& f,
+                     const BinaryFacts& facts) {
+  Probes p;
+  auto keep = [&](Result<bpf::Link> l) {
+    if (!l) {
+      p.error = l.error().message;
+      return false;
+    }
+    p.links.push_back(std::move(*l));
+    return true;
+  };
+  auto usdt_pair = [&](bpf_program* begin, bpf_program* end, const char* provider, const char* b, const char* e) {
+    if (keep(bpf::attach_usdt(begin, pid, bin, provider, b)) && keep(bpf::attach_usdt(end, pid, bin, provider, e))) {
+      p.method = "usdt";
+      return true;
+    }
+    p.links.clear();
+    return false;
+  };
+  auto uprobe_pair = [&](bpf_program* entry, bpf_program* ret, const std::string& sym) {
+    auto s = f.find(sym);
+    if (!s) {
+      p.error = s.error().message;
+      return false;
+    }
+    if (keep(bpf::attach_uprobe(entry, pid, bin, s->file_offset, false)) &&
+        keep(bpf::attach_uprobe(ret, pid, bin, s->file_offset, true))) {
+      p.method = "uprobe";
+      return true;
+    }
+    p.links.clear();
+    return false;
+  };
+  switch (r) {
+    case Runtime::jvm:
+      if (facts.jvm_usdt) usdt_pair(skel->progs.jvm_gc_begin, skel->progs.jvm_gc_end, "hotspot", "gc__begin", "gc__end");
+      break;
+    case Runtime::python:
+      if (facts.python_usdt)
+        usdt_pair(skel->progs.py_gc_start, skel->progs.py_gc_done, "python", "gc__start", "gc__done");
+      else if (f.defines("gc_collect_main"))
+        uprobe_pair(skel->progs.py_collect_entry, skel->progs.py_collect_return, "gc_collect_main");
+      break;
+    case Runtime::node:
+      if (!facts.v8_collect.empty() && uprobe_pair(skel->progs.node_gc_entry, skel->progs.node_gc_return, facts.v8_collect))
+        p.v8_heap = attach_v8_heap(pid, bin, f, p.links, skel);
+      break;
+    case Runtime::none: break;
+  }
+  return p;
+}
+
+GcCollector::FileKey file_key(const struct stat& st) {
+  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
+// The runtime binaries of the host, where packages put them: their probes are
+// attached at start, so the first process of each is timed from its first
+// collection too.
+std::vector<std::pair<std::string, Runtime>> host_runtime_binaries() {
+  std::vector<std::pair<std::string, Runtime>> out;
+  auto add = [&](const std::string& pattern, Runtime r) {
+    glob_t g{};
+    if (::glob(pattern.c_str(), 0, nullptr, &g) == 0)
+      for (std::size_t i = 0; i < g.gl_pathc; ++i) out.emplace_back(g.gl_pathv[i], r);
+    ::globfree(&g);
+  };
+  add("/usr/lib/jvm/*/lib/server/libjvm.so", Runtime::jvm);
+  for (const char* dir : {"/usr/bin", "/usr/local/bin"}) {
+    add(std::string(dir) + "/node", Runtime::node);
+    add(std::string(dir) + "/nodejs", Runtime::node);
+    add(std::string(dir) + "/python3.[0-9]", Runtime::python);
+    add(std::string(dir) + "/python3.[0-9][0-9]", Runtime::python);
+  }
+  return out;
+}
 }  // namespace
+
+void GcCollector::arm_host_binaries() {
+  const double t0 = mono_now();
+  for (const auto& [path, runtime] : host_runtime_binaries()) {
+    char real[PATH_MAX];
+    struct stat st;
+    if (!::realpath(path.c_str(), real) || ::stat(real, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (armed_.size() >= kMaxArmed || armed_.count(file_key(st))) continue;
+    // Parsed once and let go: a binary that no target runs keeps no symbols.
+    auto f = elf::ElfFile::open(real);
+    if (!f) continue;
+    Probes p = attach_probes(skel_.get(), bpf::kEveryProcess, real, runtime, **f, facts_of(**f, real, runtime));
+    if (!p.ok()) {
+      spdlog::debug("gc: no GC probes in {} ({})", real, p.error.empty() ? "none found" : p.error);
+      continue;
+    }
+    spdlog::debug("gc: {} probes ({}) in {} for every process", runtime_name(runtime), p.method, real);
+    armed_.emplace(file_key(st), Armed{runtime, p.method, p.v8_heap, std::move(p.links)});
+  }
+  spdlog::info("gc: probes in {} runtime binar{} of this host, for every process ({:.0f} ms)", armed_.size(),
+               armed_.size() == 1 ? "y" : "ies", (mono_now() - t0) * 1e3);
+}
+
+// What the kernel kept for processes no target watches goes once they are
+// no longer young: the ones discovery did not take.
+void GcCollector::sweep_unwatched(double now) {
+  std::set<pid_t> watched;
+  for (const auto& [id, w] : watches_)
+    if (w.available) watched.insert(id.pid);
+  std::set<pid_t> seen;
+  const int hists = bpf_map__fd(skel_->maps.hists);
+  gc_key key{}, next{};
+  for (gc_key* prev = nullptr; bpf_map_get_next_key(hists, prev, &next) == 0; prev = &key) {
+    key = next;
+    if (!watched.count(static_cast<pid_t>(key.pid))) seen.insert(static_cast<pid_t>(key.pid));
+  }
+  const int v8 = bpf_map__fd(skel_->maps.v8_heaps);
+  uint64_t tk = 0, tnext = 0;
+  for (uint64_t* prev = nullptr; bpf_map_get_next_key(v8, prev, &tnext) == 0; prev = &tk) {
+    tk = tnext;
+    if (!watched.count(static_cast<pid_t>(tk >> 32))) seen.insert(static_cast<pid_t>(tk >> 32));
+  }
+  std::map<pid_t, double> still;
+  for (pid_t pid : seen) {
+    auto it = unwatched_.find(pid);
+    const double since = it == unwatched_.end() ? now : it->second;
+    if (now - since < young_s_ + 10) {
+      still.emplace(pid, since);
+      continue;
+    }
+    for (Runtime r : {Runtime::jvm, Runtime::node, Runtime::python}) delete_keys(pid, r);
+    for (uint64_t k : v8_keys_of(v8, pid)) bpf_map_delete_elem(v8, &k);
+  }
+  unwatched_ = std::move(still);
+}
 
 void GcCollector::attach(const Target& t, Watch& w) {
   auto info = detect_runtime(proc_, t.pid());
@@ -332,65 +487,51 @@ void GcCollector::attach(const Target& t, Watch& w) {
   }
   const pid_t pid = t.pid();
   std::string last_error;
-  auto fail = [&](const Error& e) {
-    last_error = e.message;
-    ++attach_failures_;
-  };
-  auto try_usdt = [&](bpf_program* begin, bpf_program* end, const std::string& bin, const char* provider,
-                      const char* b, const char* e) {
-    auto l1 = bpf::attach_usdt(begin, pid, bin, provider, b);
-    if (!l1) return fail(l1.error()), false;
-    auto l2 = bpf::attach_usdt(end, pid, bin, provider, e);
-    if (!l2) return fail(l2.error()), false;
-    w.links.push_back(std::move(*l1));
-    w.links.push_back(std::move(*l2));
-    w.method = "usdt";
-    return true;
-  };
-  auto try_uprobe = [&](bpf_program* entry, bpf_program* ret, const std::string& bin, const std::string& sym) {
-    auto f = elf::open_cached(bin);
-    if (!f) return fail(f.error()), false;
-    auto s = (*f)->find(sym);
-    if (!s) return fail(s.error()), false;
-    auto l1 = bpf::attach_uprobe(entry, pid, bin, s->file_offset, false);
-    if (!l1) return fail(l1.error()), false;
-    auto l2 = bpf::attach_uprobe(ret, pid, bin, s->file_offset, true);
-    if (!l2) return fail(l2.error()), false;
-    w.links.push_back(std::move(*l1));
-    w.links.push_back(std::move(*l2));
-    w.method = "uprobe";
-    return true;
-  };
-
   bool readable = false, ok = false;
   for (const std::string& b : info->binaries) {
     const std::string bin = host_path(proc_, pid, b);
-    if (::access(bin.c_str(), R_OK) != 0) continue;
+    struct stat st;
+    if (::access(bin.c_str(), R_OK) != 0 || ::stat(bin.c_str(), &st) != 0) continue;
     readable = true;
-    const BinaryFacts& facts = facts_for(bin, w.runtime);
-    switch (w.runtime) {
-      case Runtime::jvm:
-        if (facts.jvm_usdt)
-          ok = try_usdt(skel_->progs.jvm_gc_begin, skel_->progs.jvm_gc_end, bin, "hotspot", "gc__begin", "gc__end");
-        break;
-      case Runtime::python:
-        if (facts.python_usdt)
-          ok = try_usdt(skel_->progs.py_gc_start, skel_->progs.py_gc_done, bin, "python", "gc__start", "gc__done");
-        else if (auto f = elf::open_cached(bin); f && (*f)->defines("gc_collect_main"))
-          ok = try_uprobe(skel_->progs.py_collect_entry, skel_->progs.py_collect_return, bin, "gc_collect_main");
-        break;
-      case Runtime::node:
-        if (!facts.v8_collect.empty())
-          ok = try_uprobe(skel_->progs.node_gc_entry, skel_->progs.node_gc_return, bin, facts.v8_collect);
-        if (ok) w.v8_heap = attach_v8_heap(pid, bin, w.links, skel_.get());
-        break;
-      case Runtime::none: break;
+    if (auto a = armed_.find(file_key(st)); a != armed_.end() && a->second.runtime == w.runtime) {
+      w.method = a->second.method;  // attached for every process of this binary already
+      w.v8_heap = a->second.v8_heap;
+      ok = true;
+      break;
     }
-    if (ok) break;
+    auto f = elf::open_cached(bin);
+    if (!f) {
+      last_error = f.error().message;
+      ++attach_failures_;
+      continue;
+    }
+    // Every process of the binary, so the next one started is timed from its
+    // first collection; past kMaxArmed binaries, this pid only.
+    const bool every = armed_.size() < kMaxArmed && !armed_.count(file_key(st));
+    Probes p = attach_probes(skel_.get(), every ? bpf::kEveryProcess : pid, bin, w.runtime, **f,
+                             facts_for(**f, bin, w.runtime));
+    if (!p.ok()) {
+      if (!p.error.empty()) {
+        last_error = p.error;
+        ++attach_failures_;
+      }
+      continue;
+    }
+    w.method = p.method;
+    w.v8_heap = p.v8_heap;
+    if (every)
+      armed_.emplace(file_key(st), Armed{w.runtime, p.method, p.v8_heap, std::move(p.links)});
+    else
+      w.links = std::move(p.links);
+    ok = true;
+    break;
   }
   if (ok) {
     w.available = true;
     w.reason = "ok";
+    const uint32_t key = static_cast<uint32_t>(pid);
+    const uint8_t one = 1;
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.watched), &key, &one, BPF_ANY) != 0) ++watched_full_;
     w.attached_at = mono_now();
     w.snaps.push_back(Snap{w.attached_at, std::vector<uint64_t>(GC_NBUCKETS, 0)});
     spdlog::debug("gc: tracing {} pid {} ({}) via {}", t.name, pid, runtime_name(w.runtime), w.method);
@@ -432,6 +573,10 @@ void GcCollector::target_removed(const Target& t) {
   auto it = watches_.find(t.id);
   if (it == watches_.end()) return;
   it->second.links.clear();
+  if (skel_ && it->second.available) {
+    const uint32_t key = static_cast<uint32_t>(t.pid());
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.watched), &key);
+  }
   if (skel_) delete_keys(t.pid(), it->second.runtime);
   if (skel_ && it->second.v8_heap) {
     // Its threads' V8 entries (they go at thread exit too; this covers a
@@ -579,6 +724,12 @@ void GcCollector::collect_global(GlobalSample& out) {
     out.counter(m_errors(), v ? static_cast<double>(*v) : 0, {{"reason", names[i]}});
   }
   out.counter(m_errors(), static_cast<double>(attach_failures_), {{"reason", "attach"}});
+  out.counter(m_errors(), static_cast<double>(watched_full_), {{"reason", "watched_full"}});
+  out.gauge(m_armed(), static_cast<double>(armed_.size()));
+  if (const double now = mono_now(); now >= next_sweep_) {
+    next_sweep_ = now + 5;
+    sweep_unwatched(now);
+  }
   out.counter(bpf::self_metrics().missed, static_cast<double>(bpf::object_missed_runs(skel_->obj)), {{"collector", "gc"}});
   double traced = 0;
   for (const auto& [id, w] : watches_) traced += w.available ? 1 : 0;

@@ -35,6 +35,8 @@ class GcCollector : public Collector {
  public:
   GcCollector();
   ~GcCollector() override;
+  GcCollector(const GcCollector&) = delete;
+  GcCollector& operator=(const GcCollector&) = delete;
   std::string_view name() const override { return "gc"; }
   Result<void> start(const ConfigPtr& cfg) override;
   void target_added(const Target& t) override;
@@ -44,6 +46,11 @@ class GcCollector : public Collector {
 
   // Window of memlens_gc_pause_max_seconds, the quantiles and the time share.
   static constexpr double kWindowSeconds = 60;
+  // A runtime binary's identity: (st_dev, st_ino).
+  using FileKey = std::pair<uint64_t, uint64_t>;
+  // At most this many binaries get probes for every process that maps them;
+  // targets of further ones get probes of their own.
+  static constexpr std::size_t kMaxArmed = 32;
 
  private:
   struct Snap {
@@ -67,7 +74,19 @@ class GcCollector : public Collector {
     int perf_misses = 0;
   };
 
+  // The probes of one runtime binary, for every process that maps it: a
+  // runtime started later is timed from its first collection, before
+  // discovery finds it (bpf/gc.bpf.c keeps what young processes did).
+  struct Armed {
+    Runtime runtime = Runtime::none;
+    std::string method;
+    bool v8_heap = false;
+    std::vector<bpf::Link> links;
+  };
+
   void attach(const Target& t, Watch& w);
+  void arm_host_binaries();
+  void sweep_unwatched(double now);
   void read_jvm_memory(const Target& t, Watch& w, double now, Sample& out);
   void read_v8_heap(const Target& t, Sample& out);
   void delete_keys(pid_t pid, Runtime r);
@@ -79,7 +98,14 @@ class GcCollector : public Collector {
   bpf::Link exit_link_;
   ProcFs proc_;
   std::map<TargetId, Watch> watches_;
+  std::map<FileKey, Armed> armed_;
+  // Processes the kernel kept pauses for that no target watches (young ones
+  // discovery may still find): when each was first seen so.
+  std::map<pid_t, double> unwatched_;
+  double next_sweep_ = 0;
+  double young_s_ = 30;  // bpf/gc.bpf.c's young_ns
   uint64_t attach_failures_ = 0;
+  uint64_t watched_full_ = 0;
 };
 
 }  // namespace memlens
