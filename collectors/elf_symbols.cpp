@@ -214,6 +214,14 @@ Result<Symbol> ElfFile::find(std::string_view name) const {
   return symbol(*e);
 }
 
+Result<Symbol> ElfFile::find_prefix(std::string_view prefix) const {
+  auto it = std::lower_bound(by_name_.begin(), by_name_.end(), prefix,
+                             [&](uint32_t i, std::string_view n) { return name_of(syms_[i]) < n; });
+  if (it == by_name_.end() || !name_of(syms_[*it]).starts_with(prefix))
+    return make_error(Errc::not_found, fmt::format("{}: no symbol starting {}", path_, prefix));
+  return symbol(syms_[*it]);
+}
+
 std::optional<std::pair<Symbol, uint64_t>> ElfFile::symbolize(uint64_t vaddr) const {
   auto it = std::upper_bound(syms_.begin(), syms_.end(), vaddr, [](uint64_t v, const Entry& s) { return v < s.vaddr; });
   if (it == syms_.begin()) return std::nullopt;

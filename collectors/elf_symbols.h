@@ -65,6 +65,10 @@ class ElfFile {
   // ("malloc@@GLIBC_2.2.5") matches its base name too.
   Result<Symbol> find(std::string_view name) const;
   bool defines(std::string_view name) const { return find(name).ok(); }
+  // The defined function whose name comes first among those starting with
+  // `prefix` (a mangled name without its parameter list, which changes
+  // between versions: V8's Heap::CollectGarbage).
+  Result<Symbol> find_prefix(std::string_view prefix) const;
   // The function containing `vaddr`, and the offset into it.
   std::optional<std::pair<Symbol, uint64_t>> symbolize(uint64_t vaddr) const;
   // File offset <-> virtual address through the PT_LOAD segments.

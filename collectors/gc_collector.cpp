@@ -3,8 +3,6 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
-#include <gelf.h>
-#include <libelf.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -105,48 +103,6 @@ uint16_t rt_code(Runtime r) {
 
 constexpr uint64_t kSlotNs = static_cast<uint64_t>(GcCollector::kWindowSeconds * 1e9) / (GC_SLOTS - 1);
 
-// ---- what elf_symbols does not offer: a prefix search ---------------------
-// Both are read once per binary (keyed by build-id, else path) and cached.
-
-struct ElfHandle {
-  int fd = -1;
-  Elf* elf = nullptr;
-  explicit ElfHandle(const std::string& path) {
-    elf_version(EV_CURRENT);
-    fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) elf = elf_begin(fd, ELF_C_READ_MMAP, nullptr);
-  }
-  ~ElfHandle() {
-    if (elf) elf_end(elf);
-    if (fd >= 0) ::close(fd);
-  }
-  ElfHandle(const ElfHandle&) = delete;
-  ElfHandle& operator=(const ElfHandle&) = delete;
-};
-
-// First defined function whose (mangled) name starts with `prefix`: V8's
-// Heap::CollectGarbage changes its parameter list between versions, so the
-// full mangled name cannot be hard-coded.
-std::string find_function_by_prefix(const std::string& path, std::string_view prefix) {
-  ElfHandle h(path);
-  if (!h.elf) return {};
-  for (Elf_Scn* scn = nullptr; (scn = elf_nextscn(h.elf, scn)) != nullptr;) {
-    GElf_Shdr sh;
-    if (!gelf_getshdr(scn, &sh) || (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM)) continue;
-    Elf_Data* data = elf_getdata(scn, nullptr);
-    if (!data || sh.sh_entsize == 0) continue;
-    const std::size_t n = sh.sh_size / sh.sh_entsize;
-    for (std::size_t i = 0; i < n; ++i) {
-      GElf_Sym sym;
-      if (!gelf_getsym(data, static_cast<int>(i), &sym)) break;
-      if (GELF_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_value == 0) continue;
-      const char* name = elf_strptr(h.elf, sh.sh_link, sym.st_name);
-      if (name && std::string_view(name).starts_with(prefix)) return name;
-    }
-  }
-  return {};
-}
-
 // Where a runtime binary keeps its GC probes.
 struct BinaryFacts {
   bool python_usdt = false;
@@ -154,11 +110,14 @@ struct BinaryFacts {
   std::string v8_collect;  // mangled name of Heap::CollectGarbage, or empty
 };
 
-BinaryFacts facts_of(const elf::ElfFile& f, const std::string& path, Runtime r) {
+BinaryFacts facts_of(const elf::ElfFile& f, Runtime r) {
   BinaryFacts b;
   if (r == Runtime::python) b.python_usdt = f.has_usdt("python", "gc__start") && f.has_usdt("python", "gc__done");
   if (r == Runtime::jvm) b.jvm_usdt = f.has_usdt("hotspot", "gc__begin") && f.has_usdt("hotspot", "gc__end");
-  if (r == Runtime::node) b.v8_collect = find_function_by_prefix(path, "_ZN2v88internal4Heap14CollectGarbageE");
+  // Heap::CollectGarbage changes its parameter list between versions: the
+  // mangled name is found by its prefix.
+  if (r == Runtime::node)
+    if (auto s = f.find_prefix("_ZN2v88internal4Heap14CollectGarbageE")) b.v8_collect = s->name;
   return b;
 }
 
@@ -168,7 +127,7 @@ const BinaryFacts& facts_for(const elf::ElfFile& f, const std::string& path, Run
   const std::string key = (f.build_id().empty() ? path : f.build_id()) + "/" + runtime_name(r);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  return cache.emplace(key, facts_of(f, path, r)).first->second;
+  return cache.emplace(key, facts_of(f, r)).first->second;
 }
 
 const MetricDesc& m_pause() {
@@ -432,7 +391,7 @@ void GcCollector::arm_host_binaries() {
     // Parsed once and let go: a binary that no target runs keeps no symbols.
     auto f = elf::ElfFile::open(real);
     if (!f) continue;
-    Probes p = attach_probes(skel_.get(), bpf::kEveryProcess, real, runtime, **f, facts_of(**f, real, runtime));
+    Probes p = attach_probes(skel_.get(), bpf::kEveryProcess, real, runtime, **f, facts_of(**f, runtime));
     if (!p.ok()) {
       spdlog::debug("gc: no GC probes in {} ({})", real, p.error.empty() ? "none found" : p.error);
       continue;

@@ -92,3 +92,19 @@ TEST(ElfSymbols, SymbolizesAnAddressOfOurOwn) {
   auto name = s->symbolize(reinterpret_cast<uint64_t>(&::malloc));
   EXPECT_NE(name.find("malloc"), std::string::npos) << name;
 }
+
+// A name known only by its start (V8's Heap::CollectGarbage changes its
+// parameter list between versions): the first such function, or not_found.
+TEST(ElfSymbols, FindsAFunctionByThePrefixOfItsName) {
+  auto loc = find_allocator("/proc", getpid());
+  ASSERT_TRUE(loc.ok()) << loc.error().message;
+  auto m = loc->elf->find_prefix("mallo");
+  ASSERT_TRUE(m.ok()) << m.error().message;
+  EXPECT_TRUE(m->name.starts_with("mallo")) << m->name;
+  EXPECT_GT(m->file_offset, 0u);
+  auto exact = loc->elf->find_prefix("malloc");
+  ASSERT_TRUE(exact.ok());
+  EXPECT_TRUE(exact->name.starts_with("malloc"));
+  EXPECT_EQ(loc->elf->find_prefix("_ZN2v88internal4Heap14CollectGarbageE").error().code, memlens::Errc::not_found);
+  EXPECT_EQ(loc->elf->find_prefix("\xff\xff").error().code, memlens::Errc::not_found);
+}
