@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "collectors/proc_parse.h"
+#include "collectors/process_tree.h"
 #include "daemon/config.h"
 
 namespace memlens {
@@ -64,22 +65,6 @@ constexpr std::size_t kTempEntries = 100000;
 std::string basename_of(const std::string& path) {
   const auto slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-struct DirCloser {
-  void operator()(DIR* d) const { ::closedir(d); }
-};
-using DirPtr = std::unique_ptr<DIR, DirCloser>;
-
-Result<std::vector<std::string>> list_dir(const std::string& dir) {
-  DirPtr d(::opendir(dir.c_str()));
-  if (!d) return make_error(errc_from_errno(errno), dir + ": " + std::strerror(errno));
-  std::vector<std::string> names;
-  while (const dirent* e = ::readdir(d.get())) {
-    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
-    names.emplace_back(e->d_name);
-  }
-  return names;
 }
 
 struct TempUsage {
@@ -249,44 +234,23 @@ Result<void> PostgresCollector::collect(const Target& t, Sample& out) {
     if (pt.segment_resident) out.gauge(m().shared_resident, static_cast<double>(*pt.segment_resident));
   }
 
-  // The children: the kernel's list of them, else every process's parent.
-  std::vector<pid_t> kids;
-  if (auto text = read_file(proc_.path(pid, "task/" + std::to_string(pid) + "/children"))) {
-    std::string_view s = *text;
-    while (!s.empty()) {
-      const auto sp = s.find(' ');
-      if (auto v = parse_u64(s.substr(0, sp))) kids.push_back(static_cast<pid_t>(*v));
-      s = sp == std::string_view::npos ? std::string_view{} : s.substr(sp + 1);
-    }
-  } else if (auto pids = proc_.pids()) {
-    for (pid_t p : *pids) {
-      auto st_text = read_file(proc_.path(p, "stat"));
-      if (!st_text) continue;
-      if (auto st = parse_stat(*st_text); st && st->ppid == pid) kids.push_back(p);
-    }
-  }
-
+  const std::vector<pid_t> kids = children_of(proc_, pid);
   std::array<double, pg::kBackendTypes> count{}, priv{};
-  auto private_of = [&](pid_t p) -> std::optional<double> {
-    auto text = read_file(proc_.path(p, "smaps_rollup"));
-    if (!text) return std::nullopt;  // exited meanwhile, or not ours to read
-    auto r = parse_smaps_rollup(*text);
-    if (!r) {
-      keep(r.error());
-      return std::nullopt;
-    }
-    return static_cast<double>(r->has_pss_anon ? r->pss_anon : r->uss());
+  auto private_of = [&](pid_t p) -> double {
+    auto r = private_memory(proc_, p);
+    if (!r && r.error().code != Errc::not_found) keep(r.error());  // gone meanwhile, or not ours to read: no error
+    return r ? static_cast<double>(*r) : 0;
   };
   count[static_cast<std::size_t>(pg::BackendType::postmaster)] = 1;
   if (smaps_due)
-    priv[static_cast<std::size_t>(pg::BackendType::postmaster)] += private_of(pid).value_or(0);
+    priv[static_cast<std::size_t>(pg::BackendType::postmaster)] += private_of(pid);
   for (pid_t k : kids) {
     // A backend that exits between the list and this read is simply gone.
     auto title = read_file(proc_.path(k, "cmdline"), 512);
     if (!title) continue;
     const auto type = static_cast<std::size_t>(pg::classify_title(*title, pt.cluster_name));
     count[type] += 1;
-    if (smaps_due) priv[type] += private_of(k).value_or(0);
+    if (smaps_due) priv[type] += private_of(k);
   }
   if (smaps_due) {
     pt.private_bytes = priv;

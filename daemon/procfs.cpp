@@ -29,10 +29,7 @@ std::string ProcFs::path(std::string_view file) const {
 }
 
 Result<std::vector<pid_t>> ProcFs::pids() const {
-  struct DirCloser {
-    void operator()(DIR* d) const { closedir(d); }
-  };
-  std::unique_ptr<DIR, DirCloser> d(opendir(root_.c_str()));
+  DirPtr d(opendir(root_.c_str()));
   if (!d) return make_error(errc_from_errno(errno), root_ + ": " + std::strerror(errno));
   std::vector<pid_t> out;
   while (dirent* e = readdir(d.get())) {
@@ -103,6 +100,17 @@ Result<std::string> read_link(const std::string& path) {
   ssize_t n = ::readlink(path.c_str(), buf, sizeof buf - 1);
   if (n < 0) return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));
   return std::string(buf, static_cast<std::size_t>(n));
+}
+
+Result<std::vector<std::string>> list_dir(const std::string& dir) {
+  DirPtr d(::opendir(dir.c_str()));
+  if (!d) return make_error(errc_from_errno(errno), dir + ": " + std::strerror(errno));
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(d.get())) {
+    if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+    names.emplace_back(e->d_name);
+  }
+  return names;
 }
 
 }  // namespace memlens

@@ -2,8 +2,11 @@
 // on recorded fixtures and the daemon works from inside a container.
 #pragma once
 
+#include <dirent.h>
+
 #include <sys/types.h>
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +36,13 @@ class ProcFs {
 // not_found, EACCES -> permission). `limit` bounds what is read.
 Result<std::string> read_file(const std::string& path, std::size_t limit = 1 << 22);
 Result<std::string> read_link(const std::string& path);
+// An open directory stream, closed when it goes.
+struct DirCloser {
+  void operator()(DIR* d) const { ::closedir(d); }
+};
+using DirPtr = std::unique_ptr<DIR, DirCloser>;
+// The names in a directory, "." and ".." left out.
+Result<std::vector<std::string>> list_dir(const std::string& dir);
 
 class Fd;
 // Opens `path` into `fd` if it is not open yet, then reads it whole from
