@@ -4,6 +4,7 @@
 
 #include "collectors/alloc_collector.h"
 #include "collectors/faults_collector.h"
+#include "collectors/files_collector.h"
 #include "collectors/gc_collector.h"
 #include "collectors/heap_collector.h"
 #include "collectors/mmap_collector.h"
@@ -23,6 +24,7 @@ std::vector<std::unique_ptr<Collector>> make_collectors() {
   c.push_back(std::make_unique<GcCollector>());
   c.push_back(std::make_unique<SamplerCollector>());
   c.push_back(std::make_unique<PostgresCollector>());
+  c.push_back(std::make_unique<FilesCollector>());
   return c;
 }
 
