@@ -17,9 +17,9 @@ namespace memlens {
 namespace {
 
 struct FilesMetrics {
-  MetricDesc file_bytes = metric("file", "bytes", MetricKind::gauge,
+  MetricDesc file_bytes = metric("file_size", "bytes", MetricKind::gauge,
                                  "Size of a file a files target matched (its glob patterns), by path.");
-  MetricDesc file_gzip = metric("file_gzip", "bytes", MetricKind::gauge,
+  MetricDesc file_gzip = metric("file_gzip_size", "bytes", MetricKind::gauge,
                                 "Size of a matched file gzipped (zlib deflate, level 9, a gzip member without a "
                                 "name), computed again only when the file changes; absent while pending.");
   MetricDesc bundle = metric("bundle", "bytes", MetricKind::gauge,
