@@ -41,7 +41,7 @@ struct FilesMetrics {
   MetricDesc errors = metric("files_errors", "", MetricKind::counter,
                              "Paths of a files target not measured, by reason: permission, loop (a symlink loop), "
                              "vanished (gone between listing and reading), other, truncated (a pattern's walk cut "
-                             "at its bound), too_large (no gzip size for a file over 16 MiB), changed (rewritten "
+                             "at its bound), too_large (no gzip size for a file over 8 MiB), changed (rewritten "
                              "while being read).");
   MetricDesc read = metric("files_read", "bytes", MetricKind::counter,
                            "Bytes read from a files target's files to compute gzip sizes.");

@@ -30,8 +30,8 @@ constexpr int kGzipLevel = 9;
 // Bytes read for gzip sizes per tick, over all files targets: a tick starts
 // no new file past it (one file is always started, so a large one is not
 // starved). A file larger than kMaxGzipFileBytes gets no gzip size.
-constexpr uint64_t kGzipBytesPerTick = 4 << 20;
-constexpr uint64_t kMaxGzipFileBytes = 16 << 20;
+constexpr uint64_t kGzipBytesPerTick = 2 << 20;
+constexpr uint64_t kMaxGzipFileBytes = 8 << 20;
 
 // Why a file has no (current) figure; the `reason` label of
 // memlens_files_errors_total. The first five come from the glob's walk too.
