@@ -8,6 +8,8 @@
 #include <memory>
 #include <vector>
 
+#include "daemon/http_util.h"
+
 namespace memlens {
 
 bool glob_component_match(std::string_view pattern, std::string_view name) {
@@ -54,6 +56,10 @@ class Walker {
       return;
     }
     if (!S_ISREG(st.st_mode)) return;
+    if (!valid_utf8(path)) {
+      ++stats_.not_utf8;
+      return;
+    }
     if (out_.count(path)) return;
     if (out_.size() >= max_) {
       ++stats_.dropped;

@@ -4,7 +4,9 @@
 // FNM_PERIOD (a leading dot is matched only by a dot); a component `**`
 // matches any number of directories, zero included, and is not carried
 // into symlinked directories (a link loop cannot make it walk forever).
-// Only regular files (a symlink to one included) are matches.
+// Only regular files (a symlink to one included) whose path is UTF-8 are
+// matches: the path is a label value, and Prometheus refuses a scrape with
+// one that is not UTF-8.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,7 @@ struct GlobStats {
   uint64_t vanished = 0;    // gone between readdir and stat, or a dangling symlink
   uint64_t other = 0;       // any other error
   uint64_t truncated = 0;   // walks cut short at kMaxGlobEntries or kMaxGlobDepth
+  uint64_t not_utf8 = 0;    // a matching path that is not UTF-8: no label value can carry it
 };
 
 // Bounds on one pattern's walk: directory entries read, directory levels `**`

@@ -41,7 +41,7 @@ struct FilesMetrics {
   MetricDesc errors = metric("files_errors", "", MetricKind::counter,
                              "Paths of a files target not measured, by reason: permission, loop (a symlink loop), "
                              "vanished (gone between listing and reading), other, truncated (a pattern's walk cut "
-                             "at its bound), too_large (no gzip size for a file over 8 MiB), changed (rewritten "
+                             "at its bound), not_utf8 (a path no label value can carry), too_large (no gzip size for a file over 8 MiB), changed (rewritten "
                              "while being read).");
   MetricDesc read = metric("files_read", "bytes", MetricKind::counter,
                            "Bytes read from a files target's files to compute gzip sizes.");
@@ -188,6 +188,7 @@ void FilesCollector::expand(const TargetPolicy& pol, Watch& w) {
   add_error(w.errors, FileError::vanished, gs.vanished);
   add_error(w.errors, FileError::other, gs.other);
   add_error(w.errors, FileError::truncated, gs.truncated);
+  add_error(w.errors, FileError::not_utf8, gs.not_utf8);
 }
 
 // One stat per file: a file deleted since goes (its series with it); a

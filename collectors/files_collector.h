@@ -34,10 +34,10 @@ constexpr uint64_t kGzipBytesPerTick = 2 << 20;
 constexpr uint64_t kMaxGzipFileBytes = 8 << 20;
 
 // Why a file has no (current) figure; the `reason` label of
-// memlens_files_errors_total. The first five come from the glob's walk too.
-enum class FileError { permission, loop, vanished, other, truncated, too_large, changed, count_ };
+// memlens_files_errors_total. The first six come from the glob's walk.
+enum class FileError { permission, loop, vanished, other, truncated, not_utf8, too_large, changed, count_ };
 inline constexpr std::array<const char*, static_cast<std::size_t>(FileError::count_)> kFileErrorNames = {
-    "permission", "loop", "vanished", "other", "truncated", "too_large", "changed"};
+    "permission", "loop", "vanished", "other", "truncated", "not_utf8", "too_large", "changed"};
 
 // Compresses a file's bytes to learn their gzip size, reusing one deflate
 // stream. `read` is what it read, whatever the outcome.

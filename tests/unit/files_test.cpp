@@ -145,9 +145,11 @@ TEST_F(FilesDir, GlobWalk) {
   fs::create_symlink("loop-a.js", p("/dist/loop-b.js"));
   fs::create_directory_symlink(p("/dist"), p("/dist/assets/up"));
   fs::create_symlink(p("/dist/assets/chunk.js"), p("/dist/link.js"));
+  write_text(p("/dist/latin1-\xe9.js"), "g");  // not UTF-8: no label value can carry it
 
   EXPECT_EQ(glob("/dist/*.js"), (std::set<std::string>{p("/dist/index-1a2b.js"), p("/dist/link.js")}));
   EXPECT_EQ(stats_.loop, 2u);
+  EXPECT_EQ(stats_.not_utf8, 1u);
   EXPECT_EQ(glob("/dist/**/*.js"),
             (std::set<std::string>{p("/dist/index-1a2b.js"), p("/dist/link.js"), p("/dist/assets/chunk.js"),
                                    p("/dist/assets/deep/er/x.js")}));
