@@ -7,7 +7,6 @@
 // nothing changes. Needs no root.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <zlib.h>
 
 #include <chrono>
 #include <cstdio>
@@ -22,21 +21,6 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
 namespace {
-
-// The daemon's claim: a gzip member of zlib's deflate at level 9.
-uint64_t gzip_size(const std::string& bytes) {
-  z_stream z{};
-  EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  std::string out(deflateBound(&z, bytes.size()) + 64, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  z.avail_in = static_cast<uInt>(bytes.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
-  const uint64_t n = z.total_out;
-  deflateEnd(&z);
-  return n;
-}
 
 // Minified-looking code: compressible, not trivially.
 std::string code(std::size_t n, unsigned seed) {
@@ -95,7 +79,7 @@ TEST(FilesBundle, SizesGzipSizesBundleAndRebuild) {
   auto entry_sum = [&](bool gz) {
     uint64_t sum = 0;
     for (const auto& [path, bytes] : wrote)
-      if (path.find("/assets/") == std::string::npos) sum += gz ? gzip_size(bytes) : bytes.size();
+      if (path.find("/assets/") == std::string::npos) sum += gz ? zlib_gzip_size(bytes) : bytes.size();
     return sum;
   };
 
@@ -106,7 +90,7 @@ TEST(FilesBundle, SizesGzipSizesBundleAndRebuild) {
   }, 10s)) << d->log();
   for (const auto& [path, bytes] : wrote) {
     EXPECT_EQ(find_sample(s, "memlens_file_size_bytes", of_file(path)), bytes.size()) << path;
-    EXPECT_EQ(find_sample(s, "memlens_file_gzip_size_bytes", of_file(path)), gzip_size(bytes)) << path;
+    EXPECT_EQ(find_sample(s, "memlens_file_gzip_size_bytes", of_file(path)), zlib_gzip_size(bytes)) << path;
   }
   EXPECT_EQ(bundle(s, "identity"), entry_sum(false));
   EXPECT_EQ(bundle(s, "gzip"), entry_sum(true));
@@ -149,7 +133,7 @@ TEST(FilesBundle, SizesGzipSizesBundleAndRebuild) {
     s = d->scrape();
     return bundle(s, "identity") == want && bundle(s, "gzip") == want_gz &&
            find_sample(s, "memlens_file_gzip_size_bytes", of_file(dist + "/assets/chunks/settings-1d2e.js")) ==
-               gzip_size(wrote[dist + "/assets/chunks/settings-1d2e.js"]);
+               zlib_gzip_size(wrote[dist + "/assets/chunks/settings-1d2e.js"]);
   }, 5s)) << "bundle " << bundle(s, "identity").value_or(-1) << " want " << want;
   const double seen = seconds_since(t0);
   std::printf("rebuild seen after %.2f s (rescan 500 ms, tick 250 ms): bundle %llu B, gzip %llu B\n", seen,
@@ -161,7 +145,7 @@ TEST(FilesBundle, SizesGzipSizesBundleAndRebuild) {
   EXPECT_EQ(find_sample(s, "memlens_bundle_files", web), 2);
   for (const auto& [path, bytes] : wrote) {
     EXPECT_EQ(find_sample(s, "memlens_file_size_bytes", of_file(path)), bytes.size()) << path;
-    EXPECT_EQ(find_sample(s, "memlens_file_gzip_size_bytes", of_file(path)), gzip_size(bytes)) << path;
+    EXPECT_EQ(find_sample(s, "memlens_file_gzip_size_bytes", of_file(path)), zlib_gzip_size(bytes)) << path;
   }
   std::printf("files collector: %.3f ms in the last tick\n",
               1e3 * find_sample(s, "memlens_collector_duration_seconds", {{"collector", "files"}}).value_or(-1));

@@ -8,16 +8,18 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <filesystem>
 #include <optional>
 
 #include "collectors/file_glob.h"
 #include "daemon/config.h"
+#include "tests/support/sample.h"
 #include "tests/support/support.h"
 
 using namespace memlens;
+using memlens::test::sample_value;
+using memlens::test::zlib_gzip_size;
 namespace fs = std::filesystem;
 using memlens::test::write_text;
 
@@ -33,37 +35,11 @@ std::string error_of(const std::string& entry) {
   return c.ok() ? "" : c.error().message;
 }
 
-// What zlib's gzip stream of `bytes` at level 9 takes, written out whole:
-// the figure the collector claims.
-uint64_t zlib_gzip_size(const std::string& bytes) {
-  z_stream z{};
-  EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  std::string out(deflateBound(&z, bytes.size()) + 64, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  z.avail_in = static_cast<uInt>(bytes.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
-  const uint64_t n = z.total_out;
-  deflateEnd(&z);
-  return n;
-}
-
 std::string text_of(std::size_t n, unsigned seed) {
   std::string s;
   while (s.size() < n) s += "export const v" + std::to_string(seed++ * 7919 % 100003) + " = () => null;\n";
   s.resize(n);
   return s;
-}
-
-std::optional<double> value(const Sample& s, const std::string& name, const Labels& want) {
-  for (const auto& v : s.values()) {
-    if (v.desc->name != name) continue;
-    bool all = true;
-    for (const auto& l : want) all &= std::find(v.labels.begin(), v.labels.end(), l) != v.labels.end();
-    if (all) return v.value;
-  }
-  return std::nullopt;
 }
 
 }  // namespace
@@ -215,26 +191,26 @@ TEST_F(FilesDir, CollectorFiguresAndUpkeep) {
     return g;
   };
   auto file = [&](const GlobalSample& g, const char* metric, const std::string& rel) {
-    return value(g, metric, {{"target", "web"}, {"file", p(rel)}});
+    return sample_value(g, metric, {{"target", "web"}, {"file", p(rel)}});
   };
   auto bundle = [&](const GlobalSample& g, const char* enc) {
-    return value(g, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", enc}});
+    return sample_value(g, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", enc}});
   };
   GlobalSample g = tick();
-  EXPECT_EQ(value(g, "memlens_files_matched", {{"target", "web"}}), 3);
+  EXPECT_EQ(sample_value(g, "memlens_files_matched", {{"target", "web"}}), 3);
   EXPECT_EQ(file(g, "memlens_file_size_bytes", "/dist/index-aaaa.js"), 120000);
   EXPECT_EQ(file(g, "memlens_file_gzip_size_bytes", "/dist/index-aaaa.js"), zlib_gzip_size(index));
   EXPECT_EQ(file(g, "memlens_file_gzip_size_bytes", "/dist/assets/chunk.js"), zlib_gzip_size(chunk));
   EXPECT_EQ(bundle(g, "identity"), 127000);
   EXPECT_EQ(bundle(g, "gzip"), zlib_gzip_size(index) + zlib_gzip_size(css));
-  EXPECT_EQ(value(g, "memlens_bundle_files", {{"target", "web"}}), 2);
-  EXPECT_EQ(value(g, "memlens_files_read_bytes_total", {{"target", "web"}}), 177000);
+  EXPECT_EQ(sample_value(g, "memlens_bundle_files", {{"target", "web"}}), 2);
+  EXPECT_EQ(sample_value(g, "memlens_files_read_bytes_total", {{"target", "web"}}), 177000);
   ASSERT_EQ(g.documents().size(), 1u);
   EXPECT_EQ(g.documents()[0].first, "/api/v1/targets/web/files");
 
   // Nothing changed: nothing read again.
   g = tick();
-  EXPECT_EQ(value(g, "memlens_files_read_bytes_total", {{"target", "web"}}), 177000);
+  EXPECT_EQ(sample_value(g, "memlens_files_read_bytes_total", {{"target", "web"}}), 177000);
 
   // A rebuild: a new hashed entry, the old one gone, the chunk rewritten.
   const std::string index2 = text_of(150000, 9), chunk2 = text_of(60000, 4);
@@ -247,7 +223,7 @@ TEST_F(FilesDir, CollectorFiguresAndUpkeep) {
   EXPECT_EQ(file(g, "memlens_file_gzip_size_bytes", "/dist/index-bbbb.js"), zlib_gzip_size(index2));
   EXPECT_EQ(file(g, "memlens_file_gzip_size_bytes", "/dist/assets/chunk.js"), zlib_gzip_size(chunk2));
   EXPECT_EQ(bundle(g, "identity"), 157000);
-  EXPECT_EQ(value(g, "memlens_files_read_bytes_total", {{"target", "web"}}), 177000 + 210000);
+  EXPECT_EQ(sample_value(g, "memlens_files_read_bytes_total", {{"target", "web"}}), 177000 + 210000);
 
   // A file too large for a gzip size: its size alone, counted once; the
   // bundle's gzip figure is absent while one of its files has none.
@@ -257,14 +233,14 @@ TEST_F(FilesDir, CollectorFiguresAndUpkeep) {
   EXPECT_FALSE(file(g, "memlens_file_gzip_size_bytes", "/dist/index-cccc.js"));
   EXPECT_FALSE(bundle(g, "gzip"));
   g = tick();
-  EXPECT_EQ(value(g, "memlens_files_errors_total", {{"target", "web"}, {"reason", "too_large"}}), 1);
+  EXPECT_EQ(sample_value(g, "memlens_files_errors_total", {{"target", "web"}, {"reason", "too_large"}}), 1);
 
   // Everything gone: no bundle figure (no bundle is not an empty one).
   fs::remove_all(p("/dist"));
   g = tick();
-  EXPECT_EQ(value(g, "memlens_files_matched", {{"target", "web"}}), 0);
+  EXPECT_EQ(sample_value(g, "memlens_files_matched", {{"target", "web"}}), 0);
   EXPECT_FALSE(bundle(g, "identity"));
-  EXPECT_EQ(value(g, "memlens_bundle_files", {{"target", "web"}}), 0);
+  EXPECT_EQ(sample_value(g, "memlens_bundle_files", {{"target", "web"}}), 0);
 }
 
 TEST_F(FilesDir, ReadBudgetSpreadsWorkOverTicks) {
@@ -277,10 +253,10 @@ TEST_F(FilesDir, ReadBudgetSpreadsWorkOverTicks) {
   GlobalSample g;
   col.collect_global(g);
   // Two files fit a tick's budget only just not: the first two are read, the third waits.
-  EXPECT_EQ(value(g, "memlens_files_gzip_pending", {{"target", "web"}}), 1);
-  EXPECT_FALSE(value(g, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", "gzip"}}));
+  EXPECT_EQ(sample_value(g, "memlens_files_gzip_pending", {{"target", "web"}}), 1);
+  EXPECT_FALSE(sample_value(g, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", "gzip"}}));
   GlobalSample g2;
   col.collect_global(g2);
-  EXPECT_EQ(value(g2, "memlens_files_gzip_pending", {{"target", "web"}}), 0);
-  EXPECT_TRUE(value(g2, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", "gzip"}}));
+  EXPECT_EQ(sample_value(g2, "memlens_files_gzip_pending", {{"target", "web"}}), 0);
+  EXPECT_TRUE(sample_value(g2, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", "gzip"}}));
 }
