@@ -41,8 +41,8 @@ struct FilesMetrics {
   MetricDesc errors = metric("files_errors", "", MetricKind::counter,
                              "Paths of a files target not measured, by reason: permission, loop (a symlink loop), "
                              "vanished (gone between listing and reading), other, truncated (a pattern's walk cut "
-                             "at its bound), not_utf8 (a path no label value can carry), too_large (no gzip size for a file over 8 MiB), changed (rewritten "
-                             "while being read).");
+                             "at its bound), not_utf8 (a path no label value can carry), too_large (no gzip size "
+                             "for a file over 8 MiB), changed (rewritten while being read).");
   MetricDesc read = metric("files_read", "bytes", MetricKind::counter,
                            "Bytes read from a files target's files to compute gzip sizes.");
 };
@@ -211,7 +211,7 @@ void FilesCollector::refresh(Watch& w) {
       fs.size = size;
       fs.mtime_ns = mtime_ns(st);
       fs.gzip.reset();
-      fs.too_large = false;
+      fs.gave_up = false;
     }
     ++it;
   }
@@ -220,16 +220,18 @@ void FilesCollector::refresh(Watch& w) {
 // Gzip sizes of new and changed files, while the tick's budget lasts.
 void FilesCollector::compress(Watch& w, uint64_t& budget) {
   for (auto& [path, fs] : w.files) {
-    if (fs.gzip || fs.too_large) continue;
+    if (fs.gzip || fs.gave_up) continue;
     if (fs.size > kMaxGzipFileBytes) {
-      fs.too_large = true;
+      fs.gave_up = true;
       add_error(w.errors, FileError::too_large);
       continue;
     }
     if (budget == 0) return;
     Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
     if (!fd.valid()) {
-      add_error(w.errors, error_of(errno));
+      const int err = errno;
+      add_error(w.errors, error_of(err));
+      fs.gave_up = err != ENOENT;  // gone: the next stat drops it; refused: not again until it changes
       continue;
     }
     struct stat st {};
@@ -248,7 +250,7 @@ void FilesCollector::compress(Watch& w, uint64_t& budget) {
       fs.gzip = *gz;
     } else if (!gz && gz.error().code != Errc::malformed) {
       add_error(w.errors, FileError::other);
-      fs.too_large = true;  // not again until it changes
+      fs.gave_up = true;
     } else {
       add_error(w.errors, FileError::changed);
     }
@@ -264,7 +266,7 @@ void FilesCollector::publish(const TargetPolicy& pol, const Watch& w, GlobalSamp
   for (const auto& [path, fs] : w.files) {
     out.gauge(m.file_bytes, static_cast<double>(fs.size), {{"target", pol.name}, {"file", path}});
     if (fs.gzip) out.gauge(m.file_gzip, static_cast<double>(*fs.gzip), {{"target", pol.name}, {"file", path}});
-    else if (!fs.too_large) ++pending;
+    else if (!fs.gave_up) ++pending;
     files.push_back({{"path", path}, {"bytes", fs.size}, {"entry", fs.entry}});
     if (fs.gzip) files.back()["gzip_bytes"] = *fs.gzip;
     if (!fs.entry) continue;

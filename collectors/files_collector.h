@@ -76,7 +76,7 @@ class FilesCollector : public Collector {
     int64_t mtime_ns = 0;
     bool entry = false;                // part of the initial bundle
     std::optional<uint64_t> gzip;      // of the current (dev, ino, size, mtime)
-    bool too_large = false;            // counted once per version
+    bool gave_up = false;              // too large or unreadable: not tried again until it changes
   };
   struct Watch {
     std::map<std::string, FileState> files;  // by path

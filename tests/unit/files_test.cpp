@@ -178,9 +178,10 @@ TEST_F(FilesDir, CollectorFiguresAndUpkeep) {
   write_text(p("/dist/index-aaaa.js"), index);
   write_text(p("/dist/assets/chunk.js"), chunk);
   write_text(p("/dist/assets/app.css"), css);
-  auto c = parse_config("global: {rescan_interval: 1ms}\ntargets:\n  - name: web\n    files:\n      paths: [" + p("/dist/**/*.js") +
-                            ", " + p("/dist/**/*.css") + "]\n      entry: [" + p("/dist/index-*.js") + ", " +
-                            p("/dist/assets/*.css") + "]\n",
+  // Expanded at every tick (the rescan interval is shorter than a tick).
+  auto c = parse_config("global: {rescan_interval: 1ms}\ntargets:\n  - name: web\n    files:\n      paths: [" +
+                            p("/dist/**/*.js") + ", " + p("/dist/**/*.css") + "]\n      entry: [" +
+                            p("/dist/index-*.js") + ", " + p("/dist/assets/*.css") + "]\n",
                         "test.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   FilesCollector col;
@@ -245,14 +246,16 @@ TEST_F(FilesDir, CollectorFiguresAndUpkeep) {
 
 TEST_F(FilesDir, ReadBudgetSpreadsWorkOverTicks) {
   fs::create_directories(p("/dist"));
-  for (int i = 0; i < 3; ++i) write_text(p("/dist/f" + std::to_string(i) + ".js"), text_of(kGzipBytesPerTick / 2 + 1, i));
+  for (unsigned i = 0; i < 3; ++i)
+    write_text(p("/dist/f" + std::to_string(i) + ".js"), text_of(kGzipBytesPerTick / 2 + 1, i));
   auto c = parse_config("targets:\n  - name: web\n    files: {paths: [" + p("/dist/*.js") + "]}\n", "test.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   FilesCollector col;
   ASSERT_TRUE(col.start(std::make_shared<const Config>(*c)).ok());
   GlobalSample g;
   col.collect_global(g);
-  // Two files fit a tick's budget only just not: the first two are read, the third waits.
+  // A tick starts files while it has read less than its budget: two of these,
+  // just over half of it each, are read; the third waits for the next tick.
   EXPECT_EQ(sample_value(g, "memlens_files_gzip_pending", {{"target", "web"}}), 1);
   EXPECT_FALSE(sample_value(g, "memlens_bundle_bytes", {{"target", "web"}, {"encoding", "gzip"}}));
   GlobalSample g2;
