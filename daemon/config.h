@@ -78,7 +78,9 @@ inline constexpr BudgetKey kBudgetKeys[] = {
     {"fragmentation", BudgetUnit::ratio},
     {"gc_pause_p99", BudgetUnit::seconds},
     {"leak", BudgetUnit::bytes_per_second},
-    // PostgreSQL and front-end targets (their collectors come separately).
+    // PostgreSQL (the postgres collector), a files target's initial bundle
+    // as on disk (the files collector; the only key a files target takes)
+    // and browser renderers (their collector comes separately).
     {"shared_buffers", BudgetUnit::bytes},
     {"connection_memory", BudgetUnit::bytes},
     {"temp_files", BudgetUnit::bytes},
