@@ -93,6 +93,7 @@ class Walker {
     const std::string& c = comps_[i];
     const bool last = i + 1 == comps_.size();
     if (c == "**") {
+      if (last) return;  // names directories, not files (the config refuses it)
       // Zero directories, then every real subdirectory (no symlinks).
       walk(dir, i + 1, depth);
       if (depth >= kMaxGlobDepth) {

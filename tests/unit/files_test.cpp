@@ -134,6 +134,7 @@ TEST_F(FilesDir, GlobWalk) {
   EXPECT_EQ(glob("/dist/index-????.js"), std::set<std::string>{p("/dist/index-1a2b.js")});
   EXPECT_EQ(glob("/dist/.cache/*.js"), std::set<std::string>{p("/dist/.cache/y.js")}) << "a dot matched by a dot";
   EXPECT_TRUE(glob("/nowhere/**/*.js").empty());
+  EXPECT_TRUE(glob("/dist/**").empty()) << "a pattern must name files";
   EXPECT_EQ(stats_.other + stats_.permission + stats_.truncated, 0u);
 
   stats_ = {};
