@@ -107,6 +107,9 @@ TEST(FilesBundle, SizesGzipSizesBundleAndRebuild) {
   // The JSON views and the page still answer; the files target has its own.
   EXPECT_EQ(http_get(d->url("/api/v1/targets")).status, 200);
   EXPECT_EQ(http_get(d->url("/")).status, 200);
+  const auto page = http_get(d->url("/targets/web-bundle"));
+  EXPECT_EQ(page.status, 404);
+  EXPECT_NE(page.body.find("/api/v1/targets/web-bundle/files"), std::string::npos) << page.body;
   auto doc = nlohmann::json::parse(http_get(d->url("/api/v1/targets/web-bundle/files")).body, nullptr, false);
   ASSERT_FALSE(doc.is_discarded());
   EXPECT_EQ(doc["files"].size(), 5u);
