@@ -5,6 +5,7 @@
 #include "collectors/alloc_collector.h"
 #include "collectors/browser_collector.h"
 #include "collectors/faults_collector.h"
+#include "collectors/files_collector.h"
 #include "collectors/gc_collector.h"
 #include "collectors/heap_collector.h"
 #include "collectors/mmap_collector.h"
@@ -25,6 +26,7 @@ std::vector<std::unique_ptr<Collector>> make_collectors() {
   c.push_back(std::make_unique<SamplerCollector>());
   c.push_back(std::make_unique<PostgresCollector>());
   c.push_back(std::make_unique<BrowserCollector>());
+  c.push_back(std::make_unique<FilesCollector>());
   return c;
 }
 

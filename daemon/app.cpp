@@ -399,7 +399,8 @@ void App::publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per
   const auto& m = sm();
   for (const auto& pol : cfg_->targets) {
     auto it = per_name.find(pol.name);
-    b.gauge(m.targets, it == per_name.end() ? 0 : it->second, {{"target", pol.name}});
+    // A files entry watches no process: memlens_files_matched is its count.
+    if (!pol.files) b.gauge(m.targets, it == per_name.end() ? 0 : it->second, {{"target", pol.name}});
     // Budgets are configuration: exported per entry whether or not a
     // process matches it now, as kube-state-metrics exports limits.
     for (const auto& budget : pol.budgets)

@@ -390,7 +390,7 @@ class Parser {
     if (auto r = known_keys(t, where,
                             {"name", "pid", "self", "comm", "exe", "cmdline", "cgroup", "systemd_unit",
                              "top_rss", "max_targets", "alloc", "gc", "heap", "sampler", "budgets", "postgres",
-                             "children"});
+                             "children", "files"});
         !r)
       return r.error();
     TargetPolicy p;
@@ -399,6 +399,10 @@ class Parser {
     if (!name) return name.error();
     if (name->empty()) return err(t["name"], where + ".name", "must not be empty");
     p.name = *name;
+    if (t["files"]) {
+      if (auto r = parse_files_target(t, where, p); !r) return r.error();
+      return p;
+    }
     Selector& s = p.selector;
     if (t["pid"]) {
       auto v = integer(t["pid"], where + ".pid", 1, 1 << 22);
@@ -478,9 +482,80 @@ class Parser {
     return p;
   }
 
+  // A files target: name, files and budgets (only `bundle`); a process
+  // selector or a process's options beside `files` is an error, not ignored.
+  Result<void> parse_files_target(const YAML::Node& t, const std::string& where, TargetPolicy& p) const {
+    for (const auto& kv : t) {
+      const std::string k = kv.first.Scalar();
+      if (k != "name" && k != "files" && k != "budgets")
+        return err(kv.first, where + "." + k,
+                   "not allowed with files: a files target watches build artefacts, not a process "
+                   "(it takes name, files and budgets)");
+    }
+    const YAML::Node f = t["files"];
+    const std::string fw = where + ".files";
+    if (auto r = known_keys(f, fw, {"paths", "entry", "max_files"}); !r) return r;
+    FilesSpec spec;
+    if (!f["paths"]) return err(f, fw + ".paths", "is required: glob patterns of the files to watch");
+    if (auto r = patterns(f["paths"], fw + ".paths", spec.paths); !r) return r;
+    if (spec.paths.empty()) return err(f["paths"], fw + ".paths", "needs at least one pattern");
+    if (f["entry"]) {
+      if (auto r = patterns(f["entry"], fw + ".entry", spec.entry); !r) return r;
+    }
+    if (f["max_files"]) {
+      auto v = integer(f["max_files"], fw + ".max_files", 1, kMaxFilesPerTarget);
+      if (!v) return v.error();
+      spec.max_files = static_cast<int>(*v);
+    }
+    p.files = std::move(spec);
+    if (t["budgets"]) {
+      if (auto r = parse_budgets(t["budgets"], where + ".budgets", p); !r) return r;
+    }
+    return {};
+  }
+
+  // A list of absolute glob patterns (one string is a list of one).
+  Result<void> patterns(const YAML::Node& n, const std::string& field, std::vector<std::string>& out) const {
+    if (n.IsScalar()) return pattern(n, field, out);
+    if (!n.IsSequence()) return err(n, field, "expected a list of glob patterns such as [\"/srv/web/dist/**/*.js\"]");
+    if (n.size() > kMaxFilePatterns)
+      return err(n, field, "more than " + std::to_string(kMaxFilePatterns) + " patterns");
+    for (std::size_t i = 0; i < n.size(); ++i)
+      if (auto r = pattern(n[i], field + "[" + std::to_string(i) + "]", out); !r) return r;
+    return {};
+  }
+
+  Result<void> pattern(const YAML::Node& n, const std::string& field, std::vector<std::string>& out) const {
+    auto s = str(n, field);
+    if (!s) return s.error();
+    if (s->empty() || s->front() != '/') return err(n, field, "must be an absolute path pattern");
+    if (s->size() > kMaxRegexBytes)
+      return err(n, field, "pattern longer than " + std::to_string(kMaxRegexBytes) + " bytes");
+    if (s->find('\0') != std::string::npos) return err(n, field, "must not contain a NUL byte");
+    int globstars = 0;
+    std::size_t i = 1;
+    while (i <= s->size()) {
+      std::size_t j = s->find('/', i);
+      if (j == std::string::npos) j = s->size();
+      const std::string_view c(s->data() + i, j - i);
+      if (c == "." || c == "..") return err(n, field, "must not contain . or .. components");
+      if (c == "**") ++globstars;
+      else if (c.find("**") != std::string_view::npos)
+        return err(n, field, "** must be a whole path component (as in /dist/**/*.js)");
+      if (c.empty() && j < s->size()) return err(n, field, "must not contain an empty component (//)");
+      i = j + 1;
+    }
+    if (globstars > 1) return err(n, field, "at most one ** per pattern");
+    if (s->back() == '/' || s->ends_with("/**"))
+      return err(n, field, "must name files, not a directory (end it with e.g. /*.js)");
+    out.push_back(*s);
+    return {};
+  }
+
   Result<void> parse_budgets(const YAML::Node& b, const std::string& where, TargetPolicy& p) const {
     std::set<std::string> known;
-    for (const auto& k : kBudgetKeys) known.insert(k.name);
+    for (const auto& k : kBudgetKeys)
+      if (!p.files || std::string_view(k.name) == "bundle") known.insert(k.name);
     if (auto r = known_keys(b, where, known); !r) return r;
     for (const auto& k : kBudgetKeys) {
       const YAML::Node n = b[k.name];
@@ -497,7 +572,7 @@ class Parser {
                                    "' (use e.g. " + example + ")");
         }
         value = *v;
-      } else if (std::string_view(k.name) != "leak") {
+      } else if (std::string_view(k.name) != "leak" || p.files) {
         continue;  // not budgeted; only `leak` has a default (none allowed)
       }
       p.budgets.push_back(Budget{k.name, k.unit, value});

@@ -78,13 +78,28 @@ inline constexpr BudgetKey kBudgetKeys[] = {
     {"fragmentation", BudgetUnit::ratio},
     {"gc_pause_p99", BudgetUnit::seconds},
     {"leak", BudgetUnit::bytes_per_second},
-    // PostgreSQL and front-end targets (their collectors come separately).
+    // PostgreSQL (the postgres collector), a files target's initial bundle
+    // as on disk (the files collector; the only key a files target takes)
+    // and browser renderers (their collector comes separately).
     {"shared_buffers", BudgetUnit::bytes},
     {"connection_memory", BudgetUnit::bytes},
     {"temp_files", BudgetUnit::bytes},
     {"bundle", BudgetUnit::bytes},
     {"renderer_memory", BudgetUnit::bytes},
 };
+
+// A files target (`files:` in an entry, instead of a process selector): build
+// artefacts matched by glob patterns, their sizes and gzip sizes, and the
+// initial bundle (docs/files.md). Patterns are absolute; `*`, `?` and `[...]`
+// match within one path component, a component `**` any number of
+// directories (symlinked directories are not descended by it).
+struct FilesSpec {
+  std::vector<std::string> paths;  // every artefact watched
+  std::vector<std::string> entry;  // the initial bundle; empty: every file matched
+  int max_files = 1000;            // matches beyond it are dropped (and counted)
+};
+constexpr std::size_t kMaxFilePatterns = 64;  // per list (paths, entry)
+constexpr int kMaxFilesPerTarget = 10000;
 
 // Per-target policy: what the selector matches and how each is watched.
 struct TargetPolicy {
@@ -115,6 +130,9 @@ struct TargetPolicy {
   // A PostgreSQL cluster (the postgres collector): unset, when the
   // executable is named postgres or postmaster; true or false forces it.
   std::optional<bool> postgres;
+  // Set: a files target (the files collector); it has no selector and
+  // discovery never matches a process for it.
+  std::optional<FilesSpec> files;
 };
 
 // Bounds on kernel-side state; every map is sized up front.

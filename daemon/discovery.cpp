@@ -183,6 +183,7 @@ DiscoveryResult Discovery::scan() {
   int total = 0;
   grouped_.clear();
   for (const TargetPolicy& pol : cfg_->targets) {
+    if (pol.files) continue;  // build artefacts (the files collector), no process
     std::vector<Proc*> hits;
     for (auto& p : procs)
       if (!p.claimed && matches(pol.selector, p)) hits.push_back(&p);

@@ -228,6 +228,13 @@ HttpReply Exporter::page(const std::string& path, const std::shared_ptr<const Sn
     wants_.want_overview(now);
   } else {
     const std::string name = path.substr(kTargetPages.size());
+    // A files target has no timeline: its figures are a document of its own.
+    const std::string files = "/api/v1/targets/" + name + "/files";
+    if (!watches(*snap, name) && snap->documents.count(files))
+      return html(404, "<!doctype html><html><body><p>" + html_text(name) +
+                           " is a files target, not a process: no timeline. Its files and bundle: <a href=\"" +
+                           html_text(files) + "\">" + html_text(files) +
+                           "</a>. <a href=\"/\">All targets</a></p></body></html>\n");
     if (!watches(*snap, name)) return html(404, "<!doctype html><html><body><p>No target named " + html_text(name) +
                                      " is watched. <a href=\"/\">All targets</a></p></body></html>\n");
     wants_.want_detail(name, now);

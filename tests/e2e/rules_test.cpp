@@ -133,12 +133,10 @@ std::string variable_expr(const std::string& q) {
   return q;
 }
 
-// Usage series of the budgets of PostgreSQL and front-end targets, which the
-// shipped rules alert on and whose collectors (postgres, browser, files) are
-// being built: allowed while no metric() declares them, an error once one
-// does (then this list shrinks).
-const std::set<std::string> kPendingCollectorMetrics = {
-    "memlens_bundle_bytes", "memlens_renderer_memory_bytes"};
+// Usage series of the budgets of browser targets, which the shipped rules
+// alert on and whose collector is being built: allowed while no metric()
+// declares them, an error once one does (then this list shrinks).
+const std::set<std::string> kPendingCollectorMetrics = {"memlens_renderer_memory_bytes"};
 
 // Every string literal in the sources of memlensd (daemon/, collectors/ and
 // below): a label value the rules or their tests use must be one of them.

@@ -14,8 +14,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
+const std::string kSrc = MEMLENS_SOURCE_DIR;
+
 // Per-target families only: lines of samples with a target label, and the
-// HELP/TYPE lines of those families. Self-metrics vary run to run.
+// HELP/TYPE lines of those families. Self-metrics vary run to run. The files
+// target's paths are written from the source tree's root ($SRC), wherever
+// the tree is.
 std::string per_target(const std::string& exposition) {
   std::istringstream in(exposition);
   std::string line, out, pending;
@@ -25,7 +29,10 @@ std::string per_target(const std::string& exposition) {
       pending += line + "\n";
       continue;
     }
-    if (line.find("target=\"golden\"") == std::string::npos) continue;
+    if (line.find("target=\"golden\"") == std::string::npos &&
+        line.find("target=\"golden-bundle\"") == std::string::npos)
+      continue;
+    for (std::size_t at; (at = line.find(kSrc)) != std::string::npos;) line.replace(at, kSrc.size(), "$SRC");
     // Time-dependent per-target series, and the eBPF collectors' series
     // (they trace live processes, not files; their own tests cover them).
     bool skip = false;
@@ -46,16 +53,21 @@ std::string per_target(const std::string& exposition) {
 TEST(Golden, ExpositionOnFixtures) {
   const std::string procfs = std::string(MEMLENS_SOURCE_DIR) + "/tests/fixtures/proc";
   const std::string golden = std::string(MEMLENS_SOURCE_DIR) + "/tests/fixtures/golden/metrics.txt";
-  // With a budget of every unit, so their families are pinned down too.
+  // With a budget of every unit, so their families are pinned down too,
+  // and a files target over a committed build output.
+  const std::string dist = kSrc + "/tests/fixtures/files/dist";
   auto d = start_daemon("global: {tick_interval: 200ms}\n"
                         "targets: [{name: golden, comm: heapload, budgets: {rss: 64MiB, heap: 32MiB, "
-                        "alloc_rate: 1MB/s, gc_pause_p99: 10ms, fragmentation: 20%}}]\n",
+                        "alloc_rate: 1MB/s, gc_pause_p99: 10ms, fragmentation: 20%}},\n"
+                        "  {name: golden-bundle, files: {paths: [\"" + dist + "/**/*.js\", \"" + dist +
+                            "/*.css\"], entry: [\"" + dist + "/index-*\"]}, budgets: {bundle: 1KB}}]\n",
                         {"--path.procfs=" + procfs});
   ASSERT_TRUE(d);
   std::string got;
   ASSERT_TRUE(wait_until([&] {
     got = per_target(http_get(d->url("/metrics")).body);
-    return got.find("memlens_rss_bytes") != std::string::npos;
+    return got.find("memlens_rss_bytes") != std::string::npos &&
+           got.find("memlens_bundle_bytes{target=\"golden-bundle\",encoding=\"gzip\"}") != std::string::npos;
   }, 5s)) << d->log();
   if (std::getenv("MEMLENS_UPDATE_GOLDEN")) {
     write_text(golden, got);

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -452,6 +453,20 @@ std::string collector_down(const Daemon& d, const std::string& name) {
   if (find_sample(s, "memlens_collector_enabled", {{"collector", name}}).value_or(0) == 1) return "";
   return "collector " + name + " is disabled (reason " +
          find_label(s, "memlens_collector_enabled", {{"collector", name}}, "reason").value_or("?") + "):\n" + d.log();
+}
+
+uint64_t zlib_gzip_size(const std::string& bytes) {
+  z_stream z{};
+  if (deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return 0;
+  std::string out(deflateBound(&z, bytes.size()) + 64, '\0');
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
+  z.avail_in = static_cast<uInt>(bytes.size());
+  z.next_out = reinterpret_cast<Bytef*>(out.data());
+  z.avail_out = static_cast<uInt>(out.size());
+  const bool done = deflate(&z, Z_FINISH) == Z_STREAM_END;
+  const uint64_t n = z.total_out;
+  deflateEnd(&z);
+  return done ? n : 0;
 }
 
 }  // namespace memlens::test

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
@@ -137,6 +138,11 @@ std::optional<Daemon> start_daemon(const std::string& yaml, const std::vector<st
                                    const std::optional<HttpOptions>& https = std::nullopt);
 
 bool is_root();
+
+// The length of a gzip member of `bytes` as zlib writes it at level 9 (no
+// name in the header): what memlensd's files collector claims a file's gzip
+// size is, computed here in one shot, apart from its code.
+uint64_t zlib_gzip_size(const std::string& bytes);
 
 // eBPF tests never skip as root: a collector that does not load there is a
 // verifier or load regression, a failure. MEMLENS_TEST_NO_BPF=1 says a

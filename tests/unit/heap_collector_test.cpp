@@ -13,8 +13,10 @@
 
 #include "daemon/config.h"
 #include "daemon/procfs.h"
+#include "tests/support/sample.h"
 
 using namespace memlens;
+using memlens::test::sample_value;
 
 // ASan replaces malloc: glibc's arenas are not where this process's (or a
 // forked child's) blocks live, and mallinfo2() is ASan's, not glibc's.
@@ -25,17 +27,6 @@ using namespace memlens;
 #endif
 
 namespace {
-
-std::optional<double> value(const Sample& s, const std::string& name, const Labels& want = {}) {
-  for (const auto& v : s.values()) {
-    if (v.desc->name != name) continue;
-    bool all = true;
-    for (const auto& l : want)
-      all &= std::find(v.labels.begin(), v.labels.end(), l) != v.labels.end();
-    if (all) return v.value;
-  }
-  return std::nullopt;
-}
 
 Target target_of(pid_t pid, const TargetPolicy* pol) {
   Target t;
@@ -67,12 +58,12 @@ TEST(HeapCollector, ReasonsOnFixtures) {
   // Fixture 4242's maps name files that are not under <procfs>/4242/root.
   Sample s;
   ASSERT_TRUE(c.collect(target_of(4242, &on), s));
-  EXPECT_EQ(value(s, "memlens_allocator_readable", {{"reason", "no_symbols"}}), 0.0);
-  EXPECT_FALSE(value(s, "memlens_allocator_inuse_bytes"));
+  EXPECT_EQ(sample_value(s, "memlens_allocator_readable", {{"reason", "no_symbols"}}), 0.0);
+  EXPECT_FALSE(sample_value(s, "memlens_allocator_inuse_bytes"));
   EXPECT_FALSE(s.has_series(SeriesId::heap));
   Sample d;
   ASSERT_TRUE(c.collect(target_of(4242, &off), d));
-  EXPECT_EQ(value(d, "memlens_allocator_readable", {{"reason", "disabled"}}), 0.0);
+  EXPECT_EQ(sample_value(d, "memlens_allocator_readable", {{"reason", "disabled"}}), 0.0);
   EXPECT_EQ(d.values().size(), 1u);
 }
 
@@ -104,21 +95,21 @@ TEST(HeapCollector, ReadsAChildExactly) {
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
   ASSERT_TRUE(r) << r.error().message;
-  if (value(s, "memlens_allocator_readable", {{"reason", "permission_denied"}}))
+  if (sample_value(s, "memlens_allocator_readable", {{"reason", "permission_denied"}}))
     GTEST_SKIP() << "process_vm_readv on a child refused here (Yama ptrace_scope 3?)";
-  ASSERT_EQ(value(s, "memlens_allocator_readable", {{"reason", "ok"}}), 1.0);
-  EXPECT_EQ(value(s, "memlens_allocator_inuse_bytes", {{"allocator", "glibc"}}),
+  ASSERT_EQ(sample_value(s, "memlens_allocator_readable", {{"reason", "ok"}}), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_allocator_inuse_bytes", {{"allocator", "glibc"}}),
             static_cast<double>(mi.uordblks + mi.hblkhd));
-  EXPECT_EQ(value(s, "memlens_allocator_free_bytes"), static_cast<double>(mi.fordblks));
-  EXPECT_EQ(value(s, "memlens_allocator_system_bytes"), static_cast<double>(mi.arena + mi.hblkhd));
-  EXPECT_DOUBLE_EQ(*value(s, "memlens_heap_fragmentation_ratio"),
+  EXPECT_EQ(sample_value(s, "memlens_allocator_free_bytes"), static_cast<double>(mi.fordblks));
+  EXPECT_EQ(sample_value(s, "memlens_allocator_system_bytes"), static_cast<double>(mi.arena + mi.hblkhd));
+  EXPECT_DOUBLE_EQ(*sample_value(s, "memlens_heap_fragmentation_ratio"),
                    static_cast<double>(mi.fordblks) / static_cast<double>(mi.arena));
-  EXPECT_EQ(value(s, "memlens_allocator_arenas"), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_allocator_arenas"), 1.0);
   ASSERT_TRUE(s.has_series(SeriesId::heap));
   EXPECT_EQ(s.series_value(SeriesId::heap), static_cast<double>(mi.uordblks + mi.hblkhd));
   GlobalSample g;
   c.collect_global(g);
-  EXPECT_GE(value(g, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(0), 1.0);
+  EXPECT_GE(sample_value(g, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(0), 1.0);
 }
 
 TEST(HeapCollector, ReadsItselfThroughMallinfo2) {
@@ -129,9 +120,9 @@ TEST(HeapCollector, ReadsItselfThroughMallinfo2) {
   TargetPolicy pol;
   Sample s;
   ASSERT_TRUE(c.collect(target_of(getpid(), &pol), s));
-  EXPECT_EQ(value(s, "memlens_allocator_readable", {{"reason", "ok"}}), 1.0);
-  EXPECT_GT(value(s, "memlens_allocator_system_bytes").value_or(0), 0.0);
-  EXPECT_GE(value(s, "memlens_allocator_arenas").value_or(0), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_allocator_readable", {{"reason", "ok"}}), 1.0);
+  EXPECT_GT(sample_value(s, "memlens_allocator_system_bytes").value_or(0), 0.0);
+  EXPECT_GE(sample_value(s, "memlens_allocator_arenas").value_or(0), 1.0);
 }
 
 // Whatever order collectors run in, the heap series keeps the best value:

@@ -11,9 +11,11 @@
 #include <optional>
 
 #include "daemon/config.h"
+#include "tests/support/sample.h"
 #include "tests/support/support.h"
 
 using namespace memlens;
+using memlens::test::sample_value;
 namespace fs = std::filesystem;
 using memlens::test::read_text;
 using memlens::test::write_text;
@@ -22,16 +24,6 @@ namespace {
 
 const std::string kFixtures = std::string(MEMLENS_SOURCE_DIR) + "/tests/fixtures/postgres/";
 const std::string kExe = "/usr/lib/postgresql/15/bin/postgres";
-
-std::optional<double> value(const Sample& s, const std::string& name, const Labels& want = {}) {
-  for (const auto& v : s.values()) {
-    if (v.desc->name != name) continue;
-    bool all = true;
-    for (const auto& l : want) all &= std::find(v.labels.begin(), v.labels.end(), l) != v.labels.end();
-    if (all) return v.value;
-  }
-  return std::nullopt;
-}
 
 std::string stat_line(pid_t pid, pid_t ppid) {
   std::string s = std::to_string(pid) + " (postgres) S " + std::to_string(ppid);
@@ -124,20 +116,20 @@ TEST(PostgresCollector, ClusterOnFixtures) {
   auto r = c.collect(target(100, kExe), s);
   EXPECT_TRUE(r.ok()) << r.error().message;
   // postgresql.conf, conf.d/, then postgresql.auto.conf's 96MB.
-  EXPECT_EQ(value(s, "memlens_postgres_shared_buffers_bytes"), 96.0 * (1 << 20));
-  EXPECT_EQ(value(s, "memlens_postgres_shared_memory_bytes"), 59056.0 * 1024);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_shared_buffers_bytes"), 96.0 * (1 << 20));
+  EXPECT_EQ(sample_value(s, "memlens_postgres_shared_memory_bytes"), 59056.0 * 1024);
   // No map_files here: the postmaster's own Rss of the segment stands in.
-  EXPECT_EQ(value(s, "memlens_postgres_shared_memory_resident_bytes"), 6588.0 * 1024);
-  EXPECT_EQ(value(s, "memlens_postgres_connections"), 1.0);
-  EXPECT_EQ(value(s, "memlens_postgres_backends", type("checkpointer")), 1.0);
-  EXPECT_EQ(value(s, "memlens_postgres_backends", type("client backend")), 1.0);
-  EXPECT_EQ(value(s, "memlens_postgres_backends", type("postmaster")), 1.0);
-  EXPECT_EQ(value(s, "memlens_postgres_backends", type("walwriter")), 0.0);
-  EXPECT_EQ(value(s, "memlens_postgres_backend_private_bytes", type("client backend")), 2000.0 * 1024);
-  EXPECT_EQ(value(s, "memlens_postgres_backend_private_bytes", type("checkpointer")), 1000.0 * 1024);
-  EXPECT_EQ(value(s, "memlens_postgres_backend_private_bytes", type("postmaster")), 500.0 * 1024);
-  EXPECT_EQ(value(s, "memlens_postgres_temp_file_bytes"), 12345.0 + 1000 + 500);
-  EXPECT_EQ(value(s, "memlens_postgres_temp_files"), 3.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_shared_memory_resident_bytes"), 6588.0 * 1024);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_connections"), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backends", type("checkpointer")), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backends", type("client backend")), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backends", type("postmaster")), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backends", type("walwriter")), 0.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backend_private_bytes", type("client backend")), 2000.0 * 1024);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backend_private_bytes", type("checkpointer")), 1000.0 * 1024);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_backend_private_bytes", type("postmaster")), 500.0 * 1024);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_temp_file_bytes"), 12345.0 + 1000 + 500);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_temp_files"), 3.0);
   std::size_t n = 0;
   for (const auto& v : s.values()) n += v.desc->name.rfind("memlens_postgres_", 0) == 0;
   EXPECT_EQ(n, 6u + 2 * pg::kBackendTypes);  // every backend_type, always
@@ -154,8 +146,8 @@ TEST(PostgresCollector, MalformedLineAndMissingConfigAreErrorsNotStops) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, Errc::malformed);
   EXPECT_NE(r.error().message.find("postgresql.auto.conf"), std::string::npos) << r.error().message;
-  EXPECT_EQ(value(s, "memlens_postgres_shared_buffers_bytes"), 96.0 * (1 << 20));  // the line is skipped
-  EXPECT_EQ(value(s, "memlens_postgres_connections"), 1.0);
+  EXPECT_EQ(sample_value(s, "memlens_postgres_shared_buffers_bytes"), 96.0 * (1 << 20));  // the line is skipped
+  EXPECT_EQ(sample_value(s, "memlens_postgres_connections"), 1.0);
 
   // No postgresql.conf: postgresql.auto.conf's value would still win over
   // whatever it said; without that either, nothing is reported.
@@ -167,9 +159,9 @@ TEST(PostgresCollector, MalformedLineAndMissingConfigAreErrorsNotStops) {
   auto r2 = c2.collect(target(100, kExe), s2);
   ASSERT_FALSE(r2.ok());
   EXPECT_EQ(r2.error().code, Errc::not_found);
-  EXPECT_FALSE(value(s2, "memlens_postgres_shared_buffers_bytes"));  // nothing invented
-  EXPECT_EQ(value(s2, "memlens_postgres_connections"), 1.0);
-  EXPECT_EQ(value(s2, "memlens_postgres_temp_file_bytes"), 12345.0 + 1000 + 500);
+  EXPECT_FALSE(sample_value(s2, "memlens_postgres_shared_buffers_bytes"));  // nothing invented
+  EXPECT_EQ(sample_value(s2, "memlens_postgres_connections"), 1.0);
+  EXPECT_EQ(sample_value(s2, "memlens_postgres_temp_file_bytes"), 12345.0 + 1000 + 500);
 }
 
 TEST(PostgresCollector, OnlyPostmasters) {
@@ -190,7 +182,7 @@ TEST(PostgresCollector, OnlyPostmasters) {
   ASSERT_TRUE(c1.start(fc.config()));
   Sample yes;
   EXPECT_TRUE(c1.collect(target(100, "/opt/db/bin/pgserver", &forced), yes).ok());
-  EXPECT_EQ(value(yes, "memlens_postgres_connections"), 1.0);
+  EXPECT_EQ(sample_value(yes, "memlens_postgres_connections"), 1.0);
   TargetPolicy off;
   off.postgres = false;
   PostgresCollector c2;
