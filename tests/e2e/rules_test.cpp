@@ -133,10 +133,6 @@ std::string variable_expr(const std::string& q) {
   return q;
 }
 
-// Usage series of the budgets of browser targets, which the shipped rules
-// alert on and whose collector is being built: allowed while no metric()
-// declares them, an error once one does (then this list shrinks).
-const std::set<std::string> kPendingCollectorMetrics = {"memlens_renderer_memory_bytes"};
 
 // Every string literal in the sources of memlensd (daemon/, collectors/ and
 // below): a label value the rules or their tests use must be one of them.
@@ -282,10 +278,7 @@ TEST(MetricNames, DashboardAndRulesUseOnlyMemlensOrStandardMetrics) {
       used.insert(n);
       const bool ours = n.rfind("memlens_", 0) == 0 || n.rfind("memlens:", 0) == 0;
       EXPECT_TRUE(ours || standard_name(n)) << where << " uses " << n << ", neither memlens_* nor standard";
-      if (n.rfind("memlens_", 0) == 0 && kPendingCollectorMetrics.count(n)) {
-        EXPECT_FALSE(declared.count(n)) << n << " is declared now: take it off kPendingCollectorMetrics";
-        EXPECT_EQ(where.rfind("rule ", 0), 0u) << where << " uses " << n << ", which no collector exports yet";
-      } else if (n.rfind("memlens_", 0) == 0) {
+      if (n.rfind("memlens_", 0) == 0) {
         EXPECT_TRUE(declared.count(n)) << where << " uses " << n << ", which no metric() in daemon/ or collectors/ declares";
       }
       if (n.rfind("memlens:", 0) == 0) {
