@@ -3,20 +3,20 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
-#include <spdlog/spdlog.h>
-#include <unistd.h>
-
 #include <glob.h>
 #include <limits.h>
+#include <re2/re2.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <set>
 #include <cstring>
 #include <ctime>
 #include <limits>
+#include <set>
 
 #include "collectors/elf_symbols.h"
 #include "collectors/hsperfdata.h"
@@ -257,8 +257,7 @@ Result<void> GcCollector::start(const ConfigPtr& config) {
                       std::string("gc: attach sched_process_exit: ") + std::strerror(errno));
   exit_link_ = bpf::Link(l);
   skel_ = std::move(skel);
-  if (std::any_of(cfg.targets.begin(), cfg.targets.end(), [](const TargetPolicy& p) { return p.gc; }))
-    arm_host_binaries();
+  arm_host_binaries(cfg);
   return {};
 }
 
@@ -379,14 +378,43 @@ std::vector<std::pair<std::string, Runtime>> host_runtime_binaries() {
   }
   return out;
 }
+
+// Could an entry of `cfg` that traces GC take a process that a runtime
+// binary starts, before it starts? Entries by pid, memlensd itself or
+// top_rss cannot (a process found by size is timed from then); a comm or
+// exe regex must match the names the binary runs under.
+bool could_watch(const Config& cfg, const std::string& path, Runtime r) {
+  const std::string base = path.substr(path.rfind('/') + 1);
+  std::vector<std::string> comms;
+  switch (r) {
+    case Runtime::jvm: comms = {"java"}; break;  // the launcher, which maps libjvm.so
+    case Runtime::node: comms = {"node", "nodejs"}; break;
+    case Runtime::python: comms = {base, "python3", "python"}; break;
+    case Runtime::none: return false;
+  }
+  for (const TargetPolicy& p : cfg.targets) {
+    const Selector& sel = p.selector;
+    if (!p.gc || sel.pid || sel.self || sel.top_rss) continue;
+    if (sel.comm_re && std::none_of(comms.begin(), comms.end(), [&](const std::string& c) {
+          return re2::RE2::FullMatch(c.substr(0, 15), *sel.comm_re);
+        }))
+      continue;
+    // The exe of a JVM is its launcher, beside libjvm.so's directory.
+    const std::string exe = r == Runtime::jvm ? path.substr(0, path.rfind("/lib/")) + "/bin/java" : path;
+    if (sel.exe_re && !re2::RE2::FullMatch(exe, *sel.exe_re)) continue;
+    return true;
+  }
+  return false;
+}
 }  // namespace
 
-void GcCollector::arm_host_binaries() {
+void GcCollector::arm_host_binaries(const Config& cfg) {
   const double t0 = mono_now();
   for (const auto& [path, runtime] : host_runtime_binaries()) {
     char real[PATH_MAX];
     struct stat st;
     if (!::realpath(path.c_str(), real) || ::stat(real, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (!could_watch(cfg, path, runtime) && !could_watch(cfg, real, runtime)) continue;
     if (armed_.size() >= kMaxArmed || armed_.count(file_key(st))) continue;
     // Parsed once and let go: a binary that no target runs keeps no symbols.
     auto f = elf::ElfFile::open(real);
@@ -399,6 +427,7 @@ void GcCollector::arm_host_binaries() {
     spdlog::debug("gc: {} probes ({}) in {} for every process", runtime_name(runtime), p.method, real);
     armed_.emplace(file_key(st), Armed{runtime, p.method, p.v8_heap, std::move(p.links)});
   }
+  if (armed_.empty()) return;
   spdlog::info("gc: probes in {} runtime binar{} of this host, for every process ({:.0f} ms)", armed_.size(),
                armed_.size() == 1 ? "y" : "ies", (mono_now() - t0) * 1e3);
 }

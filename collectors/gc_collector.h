@@ -85,7 +85,8 @@ class GcCollector : public Collector {
   };
 
   void attach(const Target& t, Watch& w);
-  void arm_host_binaries();
+  // The host's runtime binaries that some entry of `cfg` could watch.
+  void arm_host_binaries(const Config& cfg);
   void sweep_unwatched(double now);
   void read_jvm_memory(const Target& t, Watch& w, double now, Sample& out);
   void read_v8_heap(const Target& t, Sample& out);

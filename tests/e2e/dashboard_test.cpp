@@ -18,6 +18,7 @@
 #include <set>
 #include <thread>
 
+#include "tests/support/dashboard.h"
 #include "tests/support/postgres_cluster.h"
 #include "tests/support/support.h"
 
@@ -32,91 +33,6 @@ const std::string kSrc = MEMLENS_SOURCE_DIR;
 // the reason. Empty: every query is fed. A listed query that does return
 // data fails the test, so the list stays true.
 const std::map<std::string, std::string> kUnfed = {};
-
-struct Query {
-  std::string where;  // "panel 'title' / A", "variable pid", "annotation ..."
-  std::string expr;   // as in the dashboard
-  bool instant = false;
-};
-
-std::string escape(const std::string& s) {
-  char* e = curl_easy_escape(nullptr, s.c_str(), static_cast<int>(s.size()));
-  std::string out = e ? e : "";
-  curl_free(e);
-  return out;
-}
-
-// What Grafana sends with every variable at "All" (allValue ".*") and a
-// Prometheus scraped every 15 s, the shipped scrape interval.
-std::string grafana_substitute(std::string e) {
-  for (const auto& [var, value] : std::vector<std::pair<std::string, std::string>>{
-           {"$__rate_interval", "1m"}, {"$__interval", "15s"}, {"$instance", ".*"}, {"$target", ".*"},
-           {"$pid", ".*"}})
-    for (size_t at; (at = e.find(var)) != std::string::npos;) e.replace(at, var.size(), value);
-  return e;
-}
-
-std::vector<Query> dashboard_queries() {
-  const auto d = nlohmann::json::parse(read_text(kSrc + "/deploy/grafana/memlens-dashboard.json"));
-  std::vector<Query> out;
-  std::function<void(const nlohmann::json&)> walk = [&](const nlohmann::json& panels) {
-    for (const auto& p : panels) {
-      if (p.contains("targets"))
-        for (const auto& t : p["targets"])
-          out.push_back({"panel '" + p.value("title", "?") + "' / " + t.value("refId", "?"), t.value("expr", ""),
-                         t.value("instant", false)});
-      if (p.contains("panels")) walk(p["panels"]);
-    }
-  };
-  walk(d["panels"]);
-  // label_values(EXPR, label): the variable has values when EXPR has series.
-  static const std::regex lv(R"(^\s*label_values\((.*),\s*\w+\s*\)\s*$)");
-  for (const auto& v : d["templating"]["list"]) {
-    if (v.value("type", "") != "query") continue;
-    std::smatch m;
-    const std::string q = v["query"].is_string() ? v["query"].get<std::string>() : v["query"].value("query", "");
-    if (std::regex_match(q, m, lv)) out.push_back({"variable " + v.value("name", "?"), m[1], true});
-  }
-  for (const auto& a : d["annotations"]["list"])
-    if (a.contains("expr")) out.push_back({"annotation '" + a.value("name", "?") + "'", a["expr"], false});
-  return out;
-}
-
-// The series of an instant query (now) or a range query (the last 2
-// minutes), as JSON; a null on error.
-nlohmann::json prom_query(int port, const Query& q) {
-  const std::string base = "http://127.0.0.1:" + std::to_string(port) + "/api/v1/";
-  std::string url;
-  if (q.instant) {
-    url = base + "query?query=" + escape(grafana_substitute(q.expr));
-  } else {
-    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
-    url = base + "query_range?query=" + escape(grafana_substitute(q.expr)) + "&start=" + std::to_string(now - 120) +
-          "&end=" + std::to_string(now) + "&step=2";
-  }
-  auto r = http_get(url);
-  auto doc = nlohmann::json::parse(r.body, nullptr, false);
-  if (r.status != 200 || doc.is_discarded() || doc.value("status", "") != "success") {
-    nlohmann::json err;
-    err["error"] = r.status != 200 ? "HTTP " + std::to_string(r.status) + ": " + r.body : r.body;
-    return err;
-  }
-  return doc["data"]["result"];
-}
-
-// Whether any series has a value that is not NaN (Grafana draws nothing for NaN).
-bool has_data(const nlohmann::json& result) {
-  if (!result.is_array()) return false;
-  auto drawable = [](const nlohmann::json& v) { return !std::isnan(std::stod(v[1].get<std::string>())); };
-  for (const auto& s : result) {
-    if (s.contains("value") && drawable(s["value"])) return true;
-    if (s.contains("values"))
-      for (const auto& v : s["values"])
-        if (drawable(v)) return true;
-  }
-  return false;
-}
 
 // The python3 first on PATH as the real interpreter (pyenv's shim is a shell
 // script whose pid becomes python only after an exec).
@@ -228,7 +144,7 @@ TEST(EndToEnd, EveryDashboardQueryReturnsData) {
   std::printf("[%5.1f s] workloads, memlensd and Prometheus up\n", since());
 
   // Every query, polled until it has data or the deadline passes.
-  const std::vector<Query> queries = dashboard_queries();
+  const std::vector<DashboardQuery> queries = dashboard_queries();
   ASSERT_GT(queries.size(), 80u) << "the dashboard lost its panels?";
   std::map<std::string, nlohmann::json> last;  // where -> the last result
   std::set<std::string> fed;

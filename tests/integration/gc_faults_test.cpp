@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <regex>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -29,28 +31,37 @@ std::optional<Daemon> daemon_for(pid_t pid) {
 
 // Open pauses of `pid` in every loaded gc program's open_pauses map (keys are
 // pid_tgid: the process id in the upper 32 bits). -1 when bpftool fails.
-int open_pauses_of(pid_t pid) {
+// The id of memlensd `daemon`'s open_pauses map (its fds' fdinfo name each
+// map's id; other memlensd instances of a parallel run have their own), or -1.
+int open_pauses_map_of(pid_t daemon) {
+  const std::string fds = "/proc/" + std::to_string(daemon) + "/fd";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(fds, ec)) {
+    std::error_code lec;
+    if (std::filesystem::read_symlink(e.path(), lec).string() != "anon_inode:bpf-map") continue;
+    std::smatch m;
+    const std::string info = read_text("/proc/" + std::to_string(daemon) + "/fdinfo/" + e.path().filename().string());
+    if (!std::regex_search(info, m, std::regex(R"(map_id:\s*(\d+))"))) continue;
+    std::string out;
+    if (run("bpftool -j map show id " + m[1].str() + " 2>/dev/null", &out) != 0) continue;
+    auto j = nlohmann::json::parse(out, nullptr, false);
+    if (!j.is_discarded() && j.value("name", "") == "open_pauses") return std::stoi(m[1].str());
+  }
+  return -1;
+}
+
+// Open pauses of `pid` in that memlensd's map; -1 when it cannot be read.
+int open_pauses_of(pid_t daemon, pid_t pid) {
+  const int id = open_pauses_map_of(daemon);
   std::string out;
-  if (run("bpftool -j map dump name open_pauses 2>/dev/null", &out) != 0) return -1;
+  if (id < 0 || run("bpftool -j map dump id " + std::to_string(id) + " 2>/dev/null", &out) != 0) return -1;
   auto j = nlohmann::json::parse(out, nullptr, false);
-  if (j.is_discarded()) return -1;
+  if (j.is_discarded() || !j.is_array()) return -1;
   int n = 0;
-  // One map: an array of entries; several maps (other memlensd instances):
-  // an array of {"name", "elements": [entries]}.
-  auto count = [&](const nlohmann::json& entries) {
-    for (const auto& e : entries) {
-      if (!e.is_object()) continue;
-      if (e.contains("elements")) {
-        for (const auto& x : e["elements"])
-          if (x.contains("formatted") && static_cast<pid_t>(x["formatted"]["key"].get<uint64_t>() >> 32) == pid) ++n;
-      } else if (e.contains("formatted") &&
-                 static_cast<pid_t>(e["formatted"]["key"].get<uint64_t>() >> 32) == pid) {
-        ++n;
-      }
-    }
-  };
-  if (!j.is_array()) return -1;
-  count(j);
+  for (const auto& e : j)
+    if (e.is_object() && e.contains("formatted") &&
+        static_cast<pid_t>(e["formatted"]["key"].get<uint64_t>() >> 32) == pid)
+      ++n;
   return n;
 }
 
@@ -139,14 +150,14 @@ TEST_F(GcFaults, ExitMidPauseLeavesNoEntry) {
     return find_sample(d->scrape(), "memlens_gc_tracing_available",
                        {{"pid", std::to_string(w.pid())}, {"method", "usdt"}}) == 1.0;
   }, 20s)) << d->log();
-  ASSERT_GE(open_pauses_of(0), 0) << "bpftool (installed by scripts/deps.sh) cannot dump the open_pauses map";
+  ASSERT_GE(open_pauses_of(d->child.pid(), 0), 0) << "bpftool (installed by scripts/deps.sh) cannot dump the open_pauses map";
   write_text(go, "go\n");
   ASSERT_TRUE(wait_until([&] { return ::access(marker.c_str(), F_OK) == 0; }, 10s));
-  const int open_before = open_pauses_of(w.pid());
+  const int open_before = open_pauses_of(d->child.pid(), w.pid());
   std::printf("open pauses of pid %d: %d while inside gc.collect()\n", w.pid(), open_before);
   ASSERT_EQ(open_before, 1) << "the pause in progress should be open in the kernel";
   const pid_t pid = w.pid();  // the handle forgets it once reaped
   w.stop(SIGKILL, 5s);
-  EXPECT_TRUE(wait_until([&] { return open_pauses_of(pid) == 0; }, 5s))
+  EXPECT_TRUE(wait_until([&] { return open_pauses_of(d->child.pid(), pid) == 0; }, 5s))
       << "the exit hook must drop the open pause of a dead thread";
 }
