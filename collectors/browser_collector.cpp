@@ -130,8 +130,10 @@ Result<void> BrowserCollector::collect(const Target& t, Sample& out) {
   PerTarget& pt = per_target_[t.id];
   if (!pt.checked) {
     pt.checked = true;
-    auto cmdline = read_file(proc_.path(t.pid(), "cmdline"), 4096);
-    pt.browser = is_browser_exe(t.exe) && cmdline && classify_browser_process(*cmdline) == BrowserProcess::browser;
+    if (is_browser_exe(t.exe)) {
+      auto cmdline = read_file(proc_.path(t.pid(), "cmdline"), 4096);
+      pt.browser = cmdline && classify_browser_process(*cmdline) == BrowserProcess::browser;
+    }
     if (pt.browser) {
       auto f = elf::ElfFile::open(proc_.path(t.pid(), "exe"));
       pt.v8_reason = f && (*f)->find_prefix("_ZN2v88internal4Heap14CollectGarbageE") ? "not_traced" : "no_symbols";

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <limits.h>
+#include <malloc.h>
 #include <re2/re2.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -428,6 +429,9 @@ void GcCollector::arm_host_binaries(const Config& cfg) {
     armed_.emplace(file_key(st), Armed{runtime, p.method, p.v8_heap, std::move(p.links)});
   }
   if (armed_.empty()) return;
+  // The symbol tables parsed for it (75k functions in node) are gone: give
+  // their pages back rather than keep them in the heap's free lists.
+  ::malloc_trim(0);
   spdlog::info("gc: probes in {} runtime binar{} of this host, for every process ({:.0f} ms)", armed_.size(),
                armed_.size() == 1 ? "y" : "ies", (mono_now() - t0) * 1e3);
 }
