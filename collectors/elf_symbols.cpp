@@ -73,7 +73,7 @@ bool ElfFile::has_usdt(std::string_view provider, std::string_view name) const {
   return false;
 }
 
-Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
+Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path, const std::vector<std::string_view>* only) {
   if (elf_version(EV_CURRENT) == EV_NONE) return make_error(Errc::unavailable, "libelf too old");
   ElfHandle h;
   h.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -142,6 +142,9 @@ Result<std::shared_ptr<const ElfFile>> ElfFile::open(const std::string& path) {
           continue;
         const char* name = elf_strptr(h.e, sh.sh_link, s.st_name);
         if (!name || !*name) continue;
+        if (only && std::none_of(only->begin(), only->end(),
+                                 [&](std::string_view p) { return std::string_view(name).starts_with(p); }))
+          continue;
         found.push_back({name, s.st_value, s.st_size});
       }
     }

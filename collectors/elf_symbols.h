@@ -53,7 +53,11 @@ std::optional<UsdtNote> parse_stapsdt(std::span<const uint8_t> desc);
 class ElfFile {
  public:
   // Opens and parses `path`. Errc::not_found / permission / malformed.
-  static Result<std::shared_ptr<const ElfFile>> open(const std::string& path);
+  // With `only`, keeps just the functions whose names start with one of its
+  // prefixes (none when it is empty): a look-up of a few names in a large
+  // executable without indexing its every function.
+  static Result<std::shared_ptr<const ElfFile>> open(const std::string& path,
+                                                     const std::vector<std::string_view>* only = nullptr);
 
   const std::string& path() const { return path_; }
   const std::string& build_id() const { return build_id_; }  // hex, may be empty

@@ -92,6 +92,12 @@ const char* gc_kind_name(Runtime r, int kind) {
 
 namespace {
 
+// V8's Heap methods the probes go on (mangled). CollectGarbage changes its
+// parameter list between versions: found by this prefix.
+constexpr std::string_view kV8Collect = "_ZN2v88internal4Heap14CollectGarbageE";
+constexpr std::string_view kV8SizeOfObjects = "_ZN2v88internal4Heap13SizeOfObjectsEv";
+constexpr std::string_view kV8CommittedMemory = "_ZN2v88internal4Heap15CommittedMemoryEv";
+
 uint16_t rt_code(Runtime r) {
   switch (r) {
     case Runtime::jvm: return GC_RT_JVM;
@@ -118,7 +124,7 @@ BinaryFacts facts_of(const elf::ElfFile& f, Runtime r) {
   // Heap::CollectGarbage changes its parameter list between versions: the
   // mangled name is found by its prefix.
   if (r == Runtime::node)
-    if (auto s = f.find_prefix("_ZN2v88internal4Heap14CollectGarbageE")) b.v8_collect = s->name;
+    if (auto s = f.find_prefix(kV8Collect)) b.v8_collect = s->name;
   return b;
 }
 
@@ -279,8 +285,8 @@ std::vector<uint64_t> v8_keys_of(int fd, pid_t pid) {
 // Optional: without them the pauses are still timed.
 bool attach_v8_heap(pid_t pid, const std::string& bin, const elf::ElfFile& f, std::vector<bpf::Link>& links,
                     gc_bpf* skel) {
-  auto used = f.find("_ZN2v88internal4Heap13SizeOfObjectsEv");
-  auto committed = f.find("_ZN2v88internal4Heap15CommittedMemoryEv");
+  auto used = f.find(kV8SizeOfObjects);
+  auto committed = f.find(kV8CommittedMemory);
   if (!used || !committed) {
     spdlog::debug("gc: {} has no Heap::SizeOfObjects/CommittedMemory: no V8 heap figures", bin);
     return false;
@@ -417,8 +423,11 @@ void GcCollector::arm_host_binaries(const Config& cfg) {
     if (!::realpath(path.c_str(), real) || ::stat(real, &st) != 0 || !S_ISREG(st.st_mode)) continue;
     if (!could_watch(cfg, path, runtime) && !could_watch(cfg, real, runtime)) continue;
     if (armed_.size() >= kMaxArmed || armed_.count(file_key(st))) continue;
-    // Parsed once and let go: a binary that no target runs keeps no symbols.
-    auto f = elf::ElfFile::open(real);
+    // Only the symbols the probes need (none for the JVM's USDT probes),
+    // parsed once and let go: a binary that no target runs keeps nothing.
+    static const std::vector<std::string_view> kJvm, kNode = {kV8Collect, kV8SizeOfObjects, kV8CommittedMemory},
+                                                     kPython = {"gc_collect_main"};
+    auto f = elf::ElfFile::open(real, runtime == Runtime::jvm ? &kJvm : runtime == Runtime::node ? &kNode : &kPython);
     if (!f) continue;
     Probes p = attach_probes(skel_.get(), bpf::kEveryProcess, real, runtime, **f, facts_of(**f, runtime));
     if (!p.ok()) {
