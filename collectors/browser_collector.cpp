@@ -8,6 +8,7 @@
 
 #include "collectors/elf_symbols.h"
 #include "collectors/process_tree.h"
+#include "collectors/runtime_detect.h"
 #include "daemon/clock.h"
 #include "daemon/config.h"
 
@@ -68,8 +69,7 @@ BrowserProcess classify_browser_process(std::string_view cmdline) {
 }
 
 bool is_browser_exe(std::string_view exe) {
-  if (exe.ends_with(" (deleted)")) exe.remove_suffix(10);
-  const std::string_view base = exe.substr(exe.rfind('/') == std::string_view::npos ? 0 : exe.rfind('/') + 1);
+  const std::string_view base = basename_of(strip_deleted(exe));
   for (std::string_view b : {"chromium", "chrome", "google-chrome", "chrome-headless-shell", "headless_shell", "msedge"})
     if (base == b) return true;
   return false;

@@ -391,7 +391,7 @@ std::vector<std::pair<std::string, Runtime>> host_runtime_binaries() {
 // top_rss cannot (a process found by size is timed from then); a comm or
 // exe regex must match the names the binary runs under.
 bool could_watch(const Config& cfg, const std::string& path, Runtime r) {
-  const std::string base = path.substr(path.rfind('/') + 1);
+  const std::string base(basename_of(path));
   std::vector<std::string> comms;
   switch (r) {
     case Runtime::jvm: comms = {"java"}; break;  // the launcher, which maps libjvm.so
@@ -458,11 +458,18 @@ void GcCollector::sweep_unwatched(double now) {
     key = next;
     if (!watched.count(static_cast<pid_t>(key.pid))) seen.insert(static_cast<pid_t>(key.pid));
   }
+  // The V8 entries (one per thread) of every pid no target watches, from
+  // one walk of the map.
   const int v8 = bpf_map__fd(skel_->maps.v8_heaps);
+  std::map<pid_t, std::vector<uint64_t>> v8_threads;
   uint64_t tk = 0, tnext = 0;
   for (uint64_t* prev = nullptr; bpf_map_get_next_key(v8, prev, &tnext) == 0; prev = &tk) {
     tk = tnext;
-    if (!watched.count(static_cast<pid_t>(tk >> 32))) seen.insert(static_cast<pid_t>(tk >> 32));
+    const auto pid = static_cast<pid_t>(tk >> 32);
+    if (!watched.count(pid)) {
+      seen.insert(pid);
+      v8_threads[pid].push_back(tk);
+    }
   }
   std::map<pid_t, double> still;
   for (pid_t pid : seen) {
@@ -473,7 +480,7 @@ void GcCollector::sweep_unwatched(double now) {
       continue;
     }
     for (Runtime r : {Runtime::jvm, Runtime::node, Runtime::python}) delete_keys(pid, r);
-    for (uint64_t k : v8_keys_of(v8, pid)) bpf_map_delete_elem(v8, &k);
+    for (uint64_t k : v8_threads[pid]) bpf_map_delete_elem(v8, &k);
   }
   unwatched_ = std::move(still);
 }

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "collectors/elf_symbols.h"
+#include "daemon/clock.h"
 #include "daemon/config.h"
 
 namespace memlens {
@@ -64,10 +65,6 @@ struct HeapMetrics {
 const HeapMetrics& m() {
   static const HeapMetrics metrics;
   return metrics;
-}
-
-double mono_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // How long a "cannot read" verdict stands before it is looked at again.

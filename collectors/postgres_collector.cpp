@@ -12,6 +12,7 @@
 
 #include "collectors/proc_parse.h"
 #include "collectors/process_tree.h"
+#include "daemon/clock.h"
 #include "daemon/config.h"
 
 namespace memlens {
@@ -49,10 +50,6 @@ struct PostgresMetrics {
 const PostgresMetrics& m() {
   static const PostgresMetrics metrics;
   return metrics;
-}
-
-double mono_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // How long a configuration that could not be read waits to be read again.

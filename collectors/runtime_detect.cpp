@@ -18,19 +18,6 @@ const char* runtime_name(Runtime r) {
 
 namespace {
 
-std::string_view basename_of(std::string_view p) {
-  auto slash = p.rfind('/');
-  return slash == std::string_view::npos ? p : p.substr(slash + 1);
-}
-
-// A deleted or replaced binary shows up as "/path (deleted)".
-std::string_view strip_deleted(std::string_view p) {
-  constexpr std::string_view kDeleted = " (deleted)";
-  if (p.size() > kDeleted.size() && p.substr(p.size() - kDeleted.size()) == kDeleted)
-    p.remove_suffix(kDeleted.size());
-  return p;
-}
-
 // The files mapped into a process (/proc/PID/maps paths), deduplicated.
 std::vector<std::string> mapped_files(std::string_view maps) {
   std::vector<std::string> out;
@@ -43,6 +30,19 @@ std::vector<std::string> mapped_files(std::string_view maps) {
 }
 
 }  // namespace
+
+std::string_view basename_of(std::string_view p) {
+  auto slash = p.rfind('/');
+  return slash == std::string_view::npos ? p : p.substr(slash + 1);
+}
+
+// A deleted or replaced binary shows up as "/path (deleted)".
+std::string_view strip_deleted(std::string_view p) {
+  constexpr std::string_view kDeleted = " (deleted)";
+  if (p.size() > kDeleted.size() && p.substr(p.size() - kDeleted.size()) == kDeleted)
+    p.remove_suffix(kDeleted.size());
+  return p;
+}
 
 RuntimeInfo detect_runtime(std::string_view exe, std::string_view maps) {
   static const RE2 kLibJvm(R"(libjvm\.so)");

@@ -24,6 +24,12 @@ struct RuntimeInfo {
   std::vector<std::string> binaries;
 };
 
+// The last component of a path.
+std::string_view basename_of(std::string_view path);
+// A path without the " (deleted)" the kernel appends to a deleted or
+// replaced file (/proc/PID/exe, maps).
+std::string_view strip_deleted(std::string_view path);
+
 // Pure: `exe` is the readlink of /proc/PID/exe, `maps` the text of
 // /proc/PID/maps.
 RuntimeInfo detect_runtime(std::string_view exe, std::string_view maps);
