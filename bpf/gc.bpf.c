@@ -25,6 +25,11 @@ const volatile __u64 slot_ns = 4000000000ULL; /* window slot length */
 const volatile __u64 gc_bounds[GC_NBOUNDS] = {}; /* bucket upper bounds, ns */
 const volatile __u64 young_ns = 30000000000ULL; /* how long a process is young */
 
+/* When a probe was last attached (CLOCK_MONOTONIC ns), set by user space:
+ * an end without a begin in a process started before it is a pause that was
+ * open when the probes came, not a lost begin. */
+volatile __u64 armed_at_ns = 0;
+
 /* Processes whose pauses user space reads (tgid -> 1). */
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
@@ -70,13 +75,16 @@ static __always_inline void count_error(__u32 which) {
   if (v) *v += 1;
 }
 
+static __always_inline __u64 process_start_ns(void) {
+  struct task_struct* task = (struct task_struct*)bpf_get_current_task();
+  return BPF_CORE_READ(task, group_leader, start_time);
+}
+
 /* Is the current process watched, or young enough to be found soon? */
 static __always_inline bool wanted(__u64 tid) {
   __u32 tgid = tid >> 32;
   if (bpf_map_lookup_elem(&watched, &tgid)) return true;
-  struct task_struct* task = (struct task_struct*)bpf_get_current_task();
-  __u64 start = BPF_CORE_READ(task, group_leader, start_time);
-  return bpf_ktime_get_ns() - start < young_ns;
+  return bpf_ktime_get_ns() - process_start_ns() < young_ns;
 }
 
 /* ---- begin / end of a pause ---- */
@@ -114,7 +122,7 @@ static __always_inline int pause_end(void) {
   __u64 tid = bpf_get_current_pid_tgid();
   struct gc_open* o = bpf_map_lookup_elem(&open_pauses, &tid);
   if (!o) {
-    if (wanted(tid)) count_error(GC_ERR_UNMATCHED);
+    if (wanted(tid)) count_error(process_start_ns() < armed_at_ns ? GC_ERR_MID_PAUSE : GC_ERR_UNMATCHED);
     return 0;
   }
   if (o->depth > 1) {

@@ -88,9 +88,12 @@ struct v8_heap {
 enum gc_err {
   GC_ERR_HIST_FULL = 0, /* no room for a new (pid, kind) histogram */
   GC_ERR_OPEN_FULL = 1, /* no room for an open pause */
-  GC_ERR_UNMATCHED = 2, /* an end without a begin (attached mid-pause) */
+  GC_ERR_UNMATCHED = 2, /* an end without a begin in a process started after
+                           the probes were attached: a begin was lost */
   GC_ERR_V8_FULL = 3,   /* no room for a thread's V8 heap figures */
-  GC_ERR_MAX = 4,
+  GC_ERR_MID_PAUSE = 4, /* an end without a begin in a process that was
+                           mid-pause when the probes were attached */
+  GC_ERR_MAX = 5,
 };
 
 #endif

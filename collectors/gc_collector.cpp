@@ -206,8 +206,10 @@ const MetricDesc& m_errors() {
   static const MetricDesc d = metric("gc_bpf_errors", "", MetricKind::counter,
                                      "Kernel-side GC tracing events lost, by reason (hist_full: no room for a new "
                                      "histogram; open_full: no room for an open pause; unmatched: an end without "
-                                     "a begin; v8_full: no room for a thread's V8 heap figures; watched_full: a "
-                                     "target left out of the kernel's watched set) and attach failures.");
+                                     "a begin in a process started after the probes were attached; mid_pause: an "
+                                     "end without a begin in a process that was mid-pause when they were attached; "
+                                     "v8_full: no room for a thread's V8 heap figures; watched_full: a target left "
+                                     "out of the kernel's watched set) and attach failures.");
   return d;
 }
 const MetricDesc& m_armed() {
@@ -358,6 +360,9 @@ Probes attach_probes(gc_bpf* skel, pid_t pid, const std::string& bin, Runtime r,
       break;
     case Runtime::none: break;
   }
+  // A pause open in a running process now ends without its begin: counted
+  // apart from a begin lost in a process started after this.
+  if (p.ok()) skel->bss->armed_at_ns = mono_ns();
   return p;
 }
 
@@ -725,7 +730,7 @@ Result<void> GcCollector::collect(const Target& t, Sample& out) {
 
 void GcCollector::collect_global(GlobalSample& out) {
   if (!skel_) return;
-  static const char* names[GC_ERR_MAX] = {"hist_full", "open_full", "unmatched", "v8_full"};
+  static const char* names[GC_ERR_MAX] = {"hist_full", "open_full", "unmatched", "v8_full", "mid_pause"};
   const int fd = bpf_map__fd(skel_->maps.errors);
   for (uint32_t i = 0; i < GC_ERR_MAX; ++i) {
     auto v = bpf::sum_percpu_u64(fd, &i);

@@ -161,3 +161,47 @@ TEST_F(GcFaults, ExitMidPauseLeavesNoEntry) {
   EXPECT_TRUE(wait_until([&] { return open_pauses_of(d->child.pid(), pid) == 0; }, 5s))
       << "the exit hook must drop the open pause of a dead thread";
 }
+
+// A process already inside a collection when memlensd attaches its probes
+// ends that pause without a begin: it is counted as mid_pause, not as a lost
+// begin (unmatched), and the collections after it are timed.
+TEST_F(GcFaults, AttachedMidPauseIsCountedApart) {
+  if (!executable("/usr/bin/python3.11")) GTEST_SKIP() << "no /usr/bin/python3.11";
+  const std::string dir = make_temp_dir("gc-midpause");
+  const std::string marker = dir + "/in_gc", done = dir + "/done";
+  // Four collections of 1.5 s each (a __del__ that sleeps), the first one
+  // under way before memlensd starts; a slow start may attach in the second.
+  const std::string script =
+      "import gc, sys, time\n"
+      "class Slow:\n"
+      "    def __del__(self):\n"
+      "        open(sys.argv[1], 'w').write('in gc\\n')\n"
+      "        time.sleep(1.5)\n"
+      "for i in range(4):\n"
+      "    s = Slow(); s.me = s; del s\n"
+      "    gc.collect()\n"
+      "open(sys.argv[2], 'w').write('done\\n')\n"
+      "time.sleep(3600)\n";
+  Child w = spawn({"/usr/bin/python3.11", "-c", script, marker, done}, dir + "/workload.log");
+  ASSERT_TRUE(wait_until([&] { return ::access(marker.c_str(), F_OK) == 0; }, 10s)) << read_text(dir + "/workload.log");
+  auto d = daemon_for(w.pid());
+  ASSERT_TRUE(d);
+  ASSERT_TRUE(wait_until([&] { return ::access(done.c_str(), F_OK) == 0; }, 20s));
+  const std::map<std::string, std::string> pid = {{"pid", std::to_string(w.pid())}};
+  double pauses = 0;
+  wait_until([&] {
+    pauses = 0;
+    for (const auto& p : d->scrape())
+      if (p.name == "memlens_gc_pause_seconds_count" && p.labels.count("pid") && p.labels.at("pid") == pid.at("pid"))
+        pauses += p.value;
+    return pauses >= 2;
+  }, 3s);
+  const auto s = d->scrape();
+  const double mid = find_sample(s, "memlens_gc_bpf_errors_total", {{"reason", "mid_pause"}}).value_or(-1);
+  const double unmatched = find_sample(s, "memlens_gc_bpf_errors_total", {{"reason", "unmatched"}}).value_or(-1);
+  std::printf("pauses timed %.0f, mid_pause %.0f, unmatched %.0f\n", pauses, mid, unmatched);
+  EXPECT_GE(pauses, 1) << "the collections after the attach are timed\n" << d->log();
+  EXPECT_LE(pauses, 3);
+  EXPECT_EQ(mid, 1) << "the collection under way when the probes came";
+  EXPECT_EQ(unmatched, 0);
+}

@@ -106,5 +106,12 @@ TEST(GcFromExec, RuntimesStartedLaterAreTimedFromTheirFirstCollection) {
       EXPECT_LT(std::stoi(m[1].str()), 500) << "the workload collects from its start";
       break;
     }
-  EXPECT_EQ(find_sample(d->scrape(), "memlens_gc_bpf_errors_total", {{"reason", "unmatched"}}), 0.0);
+  // These processes started after the probes: none of their ends may lack a
+  // begin. (Other tests' runtimes that were mid-collection when this memlensd
+  // attached are counted apart, as mid_pause.)
+  const auto s = d->scrape();
+  std::printf("ends without a begin: %.0f unmatched, %.0f mid-pause\n",
+              find_sample(s, "memlens_gc_bpf_errors_total", {{"reason", "unmatched"}}).value_or(-1),
+              find_sample(s, "memlens_gc_bpf_errors_total", {{"reason", "mid_pause"}}).value_or(-1));
+  EXPECT_EQ(find_sample(s, "memlens_gc_bpf_errors_total", {{"reason", "unmatched"}}), 0.0);
 }
