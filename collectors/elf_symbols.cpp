@@ -837,11 +837,13 @@ Symbolizer::Frame Symbolizer::resolve(uint64_t addr) const {
     if (addr < m.start || addr >= m.end) continue;
     fr.map = &m;
     if (m.path.empty() || m.path[0] != '/') return fr;
-    auto f = open_cached(ProcFs(procfs_).path(pid_, "root") + m.path);
+    fr.open_path = ProcFs(procfs_).path(pid_, "root") + m.path;
+    auto f = open_cached(fr.open_path);
     if (!f) return fr;
     fr.build_id = (*f)->build_id();
     auto vaddr = (*f)->offset_to_vaddr(addr - m.start + m.offset);
     if (!vaddr) return fr;
+    fr.vaddr = *vaddr;
     if (auto sym = (*f)->symbolize(*vaddr)) fr.function = std::move(sym->first.name);
     return fr;
   }

@@ -240,6 +240,8 @@ class Symbolizer {
     const Mapping* map = nullptr;
     std::string function;
     std::string build_id;
+    std::string open_path;          // the file as memlensd opened it (through /proc/PID/root)
+    std::optional<uint64_t> vaddr;  // the address in the file's link-time space
   };
   Frame resolve(uint64_t addr) const;
 

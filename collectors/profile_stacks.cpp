@@ -27,9 +27,15 @@ std::vector<uint64_t> stack_locations(pprof::Builder& b, const StackResolver& r,
     leading = false;
     uint64_t mapping = 0;
     if (fr.map) mapping = b.mapping(fr.map->start, fr.map->end, fr.map->offset, fr.map->path, fr.build_id);
-    const std::string fn = fr.function.empty() ? std::string() : pprof::demangle(fr.function);
     // A return address points after its call: name the call itself.
-    locs.push_back(b.location(i == 0 ? ips[i] : ips[i] - 1, mapping, fn));
+    const uint64_t back = i == 0 ? 0 : 1;
+    std::optional<elf::SourceLine> line;
+    if (fr.vaddr) line = r.lines.lookup(fr.open_path, fr.build_id, *fr.vaddr - back);
+    // The file's own symbols first (what the probes were attached by); the
+    // debug file's for what a stripped file keeps only there.
+    const std::string& raw = !fr.function.empty() ? fr.function : line ? line->function : fr.function;
+    const std::string fn = raw.empty() ? std::string() : pprof::demangle(raw);
+    locs.push_back(b.location(ips[i] - back, mapping, fn, line ? line->file : std::string(), line ? line->line : 0));
   }
   if (locs.empty()) locs.push_back(b.location(0, 0, "[unknown stack]"));
   return locs;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "collectors/elf_symbols.h"
+#include "collectors/source_lines.h"
 #include "daemon/pprof.h"
 
 namespace memlens {
@@ -22,10 +23,13 @@ namespace memlens {
 struct StackResolver {
   std::optional<elf::Symbolizer> sym;
   std::string exe;  // the executable's path as its mappings name it
+  // file:line where DWARF exists; mutable: it opens DWARF as asked.
+  mutable elf::SourceLines lines;
   static StackResolver for_pid(const std::string& procfs, pid_t pid);
 };
 
-// Locations for `ips` (leaf first, zeros ended), leading frames of the
+// Locations for `ips` (leaf first, zeros ended), with their function and,
+// where the file or its debug file has line tables, file:line; leading frames of the
 // object the leaf is in dropped unless that object is the executable (a
 // program that fires its own probes keeps its frames). Never empty: a stack
 // that could not be read is one "[unknown stack]" location.

@@ -54,6 +54,12 @@ struct SamplerMetrics {
   MetricDesc failures = metric("sampler_failures", "", MetricKind::counter,
                                "Sampler work that failed, by what: attach (a USDT probe), page_read (the counting "
                                "page of a process).");
+  MetricDesc line_lookups = metric("profile_line_lookups", "", MetricKind::counter,
+                                   "Addresses of heap-profile stacks given a source line, by where the answer came "
+                                   "from: cache (known already) or dwarf (a file's line tables, opened for it).");
+  MetricDesc line_cache = metric("profile_line_cache_entries", "", MetricKind::gauge,
+                                 "Addresses whose source line (or its absence) memlensd keeps; it starts over past "
+                                 "200,000.");
 };
 const SamplerMetrics& m() {
   static const SamplerMetrics d;
@@ -282,6 +288,10 @@ void SamplerCollector::collect_global(GlobalSample& out) {
   }
   out.counter(m().failures, static_cast<double>(attach_failures_), {{"what", "attach"}});
   out.counter(m().failures, static_cast<double>(page_read_failures_), {{"what", "page_read"}});
+  const auto lines = elf::SourceLines::stats();
+  out.counter(m().line_lookups, static_cast<double>(lines.hits), {{"from", "cache"}});
+  out.counter(m().line_lookups, static_cast<double>(lines.misses), {{"from", "dwarf"}});
+  out.gauge(m().line_cache, static_cast<double>(lines.entries));
   out.counter(bpf::self_metrics().missed, static_cast<double>(bpf::object_missed_runs(skel_->obj)),
               {{"collector", "sampler"}});
 

@@ -2,6 +2,7 @@
 
 #include <cxxabi.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -90,17 +91,19 @@ uint64_t Builder::mapping(uint64_t start, uint64_t limit, uint64_t file_offset, 
   return mapping_ids_[k] = mappings_.size();
 }
 
-uint64_t Builder::location(uint64_t address, uint64_t mapping_id, const std::string& function) {
+uint64_t Builder::location(uint64_t address, uint64_t mapping_id, const std::string& function,
+                           const std::string& file, int64_t line) {
   auto k = std::make_pair(address, mapping_id);
   if (auto it = location_ids_.find(k); it != location_ids_.end()) return it->second;
   uint64_t fid = 0;
   if (!function.empty()) {
-    const int64_t name = str(function);
-    auto [it, added] = function_ids_.emplace(name, functions_.size() + 1);
-    if (added) functions_.push_back(name);
+    const auto key = std::make_pair(str(function), line > 0 ? str(file) : int64_t{0});
+    auto [it, added] = function_ids_.emplace(key, functions_.size() + 1);
+    if (added) functions_.push_back(key);
     fid = it->second;
   }
-  locations_.push_back({address, mapping_id, fid});
+  if (fid && line > 0 && mapping_id && mapping_id <= mappings_.size()) mappings_[mapping_id - 1].lines = true;
+  locations_.push_back({address, mapping_id, fid, fid ? std::max<int64_t>(line, 0) : 0});
   return location_ids_[k] = locations_.size();
 }
 
@@ -133,6 +136,10 @@ std::string Builder::encode() const {
     field_varint(m, 5, static_cast<uint64_t>(mp.file));
     field_varint(m, 6, static_cast<uint64_t>(mp.build_id));
     field_varint(m, 7, 1);  // has_functions
+    if (mp.lines) {
+      field_varint(m, 8, 1);  // has_filenames
+      field_varint(m, 9, 1);  // has_line_numbers
+    }
     field_bytes(out, 3, m);
   }
   for (std::size_t i = 0; i < locations_.size(); ++i) {
@@ -144,6 +151,7 @@ std::string Builder::encode() const {
     if (l.function) {
       std::string line;
       field_varint(line, 1, l.function);
+      if (l.line > 0) field_varint(line, 2, static_cast<uint64_t>(l.line));
       field_bytes(m, 4, line);
     }
     field_bytes(out, 4, m);
@@ -151,8 +159,9 @@ std::string Builder::encode() const {
   for (std::size_t i = 0; i < functions_.size(); ++i) {
     m.clear();
     field_varint(m, 1, i + 1);
-    field_varint(m, 2, static_cast<uint64_t>(functions_[i]));
-    field_varint(m, 3, static_cast<uint64_t>(functions_[i]));
+    field_varint(m, 2, static_cast<uint64_t>(functions_[i].first));
+    field_varint(m, 3, static_cast<uint64_t>(functions_[i].first));
+    if (functions_[i].second) field_varint(m, 4, static_cast<uint64_t>(functions_[i].second));
     field_bytes(out, 5, m);
   }
   for (const auto& s : strings_) field_bytes(out, 6, s);

@@ -26,8 +26,10 @@ class Builder {
   // A mapped file; ids start at 1. Same (start, file) gives the same id.
   uint64_t mapping(uint64_t start, uint64_t limit, uint64_t file_offset, const std::string& file,
                    const std::string& build_id);
-  // An address in a mapping (0: none), with its function name when known.
-  uint64_t location(uint64_t address, uint64_t mapping_id, const std::string& function);
+  // An address in a mapping (0: none), with its function name when known,
+  // and the source file and line of the address when known (line 0: none).
+  uint64_t location(uint64_t address, uint64_t mapping_id, const std::string& function,
+                    const std::string& file = {}, int64_t line = 0);
   // Locations leaf first, one value per sample type.
   void sample(std::vector<uint64_t> locations, std::vector<int64_t> values);
   void time_nanos(int64_t t) { time_nanos_ = t; }
@@ -42,14 +44,14 @@ class Builder {
   int64_t period_ = 0, time_nanos_ = 0;
   std::vector<std::string> strings_{""};
   std::map<std::string, int64_t, std::less<>> string_ids_;
-  struct Mapping { uint64_t start, limit, offset; int64_t file, build_id; };
+  struct Mapping { uint64_t start, limit, offset; int64_t file, build_id; bool lines = false; };
   std::vector<Mapping> mappings_;
   std::map<std::pair<uint64_t, std::string>, uint64_t> mapping_ids_;
-  struct Location { uint64_t address, mapping; uint64_t function; };
+  struct Location { uint64_t address, mapping; uint64_t function; int64_t line; };
   std::vector<Location> locations_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> location_ids_;
-  std::vector<int64_t> functions_;  // name string ids; id = index + 1
-  std::map<int64_t, uint64_t> function_ids_;
+  std::vector<std::pair<int64_t, int64_t>> functions_;  // (name, file) string ids; id = index + 1
+  std::map<std::pair<int64_t, int64_t>, uint64_t> function_ids_;
   struct Sample { std::vector<uint64_t> locations; std::vector<int64_t> values; };
   std::vector<Sample> samples_;
 };

@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config git
-  clang llvm libclang-rt-14-dev libbpf-dev bpftool libelf-dev zlib1g-dev
+  clang llvm libclang-rt-14-dev libbpf-dev bpftool libelf-dev libdw-dev zlib1g-dev
   prometheus-cpp-dev libyaml-cpp-dev libre2-dev libspdlog-dev libfmt-dev libboost-dev
   nlohmann-json3-dev libcurl4-openssl-dev libssl-dev libcrypt-dev openssl
   googletest libgtest-dev

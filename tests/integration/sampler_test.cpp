@@ -10,6 +10,7 @@
 
 #include <thread>
 
+#include "collectors/elf_symbols.h"
 #include "tests/support/pprof_tool.h"
 #include "tests/support/support.h"
 #include "tests/support/truth.h"
@@ -28,6 +29,20 @@ std::string fetch_profile(const Daemon& d, const std::string& query, const std::
   const std::string path = dir + "/" + name + ".pb.gz";
   write_text(path, r.body);
   return path;
+}
+
+// The line number (from 1) of the first line containing `what` after the
+// first line containing `after` in the file at `path`; 0 when none.
+int source_line_of(const std::string& path, const std::string& after, const std::string& what) {
+  std::istringstream in(read_text(path));
+  bool past = false;
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++n;
+    if (!past) past = line.find(after) != std::string::npos;
+    else if (line.find(what) != std::string::npos) return n;
+  }
+  return 0;
 }
 
 double sample_or(const Daemon& d, const std::string& name, const std::map<std::string, std::string>& sel,
@@ -90,6 +105,13 @@ TEST(Sampler, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
   EXPECT_NEAR(p.alloc_space, allocated, 0.10 * allocated);
   EXPECT_EQ(top_function(pprof(dir, "-top -sample_index=inuse_space " + path)), "leak_site");
   EXPECT_EQ(top_function(pprof(dir, "-top -sample_index=alloc_space " + path)), "churn_site");
+  // By line (the workload is built with -g): the malloc call in leak_site.
+  const auto [fn, where] = top_entry(pprof(dir, "-lines -top -sample_index=inuse_space " + path));
+  std::printf("top by line: %s %s\n", fn.c_str(), where.c_str());
+  EXPECT_EQ(fn, "leak_site");
+  EXPECT_EQ(where, std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/sampleload.c:" +
+                       std::to_string(source_line_of(std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/sampleload.c",
+                                                     "leak_site(", "malloc(")));
   // The target-wide profile (every process of the target) reads the same.
   const std::string all = fetch_profile(*d, "target=sampled", dir, "all");
   ASSERT_FALSE(all.empty());
@@ -129,6 +151,19 @@ TEST(Sampler, AThirdPartyProducerIsConsumedTheSameWay) {
   EXPECT_EQ(p.alloc_space, truth["alloc_space"].get<double>());
   EXPECT_EQ(p.inuse_objects, truth["inuse_objects"].get<double>());
   EXPECT_EQ(top_function(pprof(dir, "-top -sample_index=inuse_space " + dir + "/heap.pb.gz")), "producer_alloc");
+  // Lines: the producer's own from its -g build; libc's local function that
+  // called main, named with its line from libc's debug file (libc6-dbg)
+  // where one is installed, as a stripped libc names it nowhere else.
+  const std::string traces = pprof(dir, "-lines -traces " + dir + "/heap.pb.gz");
+  EXPECT_NE(traces.find("producer_alloc " MEMLENS_SOURCE_DIR "/tests/workloads/sdtproducer.c:"), std::string::npos)
+      << traces;
+  auto libc = memlens::elf::ElfFile::open("/lib/x86_64-linux-gnu/libc.so.6");
+  ASSERT_TRUE(libc.ok());
+  if (memlens::elf::debug_file_for("/usr/lib/debug", (*libc)->build_id())) {
+    std::printf("libc's debug file is installed: its frame is named from it\n");
+    EXPECT_NE(traces.find("__libc_start_call_main "), std::string::npos) << traces;
+    EXPECT_NE(traces.find("libc_start_call_main.h:"), std::string::npos) << traces;
+  }
   w.stop(SIGTERM, 5s);
 }
 

@@ -54,6 +54,28 @@ inline ProfileTotals raw_totals(const std::string& raw) {
 }
 
 // The function on the first row of `go tool pprof -top` (highest flat).
+// The first entry of `go tool pprof -top` output: its name, and with -lines
+// what follows it ("/path/file.c:40").
+inline std::pair<std::string, std::string> top_entry(const std::string& top) {
+  std::istringstream in(top);
+  std::string line;
+  bool header = false;
+  while (std::getline(in, line)) {
+    if (line.find("flat%") != std::string::npos) {
+      header = true;
+      continue;
+    }
+    if (!header) continue;
+    std::istringstream f(line);
+    std::string flat, flatp, sum, cum, cump, fn, rest;
+    if (f >> flat >> flatp >> sum >> cum >> cump >> fn) {
+      f >> rest;
+      return {fn, rest};
+    }
+  }
+  return {};
+}
+
 inline std::string top_function(const std::string& top) {
   std::istringstream in(top);
   std::string line;

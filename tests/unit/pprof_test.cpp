@@ -3,9 +3,12 @@
 // `go tool pprof` in the integration test.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "collectors/elf_symbols.h"
+#include "collectors/source_lines.h"
 #include "daemon/http_util.h"
 #include "daemon/pprof.h"
 
@@ -79,4 +82,64 @@ TEST(Http, QueryParameters) {
   EXPECT_FALSE(query_param("target=%00", "target")) << "NUL";
   EXPECT_FALSE(query_param("target=%4", "target")) << "cut escape";
   EXPECT_EQ(query_param("target", "target"), "");
+}
+
+TEST(Pprof, EncodesFileAndLine) {
+  pprof::Builder b({{"inuse_space", "bytes"}}, "inuse_space", {"space", "bytes"}, 524288);
+  const uint64_t m = b.mapping(0x1000, 0x2000, 0, "/bin/x", "ab");
+  const uint64_t l = b.location(0x1010, m, "leaf", "/src/x.c", 300);
+  b.sample({l}, {1});
+  const std::string pb = b.encode();
+  // Location 1: id 1, mapping 1, address 0x1010, line {function 1, line 300 = ac 02}.
+  EXPECT_NE(pb.find(std::string("\x22\x0e\x08\x01\x10\x01\x18\x90\x20\x22\x05\x08\x01\x10\xac\x02", 16)),
+            std::string::npos);
+  // The mapping says it has file names and line numbers (fields 8 and 9).
+  EXPECT_NE(pb.find(std::string("\x38\x01\x40\x01\x48\x01", 6)), std::string::npos);
+  // Function 1: name and system name "leaf" (string 7), filename "/src/x.c" (string 6).
+  EXPECT_NE(pb.find(std::string("\x2a\x08\x08\x01\x10\x07\x18\x07\x20\x06", 10)), std::string::npos);
+  EXPECT_NE(pb.find("/src/x.c"), std::string::npos);
+}
+
+// file:line from DWARF, with a program compiled here with and without -g.
+TEST(SourceLines, FindsTheLineOfAnAddressFromDwarf) {
+  char tmpl[] = "/tmp/memlens-lines-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl, src = dir + "/prog.c";
+  FILE* f = std::fopen(src.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("#include <stdlib.h>\n"                     // 1
+             "__attribute__((noinline)) void* site(size_t n) {\n"  // 2
+             "  void* p = malloc(n);\n"                  // 3
+             "  return p;\n"                             // 4
+             "}\n"                                       // 5
+             "int main(void) { return site(8) == 0; }\n",  // 6
+             f);
+  std::fclose(f);
+  ASSERT_EQ(std::system(("cc -g -O0 -o " + dir + "/with " + src + " && cc -O0 -o " + dir + "/without " + src).c_str()),
+            0);
+  auto with = elf::ElfFile::open(dir + "/with");
+  ASSERT_TRUE(with.ok());
+  auto site = (*with)->find("site");
+  ASSERT_TRUE(site.ok());
+  elf::SourceLines lines;
+  const auto before = elf::SourceLines::stats();
+  auto at = lines.lookup(dir + "/with", (*with)->build_id(), site->vaddr + 8);  // past the prologue
+  ASSERT_TRUE(at.has_value());
+  EXPECT_EQ(at->file, src);
+  EXPECT_GE(at->line, 2);
+  EXPECT_LE(at->line, 3);
+  EXPECT_EQ(at->function, "site");
+  // Asked again: answered from the cache.
+  auto again = lines.lookup(dir + "/with", (*with)->build_id(), site->vaddr + 8);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->line, at->line);
+  EXPECT_EQ(elf::SourceLines::stats().hits, before.hits + 1);
+
+  auto without = elf::ElfFile::open(dir + "/without");
+  ASSERT_TRUE(without.ok());
+  auto site2 = (*without)->find("site");
+  ASSERT_TRUE(site2.ok());
+  EXPECT_FALSE(lines.lookup(dir + "/without", (*without)->build_id(), site2->vaddr + 8).has_value());
+  EXPECT_FALSE(lines.lookup(dir + "/nonexistent", "", 0x1000).has_value());
+  std::system(("rm -rf " + dir).c_str());
 }
