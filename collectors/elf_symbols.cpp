@@ -274,22 +274,27 @@ Result<std::vector<uint8_t>> ElfFile::read_bytes(uint64_t file_offset, std::size
   return buf;
 }
 
-Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path) {
+Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path, Keep keep) {
   static std::mutex mu;
   static std::map<std::string, std::shared_ptr<const ElfFile>> by_key;  // build-id or file identity
   static std::map<std::string, std::string> key_of_identity;            // identity -> key
+  static std::map<std::string, std::shared_ptr<const ElfFile>> partial;  // identity#keep -> file
+  static const std::vector<std::string_view> kNone, kAllocator = {"malloc", "free", "_rjem_mallocx", "_rjem_sdallocx"};
   struct stat st {};
   if (stat(path.c_str(), &st) != 0)
     return make_error(errc_from_errno(errno), path + ": " + std::strerror(errno));
   std::string identity = fmt::format("{}:{}:{}", st.st_dev, st.st_ino, st.st_mtim.tv_sec);
+  const std::string partial_key = identity + (keep == Keep::none ? "#none" : "#allocator");
   {
     std::lock_guard lock(mu);
-    if (auto it = key_of_identity.find(identity); it != key_of_identity.end())
-      return by_key.at(it->second);
+    if (auto it = key_of_identity.find(identity); it != key_of_identity.end()) return by_key.at(it->second);
+    if (keep != Keep::all)
+      if (auto it = partial.find(partial_key); it != partial.end()) return it->second;
   }
-  auto f = ElfFile::open(path);
+  auto f = ElfFile::open(path, keep == Keep::all ? nullptr : keep == Keep::none ? &kNone : &kAllocator);
   if (!f) return f.error();
   std::lock_guard lock(mu);
+  if (keep != Keep::all) return partial.emplace(partial_key, *f).first->second;
   std::string key = (*f)->build_id().empty() ? identity : (*f)->build_id();
   auto [it, inserted] = by_key.emplace(key, *f);
   key_of_identity.emplace(identity, key);
@@ -666,12 +671,17 @@ AllocatorKind classify(const std::string& path, const ElfFile& f) {
   return AllocatorKind::other;
 }
 
-// An allocator location for `f` if it defines one.
-std::optional<AllocatorLocation> location_of(const std::string& path, const std::string& open_path,
-                                            const std::shared_ptr<const ElfFile>& f) {
-  auto prefix = allocator_prefix(*f);
+// An allocator location for the file at `open_path` if it defines one:
+// asked of its allocator entry points alone, so that only an allocator's
+// every function is read and kept.
+std::optional<AllocatorLocation> location_of(const std::string& path, const std::string& open_path) {
+  auto probe = open_cached(open_path, Keep::allocator);
+  if (!probe) return std::nullopt;
+  auto prefix = allocator_prefix(**probe);
   if (!prefix) return std::nullopt;
-  return AllocatorLocation{classify(path, *f), path, open_path, f, *prefix};
+  auto f = open_cached(open_path);
+  if (!f) return std::nullopt;
+  return AllocatorLocation{classify(path, **f), path, open_path, *f, *prefix};
 }
 
 }  // namespace
@@ -699,9 +709,7 @@ Result<AllocatorLocation> find_allocator(const std::string& procfs, pid_t pid) {
   std::optional<AllocatorLocation> libc;
   for (std::size_t i = 0; i < files.size(); ++i) {
     std::string open_path = fs.path(pid, "root") + files[i];
-    auto f = open_cached(open_path);
-    if (!f) continue;
-    auto found = location_of(files[i], open_path, *f);
+    auto found = location_of(files[i], open_path);
     if (!found) continue;
     AllocatorLocation& loc = *found;
     // The executable interposes on every library; among libraries a
@@ -765,29 +773,22 @@ Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path,
                                                  const std::vector<std::string>& preload) {
   // The loader binds malloc to the first object in its search order that
   // defines it: the executable, then the preloads, then the needed libraries.
-  auto exe = open_cached(exe_path);
-  if (exe)
-    if (auto loc = location_of(exe_path, exe_path, *exe)) return *loc;
-  for (const auto& p : preload) {
-    auto f = open_cached(p);
-    if (!f) continue;
-    if (auto loc = location_of(p, p, *f)) return *loc;
-  }
+  if (auto loc = location_of(exe_path, exe_path)) return *loc;
+  for (const auto& p : preload)
+    if (auto loc = location_of(p, p)) return *loc;
   return find_allocator_for_exe(exe_path);
 }
 
 Result<AllocatorLocation> find_allocator_for_exe(const std::string& exe_path) {
-  auto exe = open_cached(exe_path);
+  auto exe = open_cached(exe_path, Keep::allocator);
   if (!exe) return exe.error();
-  if (auto loc = location_of(exe_path, exe_path, *exe)) return *loc;
+  if (auto loc = location_of(exe_path, exe_path)) return *loc;
   std::optional<AllocatorLocation> libc;
   for (const auto& lib : (*exe)->needed()) {
     for (const char* d : kLibDirs) {
       std::string p = std::string(d) + lib;
       if (access(p.c_str(), R_OK) != 0) continue;
-      auto f = open_cached(p);
-      if (!f) break;
-      auto found = location_of(p, p, *f);
+      auto found = location_of(p, p);
       if (!found) break;
       AllocatorLocation& loc = *found;
       if (loc.kind == AllocatorKind::glibc) {

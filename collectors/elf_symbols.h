@@ -117,8 +117,14 @@ class ElfFile {
 };
 
 // Process-wide cache of parsed files, keyed by build-id (falls back to
-// device+inode+mtime). Thread-safe.
-Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path);
+// device+inode+mtime). Thread-safe. What of the function symbols is kept:
+// all of them; none (USDT notes, segments, build id and DT_NEEDED only); or
+// the allocator's entry points alone (whether the file is an allocator).
+// A 100 MB executable's 75k function names cost memlensd ~10 MiB: only a
+// file whose functions are named (probes, profiles) is opened with all.
+// A partial open is answered from a full one when there is one.
+enum class Keep { all, none, allocator };
+Result<std::shared_ptr<const ElfFile>> open_cached(const std::string& path, Keep keep = Keep::all);
 
 // Data symbols (STT_OBJECT, local ones included) of `path` by exact name,
 // read on demand from .symtab and .dynsym: ElfFile keeps only functions,

@@ -144,7 +144,8 @@ std::size_t SamplerCollector::look(const Target& t, Watch& w) {
   for (const auto& mp : maps) {
     if (mp.path.empty() || mp.path[0] != '/' || !seen.insert(mp.path).second) continue;
     if (mp.path.ends_with(" (deleted)")) continue;
-    auto f = elf::open_cached(root + mp.path);
+    // Notes and segments are all this needs: no file's functions are kept for it.
+    auto f = elf::open_cached(root + mp.path, elf::Keep::none);
     if (!f) continue;
     if (!w.page_addr && mp.path.find("memlens-sampler") != std::string::npos) {
       auto objs = elf::find_objects(root + mp.path, {"memlens_sampler_page"});
