@@ -29,13 +29,15 @@ std::vector<uint64_t> stack_locations(pprof::Builder& b, const StackResolver& r,
     if (fr.map) mapping = b.mapping(fr.map->start, fr.map->end, fr.map->offset, fr.map->path, fr.build_id);
     // A return address points after its call: name the call itself.
     const uint64_t back = i == 0 ? 0 : 1;
-    std::optional<elf::SourceLine> line;
-    if (fr.vaddr) line = r.lines.lookup(fr.open_path, fr.build_id, *fr.vaddr - back);
-    // The file's own symbols first (what the probes were attached by); the
-    // debug file's for what a stripped file keeps only there.
-    const std::string& raw = !fr.function.empty() ? fr.function : line ? line->function : fr.function;
-    const std::string fn = raw.empty() ? std::string() : pprof::demangle(raw);
-    locs.push_back(b.location(ips[i] - back, mapping, fn, line ? line->file : std::string(), line ? line->line : 0));
+    std::vector<elf::SourceFrame> src;
+    if (fr.vaddr) src = r.lines.lookup(fr.open_path, fr.build_id, *fr.vaddr - back);
+    std::vector<pprof::Builder::Line> lines;
+    for (const auto& s : src) lines.push_back({pprof::demangle(s.function), s.file, s.line});
+    // The function the code is in: the file's own symbol first (what the
+    // probes were attached by), the debug file's where the file has none.
+    if (lines.empty()) lines.emplace_back();
+    if (!fr.function.empty()) lines.back().function = pprof::demangle(fr.function);
+    locs.push_back(b.location(ips[i] - back, mapping, lines));
   }
   if (locs.empty()) locs.push_back(b.location(0, 0, "[unknown stack]"));
   return locs;

@@ -1,7 +1,7 @@
 // Source file and line of code addresses, from DWARF (libdw): a file's own
 // .debug_line, or its separate debug file (by build id under /usr/lib/debug,
 // as Debian's *-dbg packages install it, or by .gnu_debuglink). What profiles
-// show beside a function's name.
+// show beside a function's name, with the functions inlined at the address.
 //
 // Answers (found or not) are kept process-wide, bounded, so a profile rebuilt
 // every few seconds from the same stacks opens no DWARF at all; the DWARF
@@ -12,15 +12,16 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <optional>
 #include <string>
+#include <vector>
 
 namespace memlens::elf {
 
-struct SourceLine {
+// One function at an address: an inlined one, or the function the code is in.
+struct SourceFrame {
+  std::string function;  // raw (mangled where the compiler gave a linkage name); may be empty
   std::string file;      // as the compiler recorded it (absolute when it knew the directory); may be empty
   int64_t line = 0;      // 0 when unknown
-  std::string function;  // from the debug file's symbols; empty when it has none for the address
 };
 
 class SourceLines {
@@ -32,12 +33,16 @@ class SourceLines {
   SourceLines(SourceLines&&) noexcept;
   SourceLines& operator=(SourceLines&&) noexcept;
 
-  // The line of link-time address `vaddr` in the ELF file at `path` (as
-  // memlensd opens it), whose build id is `build_id` (hex, may be empty),
-  // and the function the debug file's symbol table names there (a stripped
-  // library's local functions, e.g. libc's with libc6-dbg installed).
-  // nullopt when neither the file nor a debug file for it knows the address.
-  std::optional<SourceLine> lookup(const std::string& path, const std::string& build_id, uint64_t vaddr);
+  // The functions at link-time address `vaddr` of the ELF file at `path` (as
+  // memlensd opens it), whose build id is `build_id` (hex, may be empty):
+  // innermost first, as pprof's Location.line wants them — each function
+  // inlined there at the line the address is on (or, for the ones further
+  // out, the line of the call that was inlined), the function the code is
+  // in last. Its name comes from the debug file's symbol table where DWARF
+  // names none (a stripped library's local functions, e.g. libc's with
+  // libc6-dbg installed). Empty when neither the file nor a debug file for
+  // it knows the address.
+  std::vector<SourceFrame> lookup(const std::string& path, const std::string& build_id, uint64_t vaddr);
 
   // Self-metrics of the process-wide answer cache.
   struct Stats {

@@ -91,19 +91,19 @@ uint64_t Builder::mapping(uint64_t start, uint64_t limit, uint64_t file_offset, 
   return mapping_ids_[k] = mappings_.size();
 }
 
-uint64_t Builder::location(uint64_t address, uint64_t mapping_id, const std::string& function,
-                           const std::string& file, int64_t line) {
+uint64_t Builder::location(uint64_t address, uint64_t mapping_id, const std::vector<Line>& lines) {
   auto k = std::make_pair(address, mapping_id);
   if (auto it = location_ids_.find(k); it != location_ids_.end()) return it->second;
-  uint64_t fid = 0;
-  if (!function.empty()) {
-    const auto key = std::make_pair(str(function), line > 0 ? str(file) : int64_t{0});
+  Location loc{address, mapping_id, {}};
+  for (const Line& l : lines) {
+    if (l.function.empty()) continue;
+    const auto key = std::make_pair(str(l.function), l.line > 0 ? str(l.file) : int64_t{0});
     auto [it, added] = function_ids_.emplace(key, functions_.size() + 1);
     if (added) functions_.push_back(key);
-    fid = it->second;
+    loc.lines.emplace_back(it->second, std::max<int64_t>(l.line, 0));
+    if (l.line > 0 && mapping_id && mapping_id <= mappings_.size()) mappings_[mapping_id - 1].lines = true;
   }
-  if (fid && line > 0 && mapping_id && mapping_id <= mappings_.size()) mappings_[mapping_id - 1].lines = true;
-  locations_.push_back({address, mapping_id, fid, fid ? std::max<int64_t>(line, 0) : 0});
+  locations_.push_back(std::move(loc));
   return location_ids_[k] = locations_.size();
 }
 
@@ -148,10 +148,10 @@ std::string Builder::encode() const {
     field_varint(m, 1, i + 1);
     field_varint(m, 2, l.mapping);
     field_varint(m, 3, l.address);
-    if (l.function) {
+    for (const auto& [function, number] : l.lines) {
       std::string line;
-      field_varint(line, 1, l.function);
-      if (l.line > 0) field_varint(line, 2, static_cast<uint64_t>(l.line));
+      field_varint(line, 1, function);
+      if (number > 0) field_varint(line, 2, static_cast<uint64_t>(number));
       field_bytes(m, 4, line);
     }
     field_bytes(out, 4, m);

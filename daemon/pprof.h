@@ -26,10 +26,20 @@ class Builder {
   // A mapped file; ids start at 1. Same (start, file) gives the same id.
   uint64_t mapping(uint64_t start, uint64_t limit, uint64_t file_offset, const std::string& file,
                    const std::string& build_id);
-  // An address in a mapping (0: none), with its function name when known,
-  // and the source file and line of the address when known (line 0: none).
+  // One function at a location: its name, and its source file and line
+  // when known (line 0: none).
+  struct Line {
+    std::string function, file;
+    int64_t line = 0;
+  };
+  // An address in a mapping (0: none) with the functions there, innermost
+  // first: those inlined at the address, then the one the code is in (a
+  // Line without a function is left out).
+  uint64_t location(uint64_t address, uint64_t mapping_id, const std::vector<Line>& lines);
   uint64_t location(uint64_t address, uint64_t mapping_id, const std::string& function,
-                    const std::string& file = {}, int64_t line = 0);
+                    const std::string& file = {}, int64_t line = 0) {
+    return location(address, mapping_id, std::vector<Line>{{function, file, line}});
+  }
   // Locations leaf first, one value per sample type.
   void sample(std::vector<uint64_t> locations, std::vector<int64_t> values);
   void time_nanos(int64_t t) { time_nanos_ = t; }
@@ -47,7 +57,7 @@ class Builder {
   struct Mapping { uint64_t start, limit, offset; int64_t file, build_id; bool lines = false; };
   std::vector<Mapping> mappings_;
   std::map<std::pair<uint64_t, std::string>, uint64_t> mapping_ids_;
-  struct Location { uint64_t address, mapping; uint64_t function; int64_t line; };
+  struct Location { uint64_t address, mapping; std::vector<std::pair<uint64_t, int64_t>> lines; /* function, line */ };
   std::vector<Location> locations_;
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> location_ids_;
   std::vector<std::pair<int64_t, int64_t>> functions_;  // (name, file) string ids; id = index + 1

@@ -100,46 +100,73 @@ TEST(Pprof, EncodesFileAndLine) {
   EXPECT_NE(pb.find("/src/x.c"), std::string::npos);
 }
 
-// file:line from DWARF, with a program compiled here with and without -g.
-TEST(SourceLines, FindsTheLineOfAnAddressFromDwarf) {
+// file:line from DWARF, with a program compiled here with and without -g,
+// and with a function inlined into another.
+TEST(SourceLines, FindsTheLinesOfAnAddressFromDwarf) {
   char tmpl[] = "/tmp/memlens-lines-XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
   const std::string dir = tmpl, src = dir + "/prog.c";
   FILE* f = std::fopen(src.c_str(), "w");
   ASSERT_NE(f, nullptr);
-  std::fputs("#include <stdlib.h>\n"                     // 1
-             "__attribute__((noinline)) void* site(size_t n) {\n"  // 2
-             "  void* p = malloc(n);\n"                  // 3
-             "  return p;\n"                             // 4
-             "}\n"                                       // 5
-             "int main(void) { return site(8) == 0; }\n",  // 6
+  std::fputs("#include <stdlib.h>\n"                                          // 1
+             "static inline __attribute__((always_inline)) void* inner(size_t n) {\n"  // 2
+             "  return malloc(n * 3);\n"                                       // 3
+             "}\n"                                                             // 4
+             "__attribute__((noinline)) void* site(size_t n) {\n"              // 5
+             "  void* p = inner(n);\n"                                         // 6
+             "  return p;\n"                                                   // 7
+             "}\n"                                                             // 8
+             "int main(int argc, char** argv) { (void)argv; return site((size_t)argc) == 0; }\n",  // 9
              f);
   std::fclose(f);
-  ASSERT_EQ(std::system(("cc -g -O0 -o " + dir + "/with " + src + " && cc -O0 -o " + dir + "/without " + src).c_str()),
+  ASSERT_EQ(std::system(("cc -g -O2 -o " + dir + "/with " + src + " && cc -O2 -o " + dir + "/without " + src).c_str()),
             0);
   auto with = elf::ElfFile::open(dir + "/with");
   ASSERT_TRUE(with.ok());
   auto site = (*with)->find("site");
   ASSERT_TRUE(site.ok());
+  // The call to malloc inside site's code, found by decoding it: the
+  // address a stack would hold, less one (inside the call).
+  auto code = (*with)->read_bytes(site->file_offset, site->size);
+  ASSERT_TRUE(code.ok());
+  uint64_t call = 0;
+  for (const auto& insn : elf::decode_code(*code, site->vaddr))
+    if (insn.call || (insn.branch && insn.opcode == 0xe9)) call = insn.vaddr + insn.len - 1;  // a call or a tail jump
+  ASSERT_NE(call, 0u) << "no call to malloc in site";
+
   elf::SourceLines lines;
   const auto before = elf::SourceLines::stats();
-  auto at = lines.lookup(dir + "/with", (*with)->build_id(), site->vaddr + 8);  // past the prologue
-  ASSERT_TRUE(at.has_value());
-  EXPECT_EQ(at->file, src);
-  EXPECT_GE(at->line, 2);
-  EXPECT_LE(at->line, 3);
-  EXPECT_EQ(at->function, "site");
-  // Asked again: answered from the cache.
-  auto again = lines.lookup(dir + "/with", (*with)->build_id(), site->vaddr + 8);
-  ASSERT_TRUE(again.has_value());
-  EXPECT_EQ(again->line, at->line);
+  auto at = lines.lookup(dir + "/with", (*with)->build_id(), call);
+  ASSERT_EQ(at.size(), 2u) << "inner, inlined into site";
+  EXPECT_EQ(at[0].function, "inner");
+  EXPECT_EQ(at[0].file, src);
+  EXPECT_EQ(at[0].line, 3);
+  EXPECT_EQ(at[1].function, "site");
+  EXPECT_EQ(at[1].file, src);
+  EXPECT_EQ(at[1].line, 6) << "the line that called inner";
+  // Asked again: answered from the cache, the same.
+  auto again = lines.lookup(dir + "/with", (*with)->build_id(), call);
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[1].line, 6);
+  EXPECT_EQ(again[0].function, "inner");
   EXPECT_EQ(elf::SourceLines::stats().hits, before.hits + 1);
 
   auto without = elf::ElfFile::open(dir + "/without");
   ASSERT_TRUE(without.ok());
   auto site2 = (*without)->find("site");
   ASSERT_TRUE(site2.ok());
-  EXPECT_FALSE(lines.lookup(dir + "/without", (*without)->build_id(), site2->vaddr + 8).has_value());
-  EXPECT_FALSE(lines.lookup(dir + "/nonexistent", "", 0x1000).has_value());
+  EXPECT_TRUE(lines.lookup(dir + "/without", (*without)->build_id(), site2->vaddr + 4).empty());
+  EXPECT_TRUE(lines.lookup(dir + "/nonexistent", "", 0x1000).empty());
   std::system(("rm -rf " + dir).c_str());
+}
+
+TEST(Pprof, EncodesInlinedFramesInnermostFirst) {
+  pprof::Builder b({{"inuse_space", "bytes"}}, "inuse_space", {"space", "bytes"}, 524288);
+  const uint64_t m = b.mapping(0x1000, 0x2000, 0, "/bin/x", "ab");
+  const uint64_t l = b.location(0x1010, m, {{"inner", "/src/x.c", 3}, {"site", "/src/x.c", 6}});
+  b.sample({l}, {1});
+  const std::string pb = b.encode();
+  // Location 1 with two lines: {function 1, line 3}, then {function 2, line 6}.
+  EXPECT_NE(pb.find(std::string("\x22\x13\x08\x01\x10\x01\x18\x90\x20\x22\x04\x08\x01\x10\x03\x22\x04\x08\x02\x10\x06", 21)),
+            std::string::npos);
 }
