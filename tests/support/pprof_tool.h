@@ -53,9 +53,8 @@ inline ProfileTotals raw_totals(const std::string& raw) {
   return t;
 }
 
-// The function on the first row of `go tool pprof -top` (highest flat).
-// The first entry of `go tool pprof -top` output: its name, and with -lines
-// what follows it ("/path/file.c:40").
+// The first row of `go tool pprof -top` (highest flat): its function, and
+// with -lines what follows it ("/path/file.c:40").
 inline std::pair<std::string, std::string> top_entry(const std::string& top) {
   std::istringstream in(top);
   std::string line;
@@ -76,21 +75,7 @@ inline std::pair<std::string, std::string> top_entry(const std::string& top) {
   return {};
 }
 
-inline std::string top_function(const std::string& top) {
-  std::istringstream in(top);
-  std::string line;
-  bool header = false;
-  while (std::getline(in, line)) {
-    if (line.find("flat%") != std::string::npos) {
-      header = true;
-      continue;
-    }
-    if (!header) continue;
-    std::istringstream f(line);
-    std::string flat, flatp, sum, cum, cump, fn;
-    if (f >> flat >> flatp >> sum >> cum >> cump >> fn) return fn;
-  }
-  return {};
-}
+// The function on that row.
+inline std::string top_function(const std::string& top) { return top_entry(top).first; }
 
 }  // namespace memlens::test
