@@ -319,7 +319,7 @@ TEST(HeapBooks, TargetsExitingMidWalk) {
     // Only the big heaps take long enough to be caught in the act; the
     // detector (CPU ticks of 10 ms) is a best effort on a loaded machine,
     // so it is reported, not required.
-    if (wait_until([&] { return walking(d->child.pid()); }, 10s, 1ms)) ++caught;
+    if (wait_until([&] { return walking(d->child.pid()); }, 5s, 1ms)) ++caught;
     b.child.stop(SIGKILL, 2s);
   }
   std::this_thread::sleep_for(1500ms);
