@@ -643,6 +643,13 @@ class Walker {
       const auto& brk = *in_.check_brk;
       const Range r = m.regions.front();
       // Its start never moves; its end may have grown since maps was read.
+      // A range that overlaps the mapping but starts before it was read
+      // while the process took memory from top (the header and the top
+      // chunk's size are two reads): read again, not a layout refused.
+      if (brk && r.start < brk->start && r.end > brk->start)
+        return inconsistent(fmt::format("main_arena [{:#x}, {:#x}) straddles the start of [heap] at {:#x} (read while "
+                                        "top moved)",
+                                        r.start, r.end, brk->start));
       if (!brk || r.start < brk->start || r.start >= brk->end)
         return unavailable(fmt::format("main_arena [{:#x}, {:#x}) is not the [heap] mapping {}", r.start, r.end,
                                        brk ? fmt::format("[{:#x}, {:#x})", brk->start, brk->end) : "(none)"));

@@ -131,6 +131,12 @@ TEST(GlibcWalk, ChecksTheLocationAgainstTheHeapMapping) {
   EXPECT_EQ(b.error().code, Errc::unavailable);
   in.check_brk = std::optional<Range>{};  // the process has no [heap]
   EXPECT_EQ(walk(h.mem, in, {}).error().code, Errc::unavailable);
+  // Starting before the mapping but overlapping it: the arena was read
+  // while top moved (two reads), so it is read again, not refused.
+  in.check_brk = Range{kBrk + 16, kBrk + (1 << 20) + 16};
+  b = walk(h.mem, in, {});
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error().code, Errc::malformed) << b.error().message;
 }
 
 // ---- the walker: what must never become a figure --------------------------------------
