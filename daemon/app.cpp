@@ -226,7 +226,8 @@ void App::tick() {
   }
   auto snap = std::make_shared<Snapshot>();
   snap->built_at = unix_now();
-  SnapshotBuilder b;
+  SnapshotBuilder& b = builder_;
+  b.clear();  // what a tick given up half way left
   PageDraw pages(pages_, exporter_->page_wants(), *cfg_, exporter_->metrics_path(), t0);
   std::map<std::string, int> per_name;
   for (const auto& [id, target] : discovery_->targets()) {

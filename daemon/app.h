@@ -89,6 +89,9 @@ class App {
   // The timeline pages drawn last, kept between draws (they are redrawn
   // every few seconds while someone looks, not every tick).
   PageCache pages_;
+  // The exposition is written here each tick; kept so its buffers keep
+  // their size from one tick to the next.
+  SnapshotBuilder builder_;
 
   Options opts_;
   // The running config; targets and collectors that need it share it, and

@@ -93,8 +93,11 @@ void append_header(std::string& out, const MetricDesc& d) {
 
 SnapshotBuilder::Family& SnapshotBuilder::family(const MetricDesc& d) {
   if (auto it = by_desc_.find(&d); it != by_desc_.end()) return *it->second;
-  auto [it, inserted] = families_.try_emplace(d.name);
-  if (inserted) it->second.desc = &d;
+  auto it = families_.try_emplace(d.name).first;
+  // The first desc of the name since the builder was emptied is the one
+  // its header is written from (a family kept from an earlier tick may
+  // name a desc that is gone).
+  if (it->second.lines.empty()) it->second.desc = &d;
   by_desc_.emplace(&d, &it->second);
   return it->second;
 }
@@ -134,16 +137,22 @@ void SnapshotBuilder::counter(const MetricDesc& d, double v, const Labels& label
 
 std::string SnapshotBuilder::take() {
   std::size_t size = 0;
-  for (const auto& [name, f] : families_) size += f.lines.size() + f.desc->help.size() + 2 * name.size() + 32;
+  for (const auto& [name, f] : families_)
+    if (!f.lines.empty()) size += f.lines.size() + f.desc->help.size() + 2 * name.size() + 32;
   std::string out;
   out.reserve(size);
   for (const auto& [name, f] : families_) {
+    if (f.lines.empty()) continue;
     expo::append_header(out, *f.desc);
     out += f.lines;
   }
-  families_.clear();
-  by_desc_.clear();
+  clear();
   return out;
+}
+
+void SnapshotBuilder::clear() {
+  for (auto& [name, f] : families_) f.lines.clear();
+  by_desc_.clear();
 }
 
 std::string series_key(const MetricValue& v) {

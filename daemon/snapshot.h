@@ -51,8 +51,12 @@ class SnapshotBuilder {
   void add(const MetricValue& v, const Labels& base);
   void gauge(const MetricDesc& d, double v, const Labels& labels = {});
   void counter(const MetricDesc& d, double v, const Labels& labels = {});
-  // The exposition of everything added; the builder is empty after.
+  // The exposition of everything added; the builder is empty after. Its
+  // buffers keep their capacity: a builder kept from tick to tick writes
+  // the next exposition without growing them again.
   std::string take();
+  // Drops what was added (a tick given up half way), keeping the buffers.
+  void clear();
 
  private:
   struct Family {
@@ -60,7 +64,7 @@ class SnapshotBuilder {
     std::string lines;
   };
   Family& family(const MetricDesc& d);
-  std::map<std::string, Family> families_;  // by name: two descs of one name share a family
+  std::map<std::string, Family> families_;  // by name: two descs of one name share a family; empty ones not written
   std::unordered_map<const MetricDesc*, Family*> by_desc_;
 };
 

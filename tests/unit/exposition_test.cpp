@@ -96,5 +96,22 @@ TEST(Exposition, TwoDescriptionsOfOneNameShareAFamily) {
   EXPECT_EQ(sb.take(), "") << "empty after take";
 }
 
+// The tick keeps one builder: each exposition is what a fresh builder
+// writes, with no family of an earlier tick and nothing of a tick given up.
+TEST(Exposition, AKeptBuilderWritesEachTickAfresh) {
+  const MetricDesc rss = metric("rss", "bytes", MetricKind::gauge, "Resident memory.");
+  const MetricDesc faults = metric("faults", "", MetricKind::counter, "Faults.");
+  SnapshotBuilder kept;
+  kept.gauge(rss, 1, {{"pid", "1"}});
+  kept.counter(faults, 5, {{"pid", "1"}});
+  ASSERT_NE(kept.take().find("memlens_faults_total"), std::string::npos);
+  kept.counter(faults, 6, {{"pid", "1"}});
+  kept.clear();  // a tick given up half way
+  kept.gauge(rss, 2, {{"pid", "2"}});
+  SnapshotBuilder fresh;
+  fresh.gauge(rss, 2, {{"pid", "2"}});
+  EXPECT_EQ(kept.take(), fresh.take());
+}
+
 }  // namespace
 }  // namespace memlens
