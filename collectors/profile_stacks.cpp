@@ -31,12 +31,12 @@ std::vector<uint64_t> stack_locations(pprof::Builder& b, const StackResolver& r,
     const uint64_t back = i == 0 ? 0 : 1;
     std::vector<elf::SourceFrame> src;
     if (fr.vaddr) src = r.lines.lookup(fr.open_path, fr.build_id, *fr.vaddr - back);
-    std::vector<pprof::Builder::Line> lines;
-    for (const auto& s : src) lines.push_back({pprof::demangle(s.function), s.file, s.line});
     // The function the code is in: the file's own symbol first (what the
     // probes were attached by), the debug file's where the file has none.
-    if (lines.empty()) lines.emplace_back();
-    if (!fr.function.empty()) lines.back().function = pprof::demangle(fr.function);
+    if (src.empty()) src.emplace_back();
+    if (!fr.function.empty()) src.back().function = fr.function;
+    std::vector<pprof::Builder::Line> lines;
+    for (const auto& s : src) lines.push_back({pprof::demangle(s.function), s.file, s.line});
     locs.push_back(b.location(ips[i] - back, mapping, lines));
   }
   if (locs.empty()) locs.push_back(b.location(0, 0, "[unknown stack]"));

@@ -28,7 +28,7 @@ struct Cache {
   std::vector<Frame> frames;
   std::vector<std::string> names;
   std::unordered_map<std::string, uint32_t> name_ids;
-  uint64_t entries = 0, hits = 0, misses = 0, files_opened = 0;
+  uint64_t entries = 0, hits = 0, misses = 0;
 
   uint32_t intern(const std::string& n) {
     auto [it, added] = name_ids.try_emplace(n, static_cast<uint32_t>(names.size()));
@@ -118,10 +118,6 @@ std::vector<SourceFrame> SourceLines::lookup(const std::string& path, const std:
       dwfl_report_end(o->dwfl, nullptr, nullptr);
       if (o->mod && !dwfl_module_getdwarf(o->mod, &o->bias)) o->mod = nullptr;
     }
-    {
-      std::lock_guard lock(c.mu);
-      ++c.files_opened;
-    }
     if (!o->mod) o.reset();  // no DWARF: remembered for this build, answered "none"
     it = open_.emplace(path, std::move(o)).first;
   }
@@ -185,7 +181,7 @@ std::vector<SourceFrame> SourceLines::lookup(const std::string& path, const std:
 SourceLines::Stats SourceLines::stats() {
   Cache& c = cache();
   std::lock_guard lock(c.mu);
-  return {c.entries, c.hits, c.misses, c.files_opened};
+  return {c.entries, c.hits, c.misses};
 }
 
 }  // namespace memlens::elf

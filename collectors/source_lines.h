@@ -46,7 +46,7 @@ class SourceLines {
 
   // Self-metrics of the process-wide answer cache.
   struct Stats {
-    uint64_t entries = 0, hits = 0, misses = 0, files_opened = 0;
+    uint64_t entries = 0, hits = 0, misses = 0;
   };
   static Stats stats();
 
