@@ -192,6 +192,10 @@ struct AllocState {
   ring_buffer* rb = nullptr;
   std::size_t hold_count = 0;
   uint64_t holds_attached = 0, holds_failed = 0, holds_late = 0, holds_not_selected = 0;
+  // The "no free slot" warning, at most once a minute (a storm of short-lived
+  // targets can hit it thousands of times a second; each is counted).
+  double no_slot_warned_at = -1e9;
+  uint64_t no_slot_quiet = 0;
   // Traces by pid, and the leak-site documents by target name.
   std::map<pid_t, AllocTrace> traces;
   alloc::LeakSiteBook leaks;
@@ -275,8 +279,17 @@ void configure_trace(AllocState& s, AllocTrace& tr, std::shared_ptr<const Target
   tr.track_addrs = p && (p->leak_sites || p->alloc_mode == AllocMode::on_leak);
   tr.stacks = tr.track_addrs;
   if (tr.alloc && !tr.glibc()) tr.track_addrs = true;  // no size header: sizes by address
-  if (s.skel && !init_target_maps(s, tr))
-    spdlog::warn("alloc: pid {}: no free stats slot (bpf.max_targets); not traced", tr.pid);
+  if (s.skel && !init_target_maps(s, tr)) {
+    if (const double now = mono_now(); now - s.no_slot_warned_at < 60) {
+      ++s.no_slot_quiet;
+    } else {
+      spdlog::warn("alloc: pid {}: no free stats slot (bpf.max_targets, or targets exiting faster than their "
+                   "probes detach); not traced ({} more since the last warning)",
+                   tr.pid, s.no_slot_quiet);
+      s.no_slot_warned_at = now;
+      s.no_slot_quiet = 0;
+    }
+  }
 }
 
 void apply_mode(AllocState& s, AllocTrace& tr, bool on) {
