@@ -169,7 +169,7 @@ if [[ -f $sampler ]]; then
   for _ in $(seq "$RUNS"); do
     # Five times the untraced run's pairs: long enough for the 0.5 s polls
     # below to read its counts before it exits.
-    LD_PRELOAD=$sampler "$bench" --pairs $((NU * 5)) --wait-ms 2500 >"$work/sampled.out" &
+    LD_PRELOAD=$sampler "$bench" --pairs $((NU * 5)) --wait-ms 2500 --wait-usdt 1 >"$work/sampled.out" &
     bg_pid=$!
     sleep 2.2 # attached by then (rescan, then the next tick)
     j0=$(jiffies)
@@ -187,6 +187,8 @@ if [[ -f $sampler ]]; then
     j1=$(jiffies)
     wait "$bg_pid" || true
     bg_pid=""
+    # Timed only once memlensd's probes are in (the semaphore is raised).
+    grep -q usdt=attached "$work/sampled.out" || { echo "alloc.sh: the sampler was never attached" >&2; exit 1; }
     record "sampler preloaded, attached by memlensd" "$(cat "$work/sampled.out")"
     samples=$((samples + n))
     ticks=$((ticks + j1 - j0))
@@ -196,7 +198,9 @@ if [[ -f $sampler ]]; then
   ubest="" sbest=""
   for _ in $(seq "${ALLOC_BENCH_PAIR_RUNS:-7}"); do
     ubest=$(lower "$ubest" "$("$bench" --pairs "$NU" | field cpu_ns_per_pair)")
-    sbest=$(lower "$sbest" "$(LD_PRELOAD=$sampler "$bench" --pairs "$NU" --wait-ms 2500 | field cpu_ns_per_pair)")
+    out=$(LD_PRELOAD=$sampler "$bench" --pairs "$NU" --wait-ms 2500 --wait-usdt 1)
+    [[ $out == *usdt=attached* ]] || { echo "alloc.sh: the sampler was never attached" >&2; exit 1; }
+    sbest=$(lower "$sbest" "$(field cpu_ns_per_pair <<<"$out")")
   done
   cleanup
 fi

@@ -2,12 +2,17 @@
  * of mixed sizes (16 B - 4 KiB), each step frees a random one and allocates
  * a replacement, touching it. Prints the cost per malloc/free pair:
  *   pairs=N wall_ns_per_pair=X cpu_ns_per_pair=Y
- * usage: alloc_bench [--pairs N] [--live N] [--wait-ms N] [--rate PAIRS_PER_S] */
+ * usage: alloc_bench [--pairs N] [--live N] [--wait-ms N] [--rate PAIRS_PER_S] [--wait-usdt 1]
+ * --wait-usdt 1: wait (up to 10 s, after --wait-ms) until a preloaded
+ * libmemlens-sampler's otel_memory probes are attached (their semaphore is
+ * raised), so a timed run is never one the consumer had not reached yet;
+ * prints usdt=attached or usdt=absent. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dlfcn.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,13 +30,14 @@ static double cpu_s(void) {
 }
 
 int main(int argc, char** argv) {
-  long pairs = 1000000, live = 4096, wait_ms = 0;
+  long pairs = 1000000, live = 4096, wait_ms = 0, wait_usdt = 0;
   double rate = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--pairs")) pairs = atol(argv[i + 1]);
     else if (!strcmp(argv[i], "--live")) live = atol(argv[i + 1]);
     else if (!strcmp(argv[i], "--wait-ms")) wait_ms = atol(argv[i + 1]);
     else if (!strcmp(argv[i], "--rate")) rate = atof(argv[i + 1]);
+    else if (!strcmp(argv[i], "--wait-usdt")) wait_usdt = atol(argv[i + 1]);
   }
   void** pool = calloc((size_t)live, sizeof *pool);
   if (!pool) return 1;
@@ -41,6 +47,12 @@ int main(int argc, char** argv) {
     if (!pool[i]) return 1;
   }
   if (wait_ms > 0) usleep((useconds_t)(wait_ms * 1000));
+  const char* usdt = "";
+  if (wait_usdt) {
+    volatile unsigned short* sem = dlsym(RTLD_DEFAULT, "otel_memory_alloc_semaphore");
+    for (int i = 0; sem && !*sem && i < 1000; i++) usleep(10000);
+    usdt = sem && *sem ? " usdt=attached" : " usdt=absent";
+  }
   double t0 = now_s(), c0 = cpu_s();
   for (long i = 0; i < pairs; i++) {
     r ^= r << 13;
@@ -61,7 +73,7 @@ int main(int argc, char** argv) {
     }
   }
   double wall = now_s() - t0, cpu = cpu_s() - c0;
-  printf("pairs=%ld wall_ns_per_pair=%.1f cpu_ns_per_pair=%.1f\n", pairs, wall * 1e9 / (double)pairs,
-         cpu * 1e9 / (double)pairs);
+  printf("pairs=%ld wall_ns_per_pair=%.1f cpu_ns_per_pair=%.1f%s\n", pairs, wall * 1e9 / (double)pairs,
+         cpu * 1e9 / (double)pairs, usdt);
   return 0;
 }

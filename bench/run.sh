@@ -28,7 +28,11 @@ else
   done
 fi
 
-echo "# memlens benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $("$build/memlensd" --version 2>/dev/null | head -1))"
+# The tree measured (the binary's own revision is the one of its last
+# configure, which a build directory kept across commits does not refresh).
+tree=$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$here/.." status --porcelain --untracked-files=no 2>/dev/null) ]] && tree="$tree+changes"
+echo "# memlens benchmark ($(date -u +%Y-%m-%dT%H:%MZ), tree $tree, $("$build/memlensd" --version 2>/dev/null | head -1))"
 status=0
 for n in "${sections[@]}"; do
   echo

@@ -31,6 +31,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sdt.h>
+#if defined(__x86_64__)
+/* The probe sites are 5-byte nops (nopl 0x0(%rax,%rax,1)), not sdt.h's
+ * 1-byte one: the kernel (6.18+) turns a uprobe on a 5-byte nop into a call
+ * to a trampoline after its first hit (a system call instead of an int3
+ * trap). Written without commas, which sdt.h's macros would split. */
+#undef _SDT_NOP
+#define _SDT_NOP .4byte 0x00441f0f; .byte 0x00
+#endif
 #include <time.h>
 #include <unistd.h>
 

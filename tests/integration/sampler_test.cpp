@@ -90,6 +90,10 @@ TEST(Sampler, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
                                                                         {"outcome", "fired"}}).value_or(0), 1000);
   EXPECT_EQ(find_sample(d->scrape(), "memlens_sampler_samples_total", {{"pid", std::to_string(w.pid())},
                                                                         {"outcome", "dropped"}}).value_or(-1), 0);
+  // The probe sites are 5-byte nops, which this kernel turns into calls to
+  // a trampoline it maps into the process (instead of an int3 trap a hit).
+  EXPECT_NE(read_text("/proc/" + std::to_string(w.pid()) + "/maps").find("[uprobes-trampoline]"), std::string::npos)
+      << "the otel_memory probes were not optimized";
 
   // The profile, as go tool pprof reads it, once it was rebuilt after the work.
   std::this_thread::sleep_for(2500ms);
