@@ -36,7 +36,8 @@ struct HeapMetrics {
                            "memlens_heap_resident_unused_ratio compares live bytes with resident memory.)");
   MetricDesc age = metric("allocator_books_age", "seconds", MetricKind::gauge,
                           "Age of the published figures: large heaps are walked every few ticks, and a walk "
-                          "that could not be made consistent keeps the previous figures.");
+                          "that could not be made consistent keeps the previous figures; 0 while the target has "
+                          "not run since its last walk (its figures are current).");
   MetricDesc readable = metric(
       "allocator_readable", "", MetricKind::gauge,
       "1 (reason ok) when the allocator's books are read; 0 with the reason when they are not: disabled, "
@@ -50,6 +51,9 @@ struct HeapMetrics {
                                "Collections where no walk could be made consistent: the previous figures were kept.");
   MetricDesc deferred = metric("allocator_walks_deferred", "", MetricKind::counter,
                                "Walks put off to a later tick by the per-tick chunk budget.");
+  MetricDesc unchanged = metric("allocator_walks_unneeded", "", MetricKind::counter,
+                                "Walks not made: the target had not run since its last consistent walk (its CPU "
+                                "clock had not moved), so its figures were current.");
   MetricDesc chunks_read = metric("allocator_chunks_read", "", MetricKind::counter,
                                   "Free chunks visited by walks of allocator books.");
   MetricDesc pages_read = metric("allocator_pages_read", "", MetricKind::counter,
@@ -191,6 +195,9 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
     return {};
   }
   glibc::ProcessMemory mem(t.pid());
+  // Read before the walk: if the process runs during it, the next look
+  // sees its clock moved and walks again.
+  auto cpu_before = process_cpu_ns(t.pid());
   const double t0 = mono_now();
   Result<glibc::Books> books = make_error(Errc::malformed, "not walked");
   uint64_t chunks = 0;
@@ -234,6 +241,7 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
   if (books) {
     pt.books = *books;
     pt.books_at = now;
+    pt.cpu_ns_at_books = cpu_before ? std::optional<uint64_t>(*cpu_before) : std::nullopt;
     pt.failed_ticks = 0;
     pt.reason.clear();
     if (!pt.validated) {
@@ -284,7 +292,17 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
     return {};
   }
   if (!pt.located && now >= pt.next_locate) locate(t, pt, now);
-  if (pt.located && tick_ >= pt.due_tick) {
+  // Not run since the last consistent walk: the figures are those of now.
+  bool unchanged = false;
+  if (pt.located && pt.books && pt.reason.empty() && pt.cpu_ns_at_books && t.pid() != getpid()) {
+    const auto cpu = process_cpu_ns(t.pid());
+    unchanged = cpu && *cpu == *pt.cpu_ns_at_books;
+    if (unchanged) {
+      pt.books_at = now;
+      if (tick_ >= pt.due_tick) ++unchanged_;
+    }
+  }
+  if (pt.located && tick_ >= pt.due_tick && !unchanged) {
     // Past the tick's share only for a target long overdue, and never past
     // twice the share: the cap holds whatever the number of targets.
     const bool overdue = tick_ >= pt.due_tick + kOverdueTicks;
@@ -323,6 +341,7 @@ void HeapCollector::collect_global(GlobalSample& out) {
   out.counter(m().walks, static_cast<double>(walks_inconsistent_), {{"result", "inconsistent"}});
   out.counter(m().failures, static_cast<double>(failures_));
   out.counter(m().deferred, static_cast<double>(deferred_));
+  out.counter(m().unchanged, static_cast<double>(unchanged_));
   out.counter(m().chunks_read, static_cast<double>(chunks_));
   out.counter(m().pages_read, static_cast<double>(pages_));
   out.counter(m().walk_seconds, seconds_);

@@ -433,6 +433,51 @@ TEST(HeapBooks, SwitchedOffPerTarget) {
   EXPECT_EQ(find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}), 0.0);
 }
 
+// A target that has not run since its last walk is not walked again (its
+// CPU clock has not moved, so its books cannot have): its figures stay those
+// of its own mallinfo2(), with age 0, and walks stop. The moment it runs and
+// changes its heap, the next walk shows it. CPython, idle in pause(), grows
+// its glibc heap by 6.4 MB at each SIGUSR1.
+TEST(HeapBooks, AnIdleTargetIsNotWalkedAgainUntilItRuns) {
+  REQUIRE_ROOT();
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/idle.jsonl";
+  Child w = spawn({"/usr/bin/python3", std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/idle_heap.py", truth},
+                  dir + "/idle.log");
+  auto phase = [&] { return truth_lines(truth).size(); };
+  ASSERT_TRUE(wait_until([&] { return phase() == 1; }, 20s)) << read_text(dir + "/idle.log");
+  auto d = start_daemon(targets_yaml({{"idle", w.pid()}}));
+  ASSERT_TRUE(d);
+  auto in_use_is = [&](const nlohmann::json& t, std::vector<PromSample>& s) {
+    const double want = t["uordblks"].get<double>() + t["hblkhd"].get<double>();
+    return wait_until([&] {
+      s = d->scrape();
+      const auto v = find_sample(s, "memlens_allocator_inuse_bytes", of(w.pid()));
+      return v && std::abs(*v - want) <= want * 0.01;
+    }, 10s);
+  };
+  std::vector<PromSample> s;
+  ASSERT_TRUE(in_use_is(truth_lines(truth).back(), s)) << "in use never matched mallinfo2 (phase 1)";
+  // Idle: ticks go by (250 ms each), no walk is made, the figures are current.
+  const double walks0 = find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(-1);
+  const double unneeded0 = find_sample(s, "memlens_allocator_walks_unneeded_total", {}).value_or(-1);
+  std::this_thread::sleep_for(2500ms);
+  s = d->scrape();
+  const double walks1 = find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(-1);
+  const double unneeded1 = find_sample(s, "memlens_allocator_walks_unneeded_total", {}).value_or(-1);
+  std::printf("idle 2.5 s: consistent walks %.0f -> %.0f, walks not needed %.0f -> %.0f\n", walks0, walks1,
+              unneeded0, unneeded1);
+  EXPECT_EQ(walks1, walks0) << "an idle target was walked again";
+  EXPECT_GE(unneeded1 - unneeded0, 5) << "ticks that found it idle";
+  EXPECT_LE(find_sample(s, "memlens_allocator_books_age_seconds", of(w.pid())).value_or(99), 0.5);
+  // It runs and grows: the next tick walks it and shows its own figure.
+  ASSERT_EQ(::kill(w.pid(), SIGUSR1), 0);
+  ASSERT_TRUE(wait_until([&] { return phase() == 2; }, 10s));
+  ASSERT_TRUE(in_use_is(truth_lines(truth).back(), s)) << "in use never matched mallinfo2 after it grew";
+  EXPECT_GT(find_sample(s, "memlens_allocator_walks_total", {{"result", "consistent"}}).value_or(-1), walks1);
+  w.stop(SIGTERM, 5s);
+}
+
 // The leak slope runs on the books' in-use bytes when there is no exact
 // live heap from tracing: a leak of small blocks in a churning heap shows at
 // once and at its rate (anonymous RSS would first fill the heap's holes).

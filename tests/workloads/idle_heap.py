@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""idle_heap: a glibc heap that stays still until it is poked.
+
+usage: idle_heap.py TRUTH
+
+Allocates 100 blocks of 64 KiB through glibc's malloc (bytearrays: too big
+for CPython's own small-object allocator, below glibc's mmap threshold, so
+they live in the heap's arena), writes glibc's own mallinfo2() as one JSON
+line to TRUTH, and waits for a signal without running at all. Each SIGUSR1
+adds 100 more blocks and writes a new line. Lines:
+  {"phase": N, "arena": ..., "uordblks": ..., "fordblks": ..., "hblkhd": ...}
+"""
+import ctypes
+import json
+import os
+import signal
+import sys
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+truth_path = sys.argv[1]
+blocks = []
+poked = []
+signal.signal(signal.SIGUSR1, lambda *_: poked.append(1))
+
+
+def grow_and_report(phase):
+    for _ in range(100):
+        b = bytearray(64 * 1024)
+        b[::4096] = b"x" * 16  # resident, like a real buffer
+        blocks.append(b)
+    line = "{}"
+    for _ in range(2):  # the second mallinfo2 sees what the first line's text took
+        mi = libc.mallinfo2()
+        line = json.dumps({"phase": phase, **{n: getattr(mi, n) for n, _ in MallInfo2._fields_}})
+    with open(truth_path, "a") as f:
+        f.write(line + "\n")
+
+
+phase = 1
+grow_and_report(phase)
+while True:
+    signal.pause()
+    while poked:
+        poked.pop()
+        phase += 1
+        grow_and_report(phase)
