@@ -248,6 +248,53 @@ uint64_t count_u32_keys(int map_fd) {
   return n;
 }
 
+Result<void> U32MapView::read(int map_fd, std::size_t value_size, bool percpu) {
+  if (value_size == 0 || value_size % 8 != 0) return make_error(Errc::invalid, "map value size not a multiple of 8");
+  fields_ = value_size / 8;
+  const std::size_t copies = percpu ? static_cast<std::size_t>(possible_cpus()) : 1;
+  const std::size_t stride = fields_ * copies;  // u64s per entry in a batch
+  index_.clear();
+  values_.clear();
+  // Enough for a hash bucket's entries in one call (the kernel answers
+  // ENOSPC otherwise, and the chunk doubles).
+  std::size_t chunk = std::max<std::size_t>(keys_buf_.size(), 256);
+  uint32_t in_token = 0, out_token = 0;
+  bool first = true;
+  for (;;) {
+    keys_buf_.resize(chunk);
+    raw_buf_.resize(chunk * stride);
+    __u32 count = static_cast<__u32>(chunk);
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    const int r = bpf_map_lookup_batch(map_fd, first ? nullptr : &in_token, &out_token, keys_buf_.data(),
+                                       raw_buf_.data(), &count, &opts);
+    const int err = r == 0 ? 0 : errno;
+    if (err == ENOSPC && count == 0) {
+      if (chunk >= (1u << 20)) return make_error(Errc::full, "map batch: a bucket larger than 1M entries");
+      chunk *= 2;
+      continue;
+    }
+    if (err != 0 && err != ENOENT) {
+      return make_error(errc_from_errno(err), std::string("map batch lookup: ") + std::strerror(err));
+    }
+    for (__u32 i = 0; i < count; ++i) {
+      const uint64_t* raw = raw_buf_.data() + static_cast<std::size_t>(i) * stride;
+      const std::size_t at = values_.size();
+      values_.insert(values_.end(), raw, raw + fields_);
+      for (std::size_t c = 1; c < copies; ++c)
+        for (std::size_t f = 0; f < fields_; ++f) values_[at + f] += raw[c * fields_ + f];
+      index_[keys_buf_[i]] = at;
+    }
+    if (err == ENOENT) return {};  // the whole map was read
+    in_token = out_token;
+    first = false;
+  }
+}
+
+const uint64_t* U32MapView::find(uint32_t key) const {
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : values_.data() + it->second;
+}
+
 const SelfMetrics& self_metrics() {
   static const SelfMetrics m{
       metric("bpf_events_dropped", "", MetricKind::counter,

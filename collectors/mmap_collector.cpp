@@ -69,6 +69,9 @@ struct MmapState {
   uint64_t update_failed = 0;  // targets refused for another reason
   uint64_t page_bytes = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   ProcFs fs;
+  // The whole map, read once a tick at its first target.
+  bpf::U32MapView view;
+  bool view_fresh = false;
 };
 
 MmapCollector::MmapCollector() : s_(std::make_unique<MmapState>()) {}
@@ -135,9 +138,17 @@ void MmapCollector::target_removed(const Target& t) {
 
 Result<void> MmapCollector::collect(const Target& t, Sample& out) {
   if (!s_->skel) return {};
+  static_assert(sizeof(mmap_stats) % 8 == 0);
   __u32 key = static_cast<__u32>(t.pid());
+  const int fd = bpf_map__fd(s_->skel->maps.mmap_stats);
+  if (!s_->view_fresh) {
+    if (auto r = s_->view.read(fd, sizeof(mmap_stats), false); !r) return r.error();
+    s_->view_fresh = true;
+  }
   mmap_stats v{};
-  if (bpf_map_lookup_elem(bpf_map__fd(s_->skel->maps.mmap_stats), &key, &v) != 0) {
+  if (const uint64_t* f = s_->view.find(key)) {
+    std::memcpy(&v, f, sizeof v);
+  } else if (bpf_map_lookup_elem(fd, &key, &v) != 0) {  // added after this tick's read
     // Not traced (the map was full when it was added; counted as a drop):
     // no series rather than zeros that look like a quiet process.
     if (errno == ENOENT) return {};
@@ -164,7 +175,8 @@ void MmapCollector::collect_global(GlobalSample& out) {
   out.counter(self.dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
   out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
   out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "mmap"}});
-  const uint64_t n = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.mmap_stats));
+  const uint64_t n = s_->view_fresh ? s_->view.size() : bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.mmap_stats));
+  s_->view_fresh = false;
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "mmap_stats"}});
 }
 
