@@ -39,6 +39,9 @@ struct ProcMetrics {
                              "Page faults taken by the process (from /proc/PID/stat), by kind minor/major.");
   MetricDesc threads = metric("threads", "", MetricKind::gauge, "Number of threads.");
   MetricDesc cpu = metric("cpu", "seconds", MetricKind::counter, "CPU time (user + system) of the process.");
+  MetricDesc saved = metric("proc_reads_saved", "", MetricKind::counter,
+                            "Reads of /proc/PID/stat and maps not made: the process had not run since the last one "
+                            "(its CPU clock had not moved), so what they hold had not changed.");
 };
 
 const ProcMetrics& m() {
@@ -52,13 +55,28 @@ Result<void> ProcCollector::start(const ConfigPtr& config) {
   const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
   smaps_interval_ = std::chrono::duration<double>(cfg.smaps_interval).count();
-  for (auto& [id, pt] : per_target_) pt.next_smaps = 0;  // procfs root may have changed
+  for (auto& [id, pt] : per_target_) {  // procfs root may have changed
+    pt.next_smaps = 0;
+    pt.stat_cpu_ns.reset();
+    pt.maps_cpu_ns.reset();
+  }
+  // <root>/self names us by our pid only if the root shows our pid namespace
+  // (the host's /proc under hostPID, or our own): then a pid read there is
+  // one our CPU clocks can name.
+  auto self = read_link(proc_.path("self"));
+  same_pid_ns_ = self && *self == std::to_string(getpid());
   return {};
+}
+
+std::optional<uint64_t> ProcCollector::cpu_clock(pid_t pid) const {
+  if (!same_pid_ns_) return std::nullopt;
+  auto ns = process_cpu_ns(pid);
+  return ns ? std::optional<uint64_t>(*ns) : std::nullopt;
 }
 
 void ProcCollector::target_removed(const Target& t) { per_target_.erase(t.id); }
 
-Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt) {
+Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns) {
   const pid_t pid = t.pid();
   Result<void> result;
   auto rollup_text = read_file(proc_.path(pid, "smaps_rollup"));
@@ -78,7 +96,13 @@ Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt) {
   } else {
     result = rollup_text.error();
   }
+  // The [heap] mapping moves only by the process's own brk calls.
+  if (pt.have_heap && cpu_ns && pt.maps_cpu_ns == cpu_ns) {
+    ++maps_reads_saved_;
+    return result;
+  }
   pt.have_heap = false;
+  pt.maps_cpu_ns = cpu_ns;
   auto maps_text = read_file(proc_.path(pid, "maps"), 64 << 20);
   if (maps_text) {
     auto heap = parse_maps_heap(*maps_text);
@@ -99,16 +123,29 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
   PerTarget& pt = per_target_[t.id];
 
-  if (auto r = pread_file(pt.stat, proc_.path(pid, "stat"), buf_); !r) return r.error();
-  auto st = parse_stat(buf_);
-  if (!st) return st.error();
-  // The pid was reused since discovery: this is not our target any more.
-  if (st->starttime != t.id.start_time)
-    return make_error(Errc::not_found, "pid " + std::to_string(pid) + " was reused");
-  out.counter(m().faults, static_cast<double>(st->minflt), {{"kind", "minor"}});
-  out.counter(m().faults, static_cast<double>(st->majflt), {{"kind", "major"}});
-  out.gauge(m().threads, static_cast<double>(st->num_threads));
-  out.counter(m().cpu, static_cast<double>(st->utime + st->stime) / ticks);
+  // Read before stat: if the process runs after it, the next tick sees the
+  // clock moved. Unmoved, stat's fields are those of the last read (and
+  // the process is the same one: a reused pid's clock is another's).
+  const std::optional<uint64_t> cpu_ns = cpu_clock(pid);
+  if (!cpu_ns || pt.stat_cpu_ns != cpu_ns) {
+    if (auto r = pread_file(pt.stat, proc_.path(pid, "stat"), buf_); !r) return r.error();
+    auto st = parse_stat(buf_);
+    if (!st) return st.error();
+    // The pid was reused since discovery: this is not our target any more.
+    if (st->starttime != t.id.start_time)
+      return make_error(Errc::not_found, "pid " + std::to_string(pid) + " was reused");
+    pt.minflt = st->minflt;
+    pt.majflt = st->majflt;
+    pt.threads = st->num_threads;
+    pt.cpu_ticks = st->utime + st->stime;
+    pt.stat_cpu_ns = cpu_ns;
+  } else {
+    ++stat_reads_saved_;
+  }
+  out.counter(m().faults, static_cast<double>(pt.minflt), {{"kind", "minor"}});
+  out.counter(m().faults, static_cast<double>(pt.majflt), {{"kind", "major"}});
+  out.gauge(m().threads, static_cast<double>(pt.threads));
+  out.counter(m().cpu, static_cast<double>(pt.cpu_ticks) / ticks);
 
   if (auto r = pread_file(pt.status, proc_.path(pid, "status"), buf_); !r) return r.error();
   auto status = parse_status(buf_);
@@ -129,7 +166,7 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
 
   const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   if (now >= pt.next_smaps) {
-    pt.smaps_error = read_smaps(t, pt);
+    pt.smaps_error = read_smaps(t, pt, cpu_ns);
     pt.next_smaps = now + smaps_interval_;
   }
   if (pt.have_rollup) {
@@ -138,6 +175,11 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   }
   if (pt.have_heap) out.gauge(m().heap, pt.heap);
   return pt.smaps_error;
+}
+
+void ProcCollector::collect_global(GlobalSample& out) {
+  out.counter(m().saved, static_cast<double>(stat_reads_saved_), {{"file", "stat"}});
+  out.counter(m().saved, static_cast<double>(maps_reads_saved_), {{"file", "maps"}});
 }
 
 }  // namespace memlens

@@ -2,9 +2,17 @@
 // counters: cheap), smaps_rollup and the [heap] mapping in maps every
 // smaps_interval (the kernel walks every page table for smaps_rollup: that
 // read costs more than all the others together).
+//
+// What only the process itself can change is not read again while it has
+// not run: stat's fields (faults, threads, CPU time) and the [heap] mapping
+// (brk) stay those of the last read while the process's CPU-time clock
+// (exact, one system call) has not moved. status (resident memory, which
+// reclaim and swap change without the process running) and smaps_rollup
+// (PSS, which other processes' sharing changes) are always read.
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include "collectors/collector.h"
@@ -20,6 +28,7 @@ class ProcCollector : public Collector {
   void target_removed(const Target& t) override;
   Result<void> collect(const Target& t, Sample& out) override;
   bool tells_exit() const override { return true; }
+  void collect_global(GlobalSample& out) override;
 
  private:
   struct PerTarget {
@@ -29,12 +38,21 @@ class ProcCollector : public Collector {
     double pss = 0, uss = 0;
     bool have_heap = false;
     double heap = 0;
+    // stat's fields as last read, and the CPU clock just before that read
+    // (and before the last maps read).
+    uint64_t minflt = 0, majflt = 0, threads = 0, cpu_ticks = 0;
+    std::optional<uint64_t> stat_cpu_ns, maps_cpu_ns;
     Result<void> smaps_error;  // of the last smaps read, repeated until the next
   };
-  Result<void> read_smaps(const Target& t, PerTarget& pt);
+  Result<void> read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns);
+  // The process's CPU clock, when its pids are ours (the procfs root shows
+  // our pid namespace); nullopt otherwise or when it cannot be read.
+  std::optional<uint64_t> cpu_clock(pid_t pid) const;
 
   ProcFs proc_;
   double smaps_interval_ = 5;
+  bool same_pid_ns_ = false;
+  uint64_t stat_reads_saved_ = 0, maps_reads_saved_ = 0;
   std::map<TargetId, PerTarget> per_target_;
   std::string buf_;  // reused read buffer
 };

@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <cmath>
+#include <sstream>
 #include <thread>
 
 #include "tests/support/support.h"
@@ -131,4 +132,68 @@ TEST(ProcValues, CapTurnsAwayAndCounts) {
   EXPECT_EQ(find_sample(s, "memlens_targets_watched", {{"target", "work"}}).value_or(-1), 3);
   EXPECT_EQ(find_sample(s, "memlens_targets_over_cap").value_or(-1), 1);
   EXPECT_EQ(find_sample(s, "memlens_targets_capped_total").value_or(-1), 1) << "each process counted once";
+}
+
+// What only the process changes (stat: faults, threads, CPU; maps: the
+// [heap] mapping) is not read again while it has not run, and is what it
+// says all the same: CPython idle in pause() reports its own getrusage()
+// faults and thread count; poked, it grows its heap by 6.4 MB and starts a
+// thread, and the next tick shows both.
+TEST(ProcValues, AnIdleTargetsStatIsNotReadAgainUntilItRuns) {
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/idle.jsonl";
+  Child w = spawn({"/usr/bin/python3", std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/idle_heap.py", truth},
+                  dir + "/idle.log");
+  auto lines = [&] {
+    std::vector<nlohmann::json> out;
+    std::istringstream in(read_text(truth));
+    for (std::string l; std::getline(in, l);)
+      if (auto j = nlohmann::json::parse(l, nullptr, false); !j.is_discarded()) out.push_back(std::move(j));
+    return out;
+  };
+  ASSERT_TRUE(wait_until([&] { return lines().size() == 1; }, 20s)) << read_text(dir + "/idle.log");
+  auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 250ms}\n"
+                        "targets:\n  - {name: idle, pid: " + std::to_string(w.pid()) + "}\n");
+  ASSERT_TRUE(d);
+  const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
+  auto minor = [&](const std::vector<PromSample>& s) {
+    return find_sample(s, "memlens_page_faults_total", {{"pid", std::to_string(w.pid())}, {"kind", "minor"}})
+        .value_or(-1);
+  };
+  auto saved = [&](const std::vector<PromSample>& s, const char* file) {
+    return find_sample(s, "memlens_proc_reads_saved_total", {{"file", file}}).value_or(-1);
+  };
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_heap_mapping_bytes", sel).has_value();
+  }, 15s)) << d->log();
+  const double stat0 = saved(s, "stat"), maps0 = saved(s, "maps");
+  std::this_thread::sleep_for(2500ms);
+  s = d->scrape();
+  auto t = lines().back();
+  std::printf("idle 2.5 s: stat reads saved %.0f, maps reads saved %.0f; minor faults %.0f vs getrusage %.0f\n",
+              saved(s, "stat") - stat0, saved(s, "maps") - maps0, minor(s), t["minflt"].get<double>());
+  EXPECT_GE(saved(s, "stat") - stat0, 5);
+  EXPECT_GE(saved(s, "maps") - maps0, 5);
+  // Its last faults came after its own count (the line written, pause()).
+  EXPECT_GE(minor(s), t["minflt"].get<double>());
+  EXPECT_LE(minor(s), t["minflt"].get<double>() + 64);
+  EXPECT_EQ(find_sample(s, "memlens_threads", sel), t["threads"].get<double>());
+  const double heap1 = find_sample(s, "memlens_heap_mapping_bytes", sel).value_or(0);
+  expect_within(heap1, t["arena"].get<double>(), 0.02, "heap mapping vs mallinfo2().arena");
+
+  ASSERT_EQ(::kill(w.pid(), SIGUSR1), 0);
+  ASSERT_TRUE(wait_until([&] { return lines().size() == 2; }, 10s));
+  t = lines().back();
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_threads", sel) == t["threads"].get<double>() &&
+           minor(s) >= t["minflt"].get<double>() &&
+           find_sample(s, "memlens_heap_mapping_bytes", sel).value_or(0) >= heap1 + 6e6;
+  }, 5s)) << "after it ran: threads " << find_sample(s, "memlens_threads", sel).value_or(-1) << " vs "
+          << t["threads"] << ", minor faults " << minor(s) << " vs " << t["minflt"] << ", heap mapping "
+          << find_sample(s, "memlens_heap_mapping_bytes", sel).value_or(-1) << " vs " << heap1 << " + 6.4 MB";
+  EXPECT_LE(minor(s), t["minflt"].get<double>() + 64);
+  w.stop(SIGTERM, 5s);
 }

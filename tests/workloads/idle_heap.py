@@ -7,14 +7,19 @@ Allocates 100 blocks of 64 KiB through glibc's malloc (bytearrays: too big
 for CPython's own small-object allocator, below glibc's mmap threshold, so
 they live in the heap's arena), writes glibc's own mallinfo2() as one JSON
 line to TRUTH, and waits for a signal without running at all. Each SIGUSR1
-adds 100 more blocks and writes a new line. Lines:
-  {"phase": N, "arena": ..., "uordblks": ..., "fordblks": ..., "hblkhd": ...}
+adds 100 more blocks and one more thread (which sleeps) and writes a new
+line. Lines:
+  {"phase": N, "arena": ..., "uordblks": ..., "fordblks": ..., "hblkhd": ...,
+   "threads": N, "minflt": ...}
+threads and minflt (getrusage) are taken last, after the line's text.
 """
 import ctypes
 import json
 import os
+import resource
 import signal
 import sys
+import threading
 
 
 class MallInfo2(ctypes.Structure):
@@ -35,10 +40,14 @@ def grow_and_report(phase):
         b = bytearray(64 * 1024)
         b[::4096] = b"x" * 16  # resident, like a real buffer
         blocks.append(b)
+    if phase > 1:
+        threading.Thread(target=lambda: threading.Event().wait(), daemon=True).start()
     line = "{}"
-    for _ in range(2):  # the second mallinfo2 sees what the first line's text took
+    for _ in range(3):  # later rounds see what the earlier line's text took
         mi = libc.mallinfo2()
-        line = json.dumps({"phase": phase, **{n: getattr(mi, n) for n, _ in MallInfo2._fields_}})
+        fields = {n: getattr(mi, n) for n, _ in MallInfo2._fields_}
+        fields.update(threads=threading.active_count(), minflt=resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+        line = json.dumps({"phase": phase, **fields})
     with open(truth_path, "a") as f:
         f.write(line + "\n")
 
