@@ -90,6 +90,7 @@ std::optional<glibc::Range> brk_heap(const std::vector<Mapping>& maps) {
 Result<void> HeapCollector::start(const ConfigPtr& config) {
   const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
+  same_pid_ns_ = proc_.shows_own_pids();
   tick_seconds_ = std::max(0.1, std::chrono::duration<double>(cfg.tick_interval).count());
   for (auto& [id, pt] : per_target_) pt.next_locate = 0;  // procfs root may have changed
   return {};
@@ -197,7 +198,7 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
   glibc::ProcessMemory mem(t.pid());
   // Read before the walk: if the process runs during it, the next look
   // sees its clock moved and walks again.
-  auto cpu_before = process_cpu_ns(t.pid());
+  auto cpu_before = same_pid_ns_ ? process_cpu_ns(t.pid()) : Result<uint64_t>(make_error(Errc::disabled, ""));
   const double t0 = mono_now();
   Result<glibc::Books> books = make_error(Errc::malformed, "not walked");
   uint64_t chunks = 0;

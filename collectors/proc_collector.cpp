@@ -60,11 +60,7 @@ Result<void> ProcCollector::start(const ConfigPtr& config) {
     pt.stat_cpu_ns.reset();
     pt.maps_cpu_ns.reset();
   }
-  // <root>/self names us by our pid only if the root shows our pid namespace
-  // (the host's /proc under hostPID, or our own): then a pid read there is
-  // one our CPU clocks can name.
-  auto self = read_link(proc_.path("self"));
-  same_pid_ns_ = self && *self == std::to_string(getpid());
+  same_pid_ns_ = proc_.shows_own_pids();
   return {};
 }
 

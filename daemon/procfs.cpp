@@ -114,6 +114,11 @@ Result<std::vector<std::string>> list_dir(const std::string& dir) {
   return names;
 }
 
+bool ProcFs::shows_own_pids() const {
+  auto self = read_link(path("self"));
+  return self && *self == std::to_string(getpid());
+}
+
 Result<uint64_t> process_cpu_ns(pid_t pid) {
   // The kernel's clock id of a process's CPU-time clock (CPUCLOCK_SCHED of
   // the whole thread group), as clock_getcpuclockid() makes it; built here

@@ -27,6 +27,10 @@ class ProcFs {
   // readable stat file. Checked at start and on reload (a wrong
   // --path.procfs would otherwise serve an empty, "healthy" daemon).
   Result<void> check() const;
+  // Whether the root shows memlensd's own pid namespace (its self link
+  // names our pid: /proc, or the host's /proc under hostPID), so that a pid
+  // read there is one our system calls (CPU clocks, process_vm_readv) name.
+  bool shows_own_pids() const;
 
  private:
   std::string root_;
