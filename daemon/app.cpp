@@ -125,6 +125,7 @@ App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
   discovery_ = std::make_unique<Discovery>(cfg_, getpid());
   warn_without_runtime_state(*cfg_);
   store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
+  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
   start_collectors();
 }
 
@@ -481,6 +482,7 @@ void App::reload() {
   ConfigPtr next = std::make_shared<const Config>(std::move(*cfg));
   const bool resize = state_geometry(*next) != store_->geometry();
   cfg_ = std::move(next);
+  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
   discovery_->reconfigure(cfg_);
   warn_without_runtime_state(*cfg_);
   if (resize) {
@@ -488,6 +490,7 @@ void App::reload() {
     states_.clear();
     store_.reset();
     store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
+  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
     store_->release_unclaimed();
   }
   trim_due_ = true;             // what the previous config held

@@ -53,6 +53,8 @@ class StateStore {
   void release_unclaimed();
   const Stats& stats() const { return stats_; }
   const StateGeometry& geometry() const { return g_; }
+  // How far back timelines claimed from now on must reach (see Timeline).
+  void set_window(double seconds) { window_seconds_ = seconds; }
 
  private:
   struct Slot {
@@ -67,6 +69,7 @@ class StateStore {
   std::span<tlc::Chunk> ring(uint32_t i) const;
 
   StateGeometry g_;
+  double window_seconds_ = 0;
   uint8_t* base_ = nullptr;
   std::size_t len_ = 0;
   int fd_ = -1;

@@ -7,7 +7,8 @@
 
 namespace memlens {
 
-Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume) : ring_(ring), owner_(owner) {
+Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, double window_seconds)
+    : ring_(ring), owner_(owner), window_ms_(static_cast<int64_t>(std::max(0.0, window_seconds) * 1000)) {
   if (!resume) return;
   uint64_t newest = 0;
   for (std::size_t i = 0; i < ring_.size(); ++i) {
@@ -50,9 +51,24 @@ void Timeline::push(double t_seconds, const Sample& s) {
       ++points_;
       return;
     }
-    cur_ = (cur_ + 1) % ring_.size();
+    cur_ = next_chunk(t_ms);
     writing_ = false;
   }
+}
+
+std::size_t Timeline::next_chunk(int64_t now_ms) const {
+  const auto order = newest_first();
+  // The oldest chunk's points have all left the window once the chunk
+  // after it began before the window did: write it again.
+  if (window_ms_ > 0 && order.size() >= 2 && ring_[order[order.size() - 2]].h.first_ms <= now_ms - window_ms_)
+    return order.back();
+  // Else a chunk nobody wrote (or another owner's, left over), in ring order.
+  for (std::size_t k = 1; k <= ring_.size(); ++k) {
+    const std::size_t i = (cur_ + k) % ring_.size();
+    if (ring_[i].h.seq == 0 || ring_[i].h.owner != owner_) return i;
+  }
+  // The ring is full of the window: the oldest goes.
+  return order.empty() ? (cur_ + 1) % ring_.size() : order.back();
 }
 
 std::vector<std::size_t> Timeline::newest_first() const {

@@ -26,7 +26,11 @@ class Timeline {
   // Over `ring`, owned elsewhere; only chunks written by `owner` count.
   // With `resume`, the intact chunks already there are the history (a
   // restart); the others (torn, foreign) are dropped and counted.
-  Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume);
+  // `window_seconds` (0: none) is how far back the history must reach: a
+  // chunk whose points have all left it is written again before memory the
+  // ring has not touched yet, so a quiet target's ring (sized for a busy
+  // one) takes only the pages its window needs.
+  Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, double window_seconds = 0);
   // Appends one tick; series not present in `s` are stored as NaN.
   void push(double t_seconds, const Sample& s);
   std::size_t size() const { return points_; }
@@ -49,6 +53,9 @@ class Timeline {
   tlc::ChunkWriter writer_;
   // Intact chunks of this timeline, newest first.
   std::vector<std::size_t> newest_first() const;
+  // The chunk to write once the current one is full, at time now_ms.
+  std::size_t next_chunk(int64_t now_ms) const;
+  int64_t window_ms_ = 0;
 };
 
 // Robust slope of a series: Theil-Sen (median of pairwise slopes), with a

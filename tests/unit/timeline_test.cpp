@@ -65,6 +65,38 @@ TEST(Timeline, QuietSeriesCompressWell) {
   EXPECT_LT(used / 8.0 / 3600, 1.5) << "bytes per point (3 series and a time)";
 }
 
+// A ring sized for a busy target (64 chunks) holding a quiet one for 6 h
+// with a 1 h window: once the oldest chunk's points have all left the
+// window it is written again, so the ring touches only the chunks an hour
+// needs (the pages behind the others are never faulted in) and still holds
+// the whole window, exact. A busy series keeps the whole ring, as before.
+TEST(Timeline, AQuietTargetReusesChunksThatLeftTheWindow) {
+  Ring r(64);
+  Timeline tl(r.span(), 1, false, 3600);
+  for (int i = 0; i < 6 * 3600; ++i) tl.push(i, with(10e6 + 4096.0 * (i / 600), 5e6));
+  std::size_t touched = 0;
+  for (const auto& c : r.mem) touched += c.h.seq ? 1 : 0;
+  const auto w = tl.window(SeriesId::rss, 6 * 3600 - 3600);
+  std::printf("6 h of a quiet target, 1 h window: %zu of 64 chunks written, %zu points held\n", touched, tl.size());
+  EXPECT_LE(touched, 16u);
+  ASSERT_EQ(w.size(), 3600u) << "the last hour, every point";
+  EXPECT_EQ(w.back().v, static_cast<float>(10e6 + 4096.0 * ((6 * 3600 - 1) / 600)));
+  EXPECT_EQ(w.front().t, 6 * 3600 - 3600);
+
+  Ring busy(8);
+  Timeline tb(busy.span(), 1, false, 3600);
+  std::mt19937 rng(2);
+  std::uniform_int_distribution<int> pages(0, 1 << 20);
+  for (int i = 0; i < 2000; ++i) {
+    const float v = static_cast<float>(4096.0 * pages(rng));
+    tb.push(i, with(v, v));
+  }
+  std::size_t written = 0;
+  for (const auto& c : busy.mem) written += c.h.seq ? 1 : 0;
+  EXPECT_EQ(written, 8u) << "a busy series within its window uses every chunk";
+  EXPECT_EQ(tb.window(SeriesId::rss, 0).size(), tb.size());
+}
+
 TEST(Timeline, MissingSeriesAreSkipped) {
   Ring r(2);
   Timeline tl(r.span(), 1, false);
