@@ -26,9 +26,9 @@ Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, doub
     }
   }
   next_seq_ = newest + 1;
-  // The next point starts a new chunk after the newest (the writer's state
-  // of the old one is gone with the old process).
-  if (newest) cur_ = (cur_ + 1) % ring_.size();
+  // The next point starts a new chunk (the writer's state of the newest is
+  // gone with the old process): one not written yet, else the oldest.
+  if (newest) cur_ = next_chunk(std::nullopt);
 }
 
 void Timeline::push(double t_seconds, const Sample& s) {
@@ -56,11 +56,12 @@ void Timeline::push(double t_seconds, const Sample& s) {
   }
 }
 
-std::size_t Timeline::next_chunk(int64_t now_ms) const {
+std::size_t Timeline::next_chunk(std::optional<int64_t> now_ms) const {
   const auto order = newest_first();
   // The oldest chunk's points have all left the window once the chunk
   // after it began before the window did: write it again.
-  if (window_ms_ > 0 && order.size() >= 2 && ring_[order[order.size() - 2]].h.first_ms <= now_ms - window_ms_)
+  if (now_ms && window_ms_ > 0 && order.size() >= 2 &&
+      ring_[order[order.size() - 2]].h.first_ms <= *now_ms - window_ms_)
     return order.back();
   // Else a chunk nobody wrote (or another owner's, left over), in ring order.
   for (std::size_t k = 1; k <= ring_.size(); ++k) {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -53,8 +54,9 @@ class Timeline {
   tlc::ChunkWriter writer_;
   // Intact chunks of this timeline, newest first.
   std::vector<std::size_t> newest_first() const;
-  // The chunk to write once the current one is full, at time now_ms.
-  std::size_t next_chunk(int64_t now_ms) const;
+  // The chunk to write once the current one is full, at time now_ms
+  // (without one, the window is not looked at).
+  std::size_t next_chunk(std::optional<int64_t> now_ms) const;
   int64_t window_ms_ = 0;
 };
 

@@ -82,6 +82,22 @@ TEST(Timeline, AQuietTargetReusesChunksThatLeftTheWindow) {
   ASSERT_EQ(w.size(), 3600u) << "the last hour, every point";
   EXPECT_EQ(w.back().v, static_cast<float>(10e6 + 4096.0 * ((6 * 3600 - 1) / 600)));
   EXPECT_EQ(w.front().t, 6 * 3600 - 3600);
+  // A restart over that ring (chunks no longer in ring order) resumes it and
+  // writes on without overwriting any of the window.
+  // Bursts of churn now and then make the ring take chunks it had not
+  // written while the oldest is still in the window, so that the chunks
+  // are no longer in ring order; restarts land anywhere in that.
+  std::mt19937 noise(3);
+  std::uniform_int_distribution<int> noisy(0, 1 << 20);
+  for (int restart = 0, t = 6 * 3600; restart < 40; ++restart) {
+    Timeline back(r.span(), 1, true, 3600);
+    const int at = t;
+    for (; t < at + 950; ++t) {
+      const bool burst = (t / 950) % 5 == 0 && t % 950 < 300;
+      back.push(t, with(burst ? 4096.0 * noisy(noise) : 10e6, 5e6));
+    }
+    ASSERT_EQ(back.window(SeriesId::rss, t - 3600).size(), 3600u) << "after a restart at " << at;
+  }
 
   Ring busy(8);
   Timeline tb(busy.span(), 1, false, 3600);
