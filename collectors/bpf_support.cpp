@@ -248,10 +248,9 @@ uint64_t count_u32_keys(int map_fd) {
   return n;
 }
 
-Result<void> U32MapView::read(int map_fd, std::size_t value_size, bool percpu) {
-  if (value_size == 0 || value_size % 8 != 0) return make_error(Errc::invalid, "map value size not a multiple of 8");
-  fields_ = value_size / 8;
-  const std::size_t copies = percpu ? static_cast<std::size_t>(possible_cpus()) : 1;
+Result<void> U32MapView::read(int map_fd) {
+  if (value_size_ == 0 || value_size_ % 8 != 0) return make_error(Errc::invalid, "map value size not a multiple of 8");
+  const std::size_t copies = percpu_ ? static_cast<std::size_t>(possible_cpus()) : 1;
   const std::size_t stride = fields_ * copies;  // u64s per entry in a batch
   index_.clear();
   values_.clear();
@@ -293,6 +292,31 @@ Result<void> U32MapView::read(int map_fd, std::size_t value_size, bool percpu) {
 const uint64_t* U32MapView::find(uint32_t key) const {
   auto it = index_.find(key);
   return it == index_.end() ? nullptr : values_.data() + it->second;
+}
+
+Result<const uint64_t*> U32MapView::find_this_tick(int map_fd, uint32_t key) {
+  if (!fresh_) {
+    if (auto r = read(map_fd); !r) return r.error();
+    fresh_ = true;
+  }
+  if (const uint64_t* f = find(key)) return f;
+  // Added after this tick's read: looked up alone, per-CPU copies summed.
+  const std::size_t copies = percpu_ ? static_cast<std::size_t>(possible_cpus()) : 1;
+  raw_buf_.resize(std::max(raw_buf_.size(), fields_ * copies));
+  if (bpf_map_lookup_elem(map_fd, &key, raw_buf_.data()) != 0) {
+    if (errno == ENOENT) return nullptr;
+    return make_error(errc_from_errno(errno), std::string("map lookup: ") + std::strerror(errno));
+  }
+  single_.assign(raw_buf_.begin(), raw_buf_.begin() + static_cast<std::ptrdiff_t>(fields_));
+  for (std::size_t c = 1; c < copies; ++c)
+    for (std::size_t f = 0; f < fields_; ++f) single_[f] += raw_buf_[c * fields_ + f];
+  return single_.data();
+}
+
+uint64_t U32MapView::end_tick(int map_fd) {
+  const uint64_t n = fresh_ ? size() : count_u32_keys(map_fd);
+  fresh_ = false;
+  return n;
 }
 
 const SelfMetrics& self_metrics() {

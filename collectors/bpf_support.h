@@ -140,19 +140,34 @@ class U32MapView {
  public:
   // value_size: bytes of one value (of one CPU's, for a per-CPU map), a
   // multiple of 8.
-  Result<void> read(int map_fd, std::size_t value_size, bool percpu);
-  // The entry's fields, or null when the map had no such key when read.
+  U32MapView(std::size_t value_size, bool percpu)
+      : fields_(value_size / 8), value_size_(value_size), percpu_(percpu) {}
+  // Reads the whole map now.
+  Result<void> read(int map_fd);
+  // The entry's fields as read, or null when the map had no such key.
   const uint64_t* find(uint32_t key) const;
   std::size_t size() const { return index_.size(); }
   std::size_t fields() const { return fields_; }
 
+  // Once a tick: the map is read at the tick's first find_this_tick(); a
+  // key added after that read is looked up alone. Null: no such key.
+  Result<const uint64_t*> find_this_tick(int map_fd, uint32_t key);
+  // The map's entries at the end of the tick (as read, when it was), and
+  // the next find_this_tick() reads the map again.
+  uint64_t end_tick(int map_fd);
+
  private:
-  std::size_t fields_ = 0;
+  std::size_t fields_;
+  std::size_t value_size_;
+  bool percpu_;
+  bool fresh_ = false;
   std::unordered_map<uint32_t, std::size_t> index_;  // key -> offset in values_
   std::vector<uint64_t> values_;
   std::vector<uint32_t> keys_buf_;
   std::vector<uint64_t> raw_buf_;
+  std::vector<uint64_t> single_;  // a key looked up alone
 };
+
 
 // The self-metric families every eBPF collector reports, declared once so
 // names and help texts agree: drops by collector and reason, map memory by

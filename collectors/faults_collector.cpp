@@ -35,8 +35,7 @@ struct FaultsState {
   std::unique_ptr<faults_bpf, decltype(&faults_bpf__destroy)> skel{nullptr, faults_bpf__destroy};
   bpf::Link link;
   // The whole map, read once a tick at its first target.
-  bpf::U32MapView view;
-  bool view_fresh = false;
+  bpf::U32MapView view{sizeof(fault_stats), true};
 };
 
 FaultsCollector::FaultsCollector() : s_(std::make_unique<FaultsState>()) {}
@@ -82,22 +81,10 @@ void FaultsCollector::target_removed(const Target& t) {
 Result<void> FaultsCollector::collect(const Target& t, Sample& out) {
   if (!s_->skel) return {};
   __u32 key = static_cast<__u32>(t.pid());
-  const int fd = bpf_map__fd(s_->skel->maps.fault_stats);
-  if (!s_->view_fresh) {
-    if (auto r = s_->view.read(fd, sizeof(fault_stats), true); !r) return r.error();
-    s_->view_fresh = true;
-  }
-  uint64_t all = 0, writes = 0;
-  if (const uint64_t* f = s_->view.find(key)) {
-    all = f[0];
-    writes = f[1];
-  } else {
-    // Added after this tick's read of the map.
-    auto v = bpf::sum_percpu_fields(fd, &key, sizeof(fault_stats));
-    if (!v) return v.error();
-    all = (*v)[0];
-    writes = (*v)[1];
-  }
+  auto f = s_->view.find_this_tick(bpf_map__fd(s_->skel->maps.fault_stats), key);
+  if (!f) return f.error();
+  // A pid the map does not hold (it was full) counts zeros, as it always did.
+  const uint64_t all = *f ? (*f)[0] : 0, writes = *f ? (*f)[1] : 0;
   out.counter(m().faults, static_cast<double>(all - std::min(all, writes)), {{"access", "read"}});
   out.counter(m().faults, static_cast<double>(writes), {{"access", "write"}});
   return {};
@@ -108,8 +95,7 @@ void FaultsCollector::collect_global(GlobalSample& out) {
   if (!s_->skel) return;
   out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "faults"}});
   out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "faults"}});
-  const uint64_t n = s_->view_fresh ? s_->view.size() : bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.fault_stats));
-  s_->view_fresh = false;
+  const uint64_t n = s_->view.end_tick(bpf_map__fd(s_->skel->maps.fault_stats));
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "fault_stats"}});
 }
 

@@ -198,7 +198,7 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
   glibc::ProcessMemory mem(t.pid());
   // Read before the walk: if the process runs during it, the next look
   // sees its clock moved and walks again.
-  auto cpu_before = same_pid_ns_ ? process_cpu_ns(t.pid()) : Result<uint64_t>(make_error(Errc::disabled, ""));
+  const std::optional<uint64_t> cpu_before = same_pid_ns_ ? process_cpu_ns(t.pid()) : std::nullopt;
   const double t0 = mono_now();
   Result<glibc::Books> books = make_error(Errc::malformed, "not walked");
   uint64_t chunks = 0;
@@ -242,7 +242,7 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
   if (books) {
     pt.books = *books;
     pt.books_at = now;
-    pt.cpu_ns_at_books = cpu_before ? std::optional<uint64_t>(*cpu_before) : std::nullopt;
+    pt.cpu_ns_at_books = cpu_before;
     pt.failed_ticks = 0;
     pt.reason.clear();
     if (!pt.validated) {
@@ -295,9 +295,9 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
   if (!pt.located && now >= pt.next_locate) locate(t, pt, now);
   // Not run since the last consistent walk: the figures are those of now.
   bool unchanged = false;
-  if (pt.located && pt.books && pt.reason.empty() && pt.cpu_ns_at_books && t.pid() != getpid()) {
-    const auto cpu = process_cpu_ns(t.pid());
-    unchanged = cpu && *cpu == *pt.cpu_ns_at_books;
+  // (Never memlensd itself: its figures come from mallinfo2(), with no clock.)
+  if (pt.located && pt.books && pt.reason.empty() && pt.cpu_ns_at_books) {
+    unchanged = process_cpu_ns(t.pid()) == pt.cpu_ns_at_books;
     if (unchanged) {
       pt.books_at = now;
       if (tick_ >= pt.due_tick) ++unchanged_;

@@ -70,8 +70,7 @@ struct MmapState {
   uint64_t page_bytes = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   ProcFs fs;
   // The whole map, read once a tick at its first target.
-  bpf::U32MapView view;
-  bool view_fresh = false;
+  bpf::U32MapView view{sizeof(mmap_stats), false};
 };
 
 MmapCollector::MmapCollector() : s_(std::make_unique<MmapState>()) {}
@@ -140,20 +139,13 @@ Result<void> MmapCollector::collect(const Target& t, Sample& out) {
   if (!s_->skel) return {};
   static_assert(sizeof(mmap_stats) % 8 == 0);
   __u32 key = static_cast<__u32>(t.pid());
-  const int fd = bpf_map__fd(s_->skel->maps.mmap_stats);
-  if (!s_->view_fresh) {
-    if (auto r = s_->view.read(fd, sizeof(mmap_stats), false); !r) return r.error();
-    s_->view_fresh = true;
-  }
+  auto f = s_->view.find_this_tick(bpf_map__fd(s_->skel->maps.mmap_stats), key);
+  if (!f) return make_error(Errc::io, "mmap: " + f.error().message);
+  // Not traced (the map was full when it was added; counted as a drop): no
+  // series rather than zeros that look like a quiet process.
+  if (!*f) return {};
   mmap_stats v{};
-  if (const uint64_t* f = s_->view.find(key)) {
-    std::memcpy(&v, f, sizeof v);
-  } else if (bpf_map_lookup_elem(fd, &key, &v) != 0) {  // added after this tick's read
-    // Not traced (the map was full when it was added; counted as a drop):
-    // no series rather than zeros that look like a quiet process.
-    if (errno == ENOENT) return {};
-    return make_error(Errc::io, std::string("mmap: lookup: ") + std::strerror(errno));
-  }
+  std::memcpy(&v, *f, sizeof v);
   for (const auto& c : mmap_call_counts(v, s_->page_bytes)) {
     Labels call{{"call", c.call}};
     out.counter(m().calls, static_cast<double>(c.calls), call);
@@ -175,8 +167,7 @@ void MmapCollector::collect_global(GlobalSample& out) {
   out.counter(self.dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
   out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
   out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "mmap"}});
-  const uint64_t n = s_->view_fresh ? s_->view.size() : bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.mmap_stats));
-  s_->view_fresh = false;
+  const uint64_t n = s_->view.end_tick(bpf_map__fd(s_->skel->maps.mmap_stats));
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "mmap_stats"}});
 }
 

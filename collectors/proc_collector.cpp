@@ -64,12 +64,6 @@ Result<void> ProcCollector::start(const ConfigPtr& config) {
   return {};
 }
 
-std::optional<uint64_t> ProcCollector::cpu_clock(pid_t pid) const {
-  if (!same_pid_ns_) return std::nullopt;
-  auto ns = process_cpu_ns(pid);
-  return ns ? std::optional<uint64_t>(*ns) : std::nullopt;
-}
-
 void ProcCollector::target_removed(const Target& t) { per_target_.erase(t.id); }
 
 Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns) {
@@ -122,7 +116,7 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   // Read before stat: if the process runs after it, the next tick sees the
   // clock moved. Unmoved, stat's fields are those of the last read (and
   // the process is the same one: a reused pid's clock is another's).
-  const std::optional<uint64_t> cpu_ns = cpu_clock(pid);
+  const std::optional<uint64_t> cpu_ns = same_pid_ns_ ? process_cpu_ns(pid) : std::nullopt;
   if (!cpu_ns || pt.stat_cpu_ns != cpu_ns) {
     if (auto r = pread_file(pt.stat, proc_.path(pid, "stat"), buf_); !r) return r.error();
     auto st = parse_stat(buf_);

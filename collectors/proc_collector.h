@@ -45,13 +45,10 @@ class ProcCollector : public Collector {
     Result<void> smaps_error;  // of the last smaps read, repeated until the next
   };
   Result<void> read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns);
-  // The process's CPU clock, when its pids are ours (the procfs root shows
-  // our pid namespace); nullopt otherwise or when it cannot be read.
-  std::optional<uint64_t> cpu_clock(pid_t pid) const;
 
   ProcFs proc_;
   double smaps_interval_ = 5;
-  bool same_pid_ns_ = false;
+  bool same_pid_ns_ = false;  // the procfs root shows our pids: CPU clocks can be read
   uint64_t stat_reads_saved_ = 0, maps_reads_saved_ = 0;
   std::map<TargetId, PerTarget> per_target_;
   std::string buf_;  // reused read buffer

@@ -482,7 +482,6 @@ void App::reload() {
   ConfigPtr next = std::make_shared<const Config>(std::move(*cfg));
   const bool resize = state_geometry(*next) != store_->geometry();
   cfg_ = std::move(next);
-  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
   discovery_->reconfigure(cfg_);
   warn_without_runtime_state(*cfg_);
   if (resize) {
@@ -490,9 +489,9 @@ void App::reload() {
     states_.clear();
     store_.reset();
     store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
-  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
     store_->release_unclaimed();
   }
+  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
   trim_due_ = true;             // what the previous config held
   start_collectors();
   force_rescan_ = true;

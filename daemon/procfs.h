@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -58,7 +59,7 @@ Result<void> pread_file(Fd& fd, const std::string& path, std::string& out, std::
 // The CPU time of process `pid`, every thread's, live and exited, in ns,
 // from its CPU-time clock: one system call, no file, exact (the stat file's
 // utime and stime move in 10 ms steps). For a pid of memlensd's own pid
-// namespace. not_found once the process is gone.
-Result<uint64_t> process_cpu_ns(pid_t pid);
+// namespace (ProcFs::shows_own_pids). None once the process is gone.
+std::optional<uint64_t> process_cpu_ns(pid_t pid);
 
 }  // namespace memlens

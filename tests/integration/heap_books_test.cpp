@@ -39,18 +39,6 @@ std::string targets_yaml(const std::vector<std::pair<std::string, pid_t>>& targe
 
 std::map<std::string, std::string> of(pid_t pid) { return {{"pid", std::to_string(pid)}}; }
 
-// Every complete line of a truth file.
-std::vector<nlohmann::json> truth_lines(const std::string& path) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(read_text(path));
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded()) out.push_back(std::move(j));
-  }
-  return out;
-}
-
 // A workload started now, steady (all its blocks in place) before we go on.
 struct Workload {
   Child child;

@@ -4,7 +4,6 @@
 #include <signal.h>
 
 #include <cmath>
-#include <sstream>
 #include <thread>
 
 #include "tests/support/support.h"
@@ -144,13 +143,7 @@ TEST(ProcValues, AnIdleTargetsStatIsNotReadAgainUntilItRuns) {
   const std::string truth = dir + "/idle.jsonl";
   Child w = spawn({"/usr/bin/python3", std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/idle_heap.py", truth},
                   dir + "/idle.log");
-  auto lines = [&] {
-    std::vector<nlohmann::json> out;
-    std::istringstream in(read_text(truth));
-    for (std::string l; std::getline(in, l);)
-      if (auto j = nlohmann::json::parse(l, nullptr, false); !j.is_discarded()) out.push_back(std::move(j));
-    return out;
-  };
+  auto lines = [&] { return truth_lines(truth); };
   ASSERT_TRUE(wait_until([&] { return lines().size() == 1; }, 20s)) << read_text(dir + "/idle.log");
   auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 250ms}\n"
                         "targets:\n  - {name: idle, pid: " + std::to_string(w.pid()) + "}\n");
