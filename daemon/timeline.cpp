@@ -126,6 +126,9 @@ SlopeFit theil_sen(const std::vector<Point>& all, std::size_t max_points) {
   }
   fit.points = pts.size();
   if (pts.size() < 3) return fit;
+  // A flat window (an idle process's series) has every pairwise slope 0:
+  // the fit is 0 with no confidence, known without the O(n^2) pairs.
+  if (std::all_of(pts.begin(), pts.end(), [&](const Point& p) { return p.v == pts.front().v; })) return fit;
   std::vector<double> slopes;
   slopes.reserve(pts.size() * (pts.size() - 1) / 2);
   for (std::size_t i = 0; i < pts.size(); ++i)

@@ -210,6 +210,25 @@ TEST(TheilSen, FlatPageGranularSeriesHasNoSlopeNoConfidence) {
   EXPECT_EQ(f.confidence, 0);
 }
 
+TEST(TheilSen, FlatWindowAndOneThatMovesAtItsEnd) {
+  std::vector<Point> p;
+  for (int i = 0; i < 120; ++i) p.push_back({double(i), 5e6});
+  auto f = theil_sen(p);
+  EXPECT_EQ(f.points, 120u);
+  EXPECT_EQ(f.slope, 0);
+  EXPECT_EQ(f.confidence, 0);
+  // Not flat once any point differs: the pairs decide.
+  for (int i = 80; i < 120; ++i) p[i].v += 4096.0 * (i - 79);
+  f = theil_sen(p);
+  EXPECT_GE(f.slope, 0);
+  EXPECT_GT(f.confidence, 0);
+  p.back().v = 5e6 + 1;
+  for (int i = 80; i < 119; ++i) p[i].v = 5e6;
+  f = theil_sen(p);
+  EXPECT_EQ(f.slope, 0);  // one point off a flat line: median of pairs still 0
+  EXPECT_EQ(f.points, 120u);
+}
+
 TEST(TheilSen, PureNoiseHasLowConfidence) {
   std::mt19937 rng(11);
   std::normal_distribution<double> noise(0, 100e3);
