@@ -81,6 +81,8 @@ SamplerCollector::~SamplerCollector() {
 Result<void> SamplerCollector::start(const ConfigPtr& config) {
   const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
+  same_pid_ns_ = proc_.shows_own_pids();
+  for (auto& [id, w] : watches_) w.look_cpu_ns.reset();  // the procfs root may have changed
   if (skel_) return {};  // a reload keeps the loaded programs
   if (auto r = bpf::prepare(); !r) return r;
   std::unique_ptr<sampler_bpf, SkelDeleter> skel(sampler_bpf__open());
@@ -220,9 +222,19 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
   Watch& w = it->second;
   const double now = mono_now();
   if (now >= w.next_look) {
-    const std::size_t files = look(t, w);
-    w.look_every = files == w.files ? std::min(w.look_every * 2, kLookMaxSeconds) : kLookSeconds;
-    w.files = files;
+    // Only the process's own threads map a library or the counting page: a
+    // CPU clock that has not moved since the last look means the same
+    // mappings (read before the look, so that one running during it is
+    // looked at again).
+    const std::optional<uint64_t> cpu_ns = same_pid_ns_ ? process_cpu_ns(t.pid()) : std::nullopt;
+    if (cpu_ns && cpu_ns == w.look_cpu_ns) {
+      w.look_every = std::min(w.look_every * 2, kLookMaxSeconds);
+    } else {
+      const std::size_t files = look(t, w);
+      w.look_every = files == w.files ? std::min(w.look_every * 2, kLookMaxSeconds) : kLookSeconds;
+      w.files = files;
+      w.look_cpu_ns = cpu_ns;
+    }
     w.next_look = now + w.look_every;
   }
   if (w.page_addr) {

@@ -15,6 +15,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -64,6 +65,7 @@ class SamplerCollector : public Collector {
     double next_look = 0, next_profile = 0;
     double look_every = kLookSeconds;
     std::size_t files = 0;             // distinct files mapped at the last look
+    std::optional<uint64_t> look_cpu_ns;  // the process's CPU clock before the last look
     std::shared_ptr<const std::string> profile;  // gzipped pprof
   };
   // The number of distinct files mapped (0 when the maps are unreadable).
@@ -77,6 +79,7 @@ class SamplerCollector : public Collector {
   };
   std::unique_ptr<sampler_bpf, SkelDeleter> skel_;
   ProcFs proc_;
+  bool same_pid_ns_ = false;  // proc_ names our pids: CPU clocks can be read
   std::map<TargetId, Watch> watches_;
   std::map<std::string, std::shared_ptr<const std::string>> profiles_;  // per target name
   double next_build_ = 0;

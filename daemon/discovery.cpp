@@ -38,7 +38,8 @@ struct Discovery::Proc : ProcFacts {
 };
 
 Discovery::Discovery(ConfigPtr cfg, pid_t self_pid)
-    : cfg_(std::move(cfg)), proc_(cfg_->procfs), self_pid_(self_pid), pods_(cfg_->run) {}
+    : cfg_(std::move(cfg)), proc_(cfg_->procfs), same_pid_ns_(proc_.shows_own_pids()), self_pid_(self_pid),
+      pods_(cfg_->run) {}
 
 void Discovery::reconfigure(ConfigPtr cfg) {
   // Kept targets take the new setting's labels at the next scan.
@@ -46,6 +47,8 @@ void Discovery::reconfigure(ConfigPtr cfg) {
              (cfg->kubernetes_labels && cfg->run != pods_.run_root());
   cfg_ = std::move(cfg);
   proc_ = ProcFs(cfg_->procfs);
+  same_pid_ns_ = proc_.shows_own_pids();
+  known_.clear();  // the procfs root may be another: read everything again
   pods_.set_run_root(cfg_->run);
   // Re-point the kept targets at the new config's entries by name (letting
   // go of the old config); targets whose entry vanished are dropped at the
@@ -122,18 +125,21 @@ DiscoveryResult Discovery::scan() {
   ++scans_;
   if (pids) {
     procs.reserve(pids->size());
-    // Incremental: a process's stat file is read when its pid is new, when
-    // it is a target (the proc collector reads those every tick anyway), and
-    // otherwise once every kRefreshEvery scans, a slice of the pids each
-    // scan; in between its last reading stands. On a host of 5000 processes
-    // reading every one took 87 ms a rescan, 4 % of a core at the default
-    // 2 s (bench/discovery.sh). What waits: a process that execs without
-    // forking (a wrapper script's `exec java`) or whose pid is reused is seen
-    // as what it became up to kRefreshEvery rescans later; the RSS ranking
-    // of top_rss is as old.
+    // Incremental: a process's stat file (and what selectors read beyond
+    // it: exe, cmdline, cgroup) is read when its pid is new, once every
+    // kRefreshEvery scans (a slice of the pids each scan), and at every scan
+    // for targets and young processes whose CPU clock has moved since the
+    // last reading; in between that reading stands. On a host of 5000
+    // processes reading every one took 87 ms a rescan, 4 % of a core at the
+    // default 2 s (bench/discovery.sh). A clock that stood still means the
+    // process did not run: no exec, no exit, no argv rewritten. What waits:
+    // a process that is not a target and execs without forking (a wrapper
+    // script's `exec java`), rewrites its argv later in life, or whose pid is
+    // reused is seen as what it became up to kRefreshEvery rescans later;
+    // the RSS ranking of top_rss is as old.
     std::unordered_set<pid_t> watched;
     for (const auto& [id, t] : targets_) watched.insert(id.pid);
-    // A young process (seen for fewer than kYoungScans scans) is read at
+    // A young process (seen for fewer than kYoungScans scans) is looked at
     // every scan: a fork is seen before its exec often enough (a rescan
     // between them, or a process the exec hold stopped), and it must be
     // matched by what it became at once.
@@ -141,9 +147,17 @@ DiscoveryResult Discovery::scan() {
     known.reserve(pids->size());
     for (pid_t pid : *pids) {
       auto it = known_.find(pid);
-      const uint64_t first_seen = it == known_.end() ? scans_ : it->second.first_seen;
-      const bool due = it == known_.end() || watched.count(pid) || scans_ - first_seen < kYoungScans ||
-                       static_cast<uint64_t>(pid) % kRefreshEvery == scans_ % kRefreshEvery;
+      const bool is_new = it == known_.end();
+      const uint64_t first_seen = is_new ? scans_ : it->second.first_seen;
+      const bool every_scan = !is_new && (watched.count(pid) || scans_ - first_seen < kYoungScans);
+      bool due = is_new || static_cast<uint64_t>(pid) % kRefreshEvery == scans_ % kRefreshEvery;
+      // Read before stat: a process that runs after it shows a moved clock.
+      std::optional<uint64_t> cpu_ns;
+      if (same_pid_ns_ && (due || every_scan)) cpu_ns = process_cpu_ns(pid);
+      if (!due && every_scan) {
+        due = !cpu_ns || it->second.cpu_ns != cpu_ns;
+        if (!due) ++res.clock_unmoved;
+      }
       ProcStat st;
       if (due) {
         auto text = read_file(proc_.path(pid, "stat"));
@@ -164,13 +178,18 @@ DiscoveryResult Discovery::scan() {
         Proc p;
         p.id = TargetId{pid, st.starttime};
         p.stat = st;
+        if (!due) {  // the facts read with the reading that stands
+          p.exe = std::move(it->second.exe);
+          p.cmdline = std::move(it->second.cmdline);
+          p.cgroup = std::move(it->second.cgroup);
+        }
         procs.push_back(std::move(p));
       }
-      if (due && it != known_.end() && it->second.stat.starttime != st.starttime) {
-        known.emplace(pid, Known{std::move(st), scans_});  // a reused pid: young again
+      if (due && !is_new && it->second.stat.starttime != st.starttime) {
+        known.emplace(pid, Known{std::move(st), scans_, cpu_ns, {}, {}, {}});  // a reused pid: young again
         continue;
       }
-      known.emplace(pid, Known{std::move(st), first_seen});
+      known.emplace(pid, Known{std::move(st), first_seen, due ? cpu_ns : it->second.cpu_ns, {}, {}, {}});
     }
     known_ = std::move(known);  // pids gone from /proc are forgotten
   } else {
@@ -268,6 +287,14 @@ DiscoveryResult Discovery::scan() {
     it = alive.count(*it) ? std::next(it) : capped_seen_.erase(it);
   capped_now_ = capped.size();
   relabel_ = false;
+  // Keep what the selectors read for the scans this reading stands.
+  for (auto& p : procs) {
+    auto k = known_.find(p.id.pid);
+    if (k == known_.end() || k->second.stat.starttime != p.id.start_time) continue;
+    k->second.exe = std::move(p.exe);
+    k->second.cmdline = std::move(p.cmdline);
+    k->second.cgroup = std::move(p.cgroup);
+  }
   targets_ = std::move(next);
   return res;
 }

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -24,6 +26,7 @@ struct DiscoveryResult {
   std::size_t scan_errors = 0;   // unreadable or malformed stat files
   std::size_t processes = 0;     // user processes seen (kernel threads and zombies aside)
   std::size_t stat_reads = 0;    // stat files read (the rest stood from an earlier scan)
+  std::size_t clock_unmoved = 0; // of targets and young processes, not read: their CPU clock stood still
 };
 
 // Whether process `pid` matches the per-process fields of a selector (all
@@ -54,12 +57,16 @@ class Discovery {
   // ... and at every scan while young (fewer scans than this since first seen).
   static constexpr uint64_t kYoungScans = 10;
   struct Known {
-    ProcStat stat;        // its last reading
-    uint64_t first_seen;  // the scan that first saw the pid
+    ProcStat stat;                   // its last reading
+    uint64_t first_seen;             // the scan that first saw the pid
+    std::optional<uint64_t> cpu_ns;  // its CPU clock before that reading
+    // What selectors read beyond stat, kept while that reading stands.
+    std::optional<std::string> exe, cmdline, cgroup;
   };
 
   ConfigPtr cfg_;
   ProcFs proc_;
+  bool same_pid_ns_ = false;  // proc_ names our pids: CPU clocks can be read
   std::unordered_map<pid_t, Known> known_;
   uint64_t scans_ = 0;
   pid_t self_pid_;

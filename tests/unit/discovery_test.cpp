@@ -1,9 +1,15 @@
 // Discovery on a synthetic procfs tree: selectors, first-match order, caps,
 // top-N by RSS, pid reuse and exits.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <filesystem>
+#include <fstream>
 
 #include "daemon/discovery.h"
 #include "tests/support/support.h"
@@ -157,6 +163,64 @@ TEST(Discovery, RescansAreIncrementalButMissNothingForLong) {
   r = d.scan();
   ASSERT_EQ(r.removed.size(), 1u);
   EXPECT_EQ(r.exited, 1u);
+}
+
+namespace {
+// The state of a real process ('S': asleep).
+char real_state(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto st = parse_stat(text);
+  return st ? st->state : '?';
+}
+}  // namespace
+
+// A fake procfs naming a real process (its `self` names this test, so the
+// CPU clocks of the pids it lists are read): while the process sleeps its
+// reading stands even though the file changed under it, one scan in
+// kRefreshEvery aside; once it runs it is read at the next scan.
+TEST(Discovery, TargetsAreReadAgainWhenTheirCpuClockMoves) {
+  FakeProc p;
+  fs::create_symlink(std::to_string(getpid()), p.root() + "/self");
+  const std::string fifo = p.root() + "/go";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  test::Child sleeper = test::spawn({"/bin/sh", "-c", "while read x < " + fifo + "; do :; done"});
+  // Asleep in the fifo's open, its clock standing.
+  for (int i = 0; i < 200 && real_state(sleeper.pid()) != 'S'; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  p.add(sleeper.pid(), "svc", 10);
+  ConfigPtr c = config(p, "  - {name: svc, comm: svc}\n");
+  Discovery d(c, 1);
+  DiscoveryResult r;
+  for (int i = 0; i < 12; ++i) r = d.scan();  // past its young scans
+  ASSERT_EQ(d.targets().size(), 1u);
+  std::size_t reads = 0, unmoved = 0;
+  for (int i = 0; i < 5; ++i) {
+    r = d.scan();
+    reads += r.stat_reads;
+    unmoved += r.clock_unmoved;
+  }
+  EXPECT_EQ(reads, 1u) << "only the refresh slice reads a sleeping target";
+  EXPECT_EQ(unmoved, 4u);
+  // The file says it became something else; it has not run, so the scans
+  // until its slice keep the reading (the real process is unchanged).
+  p.remove(sleeper.pid());
+  p.add(sleeper.pid(), "other", 10);
+  // It runs: a line through the fifo, then it sleeps in the next open.
+  {
+    int fd = ::open(fifo.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, "x\n", 2), 2);
+    ::close(fd);
+  }
+  for (int i = 0; i < 200; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (real_state(sleeper.pid()) == 'S') break;
+  }
+  r = d.scan();
+  EXPECT_EQ(r.stat_reads, 1u) << "a target that ran is read at the next scan";
+  ASSERT_EQ(r.removed.size(), 1u) << "and matched by what it says it is now";
+  EXPECT_EQ(r.removed[0].id.pid, sleeper.pid());
 }
 
 // `children: false`: forked workers (PostgreSQL's backends) go with their
