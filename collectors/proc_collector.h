@@ -16,6 +16,7 @@
 #include <string>
 
 #include "collectors/collector.h"
+#include "collectors/proc_parse.h"
 #include "daemon/fd.h"
 #include "daemon/procfs.h"
 
@@ -32,7 +33,7 @@ class ProcCollector : public Collector {
 
  private:
   struct PerTarget {
-    Fd stat, status;          // kept open across ticks
+    Fd stat, status, statm;   // kept open across ticks
     double next_smaps = 0;    // monotonic seconds
     bool have_rollup = false;
     double pss = 0, uss = 0;
@@ -42,6 +43,13 @@ class ProcCollector : public Collector {
     // (and before the last maps read).
     uint64_t minflt = 0, majflt = 0, threads = 0, cpu_ticks = 0;
     std::optional<uint64_t> stat_cpu_ns, maps_cpu_ns;
+    // status as last read, the CPU clock before that read, statm as read
+    // since with the clock standing still ("" once the process ran), and the
+    // ticks that reading has stood for.
+    std::optional<ProcStatus> status_read;
+    std::optional<uint64_t> status_cpu_ns;
+    std::string statm_text;
+    unsigned status_stood = 0;
     Result<void> smaps_error;  // of the last smaps read, repeated until the next
   };
   Result<void> read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns);
@@ -49,9 +57,12 @@ class ProcCollector : public Collector {
   ProcFs proc_;
   double smaps_interval_ = 5;
   bool same_pid_ns_ = false;  // the procfs root shows our pids: CPU clocks can be read
-  uint64_t stat_reads_saved_ = 0, maps_reads_saved_ = 0;
+  // A status reading stands for at most this many ticks (statm misses two
+  // opposite moves of the same counter within one tick).
+  static constexpr unsigned kStatusStandsFor = 10;
+  uint64_t stat_reads_saved_ = 0, maps_reads_saved_ = 0, status_reads_saved_ = 0;
   std::map<TargetId, PerTarget> per_target_;
-  std::string buf_;  // reused read buffer
+  std::string buf_, statm_buf_;  // reused read buffers
 };
 
 }  // namespace memlens

@@ -2,8 +2,16 @@
 // reports (its statm RSS, getrusage peak, glibc's arena).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "tests/support/support.h"
@@ -188,5 +196,102 @@ TEST(ProcValues, AnIdleTargetsStatIsNotReadAgainUntilItRuns) {
           << t["threads"] << ", minor faults " << minor(s) << " vs " << t["minflt"] << ", heap mapping "
           << find_sample(s, "memlens_heap_mapping_bytes", sel).value_or(-1) << " vs " << heap1 << " + 6.4 MB";
   EXPECT_LE(minor(s), t["minflt"].get<double>() + 64);
+  w.stop(SIGTERM, 5s);
+}
+
+namespace {
+// What the kernel says of a process now: a status line's value in bytes.
+double status_bytes(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.starts_with(field + ":")) return std::stod(line.substr(field.size() + 1)) * 1024;
+  return -1;
+}
+// Its CPU time in nanoseconds, from its CPU-time clock.
+uint64_t cpu_ns(pid_t pid) {
+  clockid_t c;
+  timespec ts{};
+  if (clock_getcpuclockid(pid, &c) != 0 || clock_gettime(c, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+}  // namespace
+
+// Resident memory moves without the process running: the kernel reclaims
+// its pages. While a target's CPU clock stands, memlensd reads statm (the
+// same counters as status, for less) and status itself only once statm
+// moved: the idle CPython's 8 MiB of mapped file pages are paged out from
+// here (process_madvise MADV_PAGEOUT) while it sleeps, and within a tick or
+// two memlensd's figures are what /proc/PID/status says.
+TEST(ProcValues, AnIdleTargetsResidentMemoryFollowsReclaim) {
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/idle.jsonl", mapped = dir + "/mapped.bin";
+  ASSERT_EQ(run("head -c 8388608 /dev/urandom > " + mapped), 0);
+  Child w = spawn({"/usr/bin/python3", std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/idle_heap.py", truth,
+                   mapped},
+                  dir + "/idle.log");
+  ASSERT_TRUE(wait_until([&] { return truth_lines(truth).size() == 1; }, 20s)) << read_text(dir + "/idle.log");
+  auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
+                        "targets:\n  - {name: idle, pid: " + std::to_string(w.pid()) + "}\n");
+  ASSERT_TRUE(d);
+  const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
+  auto saved = [&](const std::vector<PromSample>& s) {
+    return find_sample(s, "memlens_proc_reads_saved_total", {{"file", "status"}}).value_or(-1);
+  };
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_rss_bytes", sel).has_value();
+  }, 15s)) << d->log();
+  const double saved0 = saved(s);
+  std::this_thread::sleep_for(2500ms);
+  s = d->scrape();
+  const double rss0 = status_bytes(w.pid(), "VmRSS"), file0 = status_bytes(w.pid(), "RssFile");
+  std::printf("idle 2.5 s: status reads saved %.0f; rss %.0f vs status %.0f\n", saved(s) - saved0,
+              find_sample(s, "memlens_rss_bytes", sel).value_or(-1), rss0);
+  EXPECT_GE(saved(s) - saved0, 5) << "an idle target's status stands while its statm does";
+  EXPECT_EQ(find_sample(s, "memlens_rss_bytes", sel).value_or(-1), rss0);
+
+  // Its mapping of the file, paged out from outside.
+  uint64_t lo = 0, hi = 0;
+  {
+    std::ifstream maps("/proc/" + std::to_string(w.pid()) + "/maps");
+    std::string line;
+    while (std::getline(maps, line))
+      if (line.ends_with(" " + mapped)) std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi);
+  }
+  ASSERT_GT(hi, lo) << "the workload has no mapping of " << mapped;
+  // Right after a tick that read status in full (its reading had stood its
+  // longest), so that only statm can show the page-out within the next ticks.
+  {
+    auto now = [&] {
+      auto x = d->scrape();
+      return std::pair{find_sample(x, "memlens_ticks_total").value_or(-1), saved(x)};
+    };
+    auto last = now();
+    ASSERT_TRUE(wait_until([&] {
+      auto n = now();
+      const bool full_read = n.first == last.first + 1 && n.second == last.second;
+      last = n;
+      return full_read;
+    }, 5s, 20ms)) << "no tick read status in full";
+  }
+  const uint64_t clock0 = cpu_ns(w.pid());
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, w.pid(), 0));
+  ASSERT_GE(pidfd, 0) << std::strerror(errno);
+  iovec range{reinterpret_cast<void*>(lo), hi - lo};
+  const long advised = ::syscall(SYS_process_madvise, pidfd, &range, 1, MADV_PAGEOUT, 0);
+  ::close(pidfd);
+  ASSERT_EQ(advised, static_cast<long>(hi - lo)) << std::strerror(errno);
+  const double rss1 = status_bytes(w.pid(), "VmRSS"), file1 = status_bytes(w.pid(), "RssFile");
+  ASSERT_LE(rss1, rss0 - 6e6) << "the kernel did not page the file out: " << file0 << " -> " << file1;
+  const double saved1 = saved(d->scrape());
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return find_sample(s, "memlens_rss_bytes", sel) == rss1 && find_sample(s, "memlens_file_bytes", sel) == file1;
+  }, 750ms)) << "rss " << find_sample(s, "memlens_rss_bytes", sel).value_or(-1) << " vs status " << rss1
+          << ", file " << find_sample(s, "memlens_file_bytes", sel).value_or(-1) << " vs " << file1;
+  std::printf("after the page-out: %.0f status reads saved until memlensd showed it\n", saved(s) - saved1);
+  EXPECT_EQ(cpu_ns(w.pid()), clock0) << "the workload ran: this did not test a standing clock";
   w.stop(SIGTERM, 5s);
 }

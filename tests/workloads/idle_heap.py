@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """idle_heap: a glibc heap that stays still until it is poked.
 
-usage: idle_heap.py TRUTH
+usage: idle_heap.py TRUTH [MAPPED]
 
 Allocates 100 blocks of 64 KiB through glibc's malloc (bytearrays: too big
 for CPython's own small-object allocator, below glibc's mmap threshold, so
@@ -12,9 +12,12 @@ line. Lines:
   {"phase": N, "arena": ..., "uordblks": ..., "fordblks": ..., "hblkhd": ...,
    "threads": N, "minflt": ...}
 threads and minflt (getrusage) are taken last, after the line's text.
+With MAPPED, that file is mapped read-only and each of its pages read
+before the first line: resident file pages only this process maps.
 """
 import ctypes
 import json
+import mmap
 import os
 import resource
 import signal
@@ -52,6 +55,10 @@ def grow_and_report(phase):
         f.write(line + "\n")
 
 
+if len(sys.argv) > 2:
+    with open(sys.argv[2], "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    touched = sum(mapped[i] for i in range(0, len(mapped), 4096))
 phase = 1
 grow_and_report(phase)
 while True:
