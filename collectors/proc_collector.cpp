@@ -70,10 +70,10 @@ void ProcCollector::target_removed(const Target& t) { per_target_.erase(t.id); }
 Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns) {
   const pid_t pid = t.pid();
   Result<void> result;
-  auto rollup_text = read_file(proc_.path(pid, "smaps_rollup"));
+  auto rollup_read = pread_file(pt.smaps_rollup, proc_.path(pid, "smaps_rollup"), buf_);
   pt.have_rollup = false;
-  if (rollup_text) {
-    auto rollup = parse_smaps_rollup(*rollup_text);
+  if (rollup_read) {
+    auto rollup = parse_smaps_rollup(buf_);
     if (rollup && !rollup->empty) {
       pt.have_rollup = true;
       pt.pss = static_cast<double>(rollup->pss);
@@ -81,11 +81,11 @@ Result<void> ProcCollector::read_smaps(const Target& t, PerTarget& pt, const std
     } else if (!rollup) {
       result = rollup.error();
     }
-  } else if (rollup_text.error().code == Errc::not_found && read_file(proc_.path(pid, "stat"))) {
+  } else if (rollup_read.error().code == Errc::not_found && read_file(proc_.path(pid, "stat"))) {
     // The process is still there: the file is missing (kernels before 4.14).
-    result = make_error(Errc::unavailable, rollup_text.error().message);
+    result = make_error(Errc::unavailable, rollup_read.error().message);
   } else {
-    result = rollup_text.error();
+    result = rollup_read.error();
   }
   // The [heap] mapping moves only by the process's own brk calls.
   if (pt.have_heap && cpu_ns && pt.maps_cpu_ns == cpu_ns) {

@@ -33,7 +33,7 @@ class ProcCollector : public Collector {
 
  private:
   struct PerTarget {
-    Fd stat, status, statm;   // kept open across ticks
+    Fd stat, status, statm, smaps_rollup;  // kept open across ticks
     double next_smaps = 0;    // monotonic seconds
     bool have_rollup = false;
     double pss = 0, uss = 0;
