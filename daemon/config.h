@@ -141,7 +141,7 @@ struct BpfLimits {
   uint32_t max_tracked_allocs = 262144; // address -> size map (leak sites)
   uint32_t max_stacks = 16384;          // stack trace map
   uint32_t max_sampled_blocks = 65536;  // otel_memory: sampled blocks not yet freed
-  uint32_t ringbuf_bytes = 1 << 20;
+  uint32_t ringbuf_bytes = 1 << 18;     // exec and fork holds, 40 bytes each: ~6,500 in flight
   // The mmap collector's syscall tracepoints: every system call on the host
   // takes the kernel's slower path while any is attached (~20-30 ns here).
   bool syscalls = true;

@@ -32,7 +32,7 @@ TEST(Config, EmbeddedDefaultIsValid) {
 TEST(Config, ExampleCoversEveryFieldAndIsValid) {
   auto c = load_config_file(std::string(MEMLENS_SOURCE_DIR) + "/config/example.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
-  EXPECT_EQ(c->bpf.ringbuf_bytes, 1u << 20);
+  EXPECT_EQ(c->bpf.ringbuf_bytes, 1u << 18);
   bool duty = false, on_leak = false, sites = false;
   for (const auto& t : c->targets) {
     duty |= t.alloc_mode == AllocMode::duty;
