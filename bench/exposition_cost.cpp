@@ -29,12 +29,12 @@ const std::vector<MetricDesc>& descs() {
   return d;
 }
 
-// One tick's exposition as the tick writes it: each series' line appended
-// as it is added.
+// One tick's exposition as memlensd makes it: the values gathered into a
+// series set (at the tick), then rendered (by the first scrape).
 std::string tick_text(int targets) {
   SnapshotBuilder b;
   for (int t = 0; t < targets; ++t) {
-    const Labels base{{"target", "bench"}, {"pid", std::to_string(100000 + t)}};
+    const std::size_t base = b.base({{"target", "bench"}, {"pid", std::to_string(100000 + t)}});
     for (const auto& d : descs()) b.add(MetricValue{&d, {}, 1e6 + t * 4096.0 + 0.5, {}}, base);
   }
   return b.take();

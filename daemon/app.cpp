@@ -249,8 +249,8 @@ void App::tick() {
   }
   publish_collectors(b, *snap);
   publish_self(b, per_name);
-  pages.draw(*snap);
-  snap->text = b.take();
+  snap->series = b.take_set();
+  pages.draw(*snap);  // reads the series
   exporter_->publish(std::move(snap));
   if (ticks_total_ == 1 || trim_due_) trim_heap();
   trim_due_ = false;
@@ -309,14 +309,10 @@ void App::analyse(TargetState& st, const Target& t, const Sample& s, double now)
 // The heap figure budgets are held against, and for each byte budget on a
 // series memlensd keeps a trend of (rss, peak, heap), the predicted time to
 // its breach.
-void App::publish_budgets(SnapshotBuilder& b, TargetView& view, const Labels& base, const Target& t,
-                          const Sample& s, const TargetState& st) const {
+void App::publish_budgets(SnapshotBuilder& b, std::size_t base, const Target& t, const Sample& s,
+                          const TargetState& st) const {
   const auto& m = budget_metrics();
-  auto add = [&](const MetricDesc& d, double v, Labels extra) {
-    MetricValue mv{&d, std::move(extra), v, {}};
-    view.values.emplace_back(series_key(mv), v);
-    b.add(mv, base);
-  };
+  auto add = [&](const MetricDesc& d, double v, Labels extra) { b.add(MetricValue{&d, std::move(extra), v, {}}, base); };
   const auto heap = best_heap(s);
   if (heap) add(m.heap, heap->bytes, {{"source", heap->source}});
   const TargetPolicy* pol = t.policy.get();
@@ -342,20 +338,16 @@ void App::publish_budgets(SnapshotBuilder& b, TargetView& view, const Labels& ba
     predict("heap", heap->bytes, NAN, st.heap_trend, st.heap_trend_valid);
 }
 
-void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
+void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, Sample& s,
                          const TargetState& st) const {
   const auto& m = sm();
-  Labels base{{"target", t.name}, {"pid", std::to_string(t.pid())}};
-  base.insert(base.end(), t.labels.begin(), t.labels.end());
-  TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, t.labels, {}};
-  for (const auto& v : s.values()) {
-    b.add(v, base);
-    if (v.desc->kind != MetricKind::histogram) view.values.emplace_back(series_key(v), v.value);
-  }
-  auto add_gauge = [&](const MetricDesc& d, double v) {
-    b.add(MetricValue{&d, {}, v, {}}, base);
-    view.values.emplace_back(d.name, v);
-  };
+  Labels labels{{"target", t.name}, {"pid", std::to_string(t.pid())}};
+  labels.insert(labels.end(), t.labels.begin(), t.labels.end());
+  const std::size_t base = b.base(std::move(labels));
+  TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, t.labels, base, {}};
+  publish_budgets(b, base, t, s, st);  // reads the sample's figures: before they move
+  for (auto& v : s.take_values()) b.add(std::move(v), base);
+  auto add_gauge = [&](const MetricDesc& d, double v) { b.add(MetricValue{&d, {}, v, {}}, base); };
   if (st.fit_valid) {
     add_gauge(m.slope, st.fit.slope);
     add_gauge(m.slope_conf, st.fit.confidence);
@@ -365,7 +357,6 @@ void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, co
     if (!std::isnan(peak)) add_gauge(m.peak, peak);
     add_gauge(m.timeline_pts, static_cast<double>(st.timeline->size()));
   }
-  publish_budgets(b, view, base, t, s, st);
   snap.targets.push_back(std::move(view));
 }
 

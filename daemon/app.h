@@ -75,10 +75,10 @@ class App {
   TargetState& state_of(const Target& t);
   bool collect(const Target& t, Sample& s);
   void analyse(TargetState& st, const Target& t, const Sample& s, double now);
-  void publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, const Sample& s,
+  void publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, Sample& s,
                       const TargetState& st) const;
   void publish_collectors(SnapshotBuilder& b, Snapshot& snap);
-  void publish_budgets(SnapshotBuilder& b, TargetView& view, const Labels& base, const Target& t, const Sample& s,
+  void publish_budgets(SnapshotBuilder& b, std::size_t base, const Target& t, const Sample& s,
                        const TargetState& st) const;
   void publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per_name) const;
   void trim_heap();
@@ -89,8 +89,8 @@ class App {
   // The timeline pages drawn last, kept between draws (they are redrawn
   // every few seconds while someone looks, not every tick).
   PageCache pages_;
-  // The exposition is written here each tick; kept so its buffers keep
-  // their size from one tick to the next.
+  // Gathers each tick's series (what a tick given up half way left is
+  // cleared at the next).
   SnapshotBuilder builder_;
 
   Options opts_;

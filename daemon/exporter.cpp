@@ -15,10 +15,17 @@ namespace memlens {
 
 struct Exporter::Exposition {
   std::shared_ptr<const Snapshot> snap;
-  std::shared_ptr<const std::string> text;  // the snapshot's families, text format
-  // gzip of `text`, made by the first scrape that asks for it.
-  mutable std::once_flag gzip_once;
+  // The snapshot's series in the text format, and its gzip, each written
+  // by the first scrape that asks for it.
+  mutable std::once_flag text_once, gzip_once;
+  mutable std::shared_ptr<const std::string> text;
   mutable std::shared_ptr<const GzipHead> gzip;
+  const std::shared_ptr<const std::string>& rendered() const {
+    std::call_once(text_once, [&] {
+      text = std::make_shared<const std::string>(snap && snap->series ? snap->series->render() : std::string());
+    });
+    return text;
+  }
 };
 
 namespace {
@@ -89,7 +96,6 @@ Exporter::~Exporter() {
 
 void Exporter::publish(std::shared_ptr<const Snapshot> s) {
   auto ex = std::make_shared<Exposition>();
-  if (s) ex->text = std::shared_ptr<const std::string>(s, &s->text);  // written by the tick, not copied
   ex->snap = std::move(s);
   std::lock_guard<std::mutex> l(mu_);
   current_ = std::move(ex);
@@ -131,13 +137,13 @@ HttpReply Exporter::metrics(const HttpRequest& req) const {
   HttpReply r{200, kExposition, nullptr, {}, {{"Vary", "Accept-Encoding"}}};
   if (req.gzip) {
     std::call_once(ex->gzip_once, [&] {
-      ex->gzip = std::make_shared<const GzipHead>(gzip_start(ex->text ? std::string_view(*ex->text) : std::string_view()));
+      ex->gzip = std::make_shared<const GzipHead>(gzip_start(*ex->rendered()));
     });
     r.shared = std::shared_ptr<const std::string>(ex->gzip, &ex->gzip->bytes);
     r.body = gzip_finish(*ex->gzip, tail_text);
     r.headers.emplace_back("Content-Encoding", "gzip");
   } else {
-    r.shared = ex->text;
+    r.shared = ex->rendered();
     r.body = tail_text;
   }
   last_scrape_seconds_.store(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -186,7 +192,7 @@ HttpReply Exporter::handle(const HttpRequest& req) const {
     nlohmann::json arr = nlohmann::json::array();
     for (const auto& t : snap->targets) {
       nlohmann::json values = nlohmann::json::object();
-      for (const auto& [k, v] : t.values) values[k] = v;
+      for (const auto& [k, v] : snap->values_of(t)) values[k] = v;
       nlohmann::json entry = {{"name", t.name}, {"pid", t.pid}, {"start_time_ticks", t.start_time},
                               {"selector", t.selector}, {"comm", t.comm}, {"exe", t.exe}, {"values", values}};
       if (!t.labels.empty()) {

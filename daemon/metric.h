@@ -68,6 +68,8 @@ class Sample {
   void series(SeriesId id, double v, SeriesQuality q = SeriesQuality::estimate);
 
   const std::vector<MetricValue>& values() const { return values_; }
+  // The values, moved out (the sample has none after).
+  std::vector<MetricValue> take_values() { return std::move(values_); }
   bool has_series(SeriesId id) const { return has_[static_cast<size_t>(id)]; }
   double series_value(SeriesId id) const { return series_[static_cast<size_t>(id)]; }
 

@@ -1,5 +1,6 @@
 #include "daemon/snapshot.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -72,96 +73,148 @@ void append_series(std::string& out, std::string_view name, std::string_view suf
   out += '\n';
 }
 
-void append_header(std::string& out, const MetricDesc& d) {
+void append_header(std::string& out, std::string_view name, std::string_view help, MetricKind kind) {
   out += "# HELP ";
-  out += d.name;
+  out += name;
   out += ' ';
-  for (char c : d.help) {  // the format escapes backslash and newline here
+  for (char c : help) {  // the format escapes backslash and newline here
     if (c == '\\') out += "\\\\";
     else if (c == '\n') out += "\\n";
     else out += c;
   }
   out += "\n# TYPE ";
-  out += d.name;
-  out += d.kind == MetricKind::counter     ? " counter\n"
-         : d.kind == MetricKind::histogram ? " histogram\n"
-                                           : " gauge\n";
+  out += name;
+  out += kind == MetricKind::counter     ? " counter\n"
+         : kind == MetricKind::histogram ? " histogram\n"
+                                         : " gauge\n";
 }
 
 }  // namespace
 }  // namespace expo
 
-SnapshotBuilder::Family& SnapshotBuilder::family(const MetricDesc& d) {
-  if (auto it = by_desc_.find(&d); it != by_desc_.end()) return *it->second;
-  auto it = families_.try_emplace(d.name).first;
-  // The first desc of the name since the builder was emptied is the one
-  // its header is written from (a family kept from an earlier tick may
-  // name a desc that is gone).
-  if (it->second.lines.empty()) it->second.desc = &d;
-  by_desc_.emplace(&d, &it->second);
+uint32_t SnapshotBuilder::family(const MetricDesc& d) {
+  if (auto it = by_desc_.find(&d); it != by_desc_.end()) return it->second;
+  auto [it, fresh] = by_name_.try_emplace(d.name, static_cast<uint32_t>(set_->families_.size()));
+  if (fresh) set_->families_.push_back({d.name, d.help, d.kind});
+  by_desc_.emplace(&d, it->second);
   return it->second;
 }
 
-void SnapshotBuilder::add(const MetricValue& v, const Labels& base) {
-  Family& f = family(*v.desc);
-  const std::string& name = v.desc->name;
-  switch (v.desc->kind) {
-    case MetricKind::gauge:
-    case MetricKind::counter: expo::append_series(f.lines, name, "", base, v.labels, nullptr, v.value); break;
-    case MetricKind::histogram: {
-      const auto& h = v.hist;
-      uint64_t total = 0;
-      for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) total += h.counts[i];
-      total = std::max(total, h.count);
-      expo::append_series(f.lines, name, "_count", base, v.labels, nullptr, static_cast<double>(total));
-      expo::append_series(f.lines, name, "_sum", base, v.labels, nullptr, h.sum);
-      uint64_t cum = 0;
-      for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) {
-        cum += h.counts[i];
-        expo::append_series(f.lines, name, "_bucket", base, v.labels, &h.bounds[i], static_cast<double>(cum));
-      }
-      const double inf = INFINITY;
-      expo::append_series(f.lines, name, "_bucket", base, v.labels, &inf, static_cast<double>(total));
-      break;
-    }
+std::size_t SnapshotBuilder::base(Labels labels) {
+  if (labels.empty()) return 0;
+  const std::size_t n = set_->entries_.size();
+  set_->bases_.push_back({std::move(labels), n, n});
+  return set_->bases_.size() - 1;
+}
+
+void SnapshotBuilder::add(MetricValue v, std::size_t base) {
+  const uint32_t f = family(*v.desc);
+  v.desc = nullptr;  // the set names the family by index
+  auto& b = set_->bases_[base];
+  if (base != 0) {
+    if (b.first == b.last) b.first = set_->entries_.size();
+    b.last = set_->entries_.size() + 1;
   }
+  set_->entries_.push_back({f, static_cast<uint32_t>(base), std::move(v)});
 }
 
-void SnapshotBuilder::gauge(const MetricDesc& d, double v, const Labels& labels) {
-  add(MetricValue{&d, labels, v, {}}, {});
+void SnapshotBuilder::gauge(const MetricDesc& d, double v, Labels labels) {
+  add(MetricValue{&d, std::move(labels), v, {}}, 0);
 }
 
-void SnapshotBuilder::counter(const MetricDesc& d, double v, const Labels& labels) {
-  add(MetricValue{&d, labels, v, {}}, {});
+void SnapshotBuilder::counter(const MetricDesc& d, double v, Labels labels) {
+  add(MetricValue{&d, std::move(labels), v, {}}, 0);
 }
 
-std::string SnapshotBuilder::take() {
-  std::size_t size = 0;
-  for (const auto& [name, f] : families_)
-    if (!f.lines.empty()) size += f.lines.size() + f.desc->help.size() + 2 * name.size() + 32;
-  std::string out;
-  out.reserve(size);
-  for (const auto& [name, f] : families_) {
-    if (f.lines.empty()) continue;
-    expo::append_header(out, *f.desc);
-    out += f.lines;
-  }
+std::shared_ptr<const SeriesSet> SnapshotBuilder::take_set() {
+  std::shared_ptr<const SeriesSet> out = std::move(set_);
   clear();
   return out;
 }
 
+std::string SnapshotBuilder::take() { return take_set()->render(); }
+
 void SnapshotBuilder::clear() {
-  for (auto& [name, f] : families_) f.lines.clear();
+  set_ = std::make_shared<SeriesSet>();
   by_desc_.clear();
+  by_name_.clear();
 }
 
-std::string series_key(const MetricValue& v) {
-  std::string k = v.desc->name;
-  if (v.labels.empty()) return k;
+std::string SeriesSet::render() const {
+  // Families in name order; within one, series in the order added (a
+  // counting sort of the entries by their family's rank).
+  std::vector<uint32_t> order(families_.size());
+  for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return families_[a].name < families_[b].name; });
+  std::vector<std::size_t> rank(families_.size()), start(families_.size() + 1, 0);
+  for (std::size_t r = 0; r < order.size(); ++r) rank[order[r]] = r;
+  for (const auto& e : entries_) ++start[rank[e.family] + 1];
+  for (std::size_t r = 0; r < order.size(); ++r) start[r + 1] += start[r];
+  std::vector<uint32_t> sorted(entries_.size());
+  {
+    std::vector<std::size_t> at(start.begin(), start.end() - 1);
+    for (uint32_t i = 0; i < entries_.size(); ++i) sorted[at[rank[entries_[i].family]]++] = i;
+  }
+  std::string out;
+  out.reserve(entries_.size() * 96 + families_.size() * 160);
+  for (std::size_t r = 0; r < order.size(); ++r) {
+    if (start[r] == start[r + 1]) continue;
+    const Family& f = families_[order[r]];
+    expo::append_header(out, f.name, f.help, f.kind);
+    for (std::size_t k = start[r]; k < start[r + 1]; ++k) {
+      const Entry& e = entries_[sorted[k]];
+      const Labels& base = bases_[e.base].labels;
+      const MetricValue& v = e.v;
+      switch (f.kind) {
+        case MetricKind::gauge:
+        case MetricKind::counter: expo::append_series(out, f.name, "", base, v.labels, nullptr, v.value); break;
+        case MetricKind::histogram: {
+          const auto& h = v.hist;
+          uint64_t total = 0;
+          for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) total += h.counts[i];
+          total = std::max(total, h.count);
+          expo::append_series(out, f.name, "_count", base, v.labels, nullptr, static_cast<double>(total));
+          expo::append_series(out, f.name, "_sum", base, v.labels, nullptr, h.sum);
+          uint64_t cum = 0;
+          for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) {
+            cum += h.counts[i];
+            expo::append_series(out, f.name, "_bucket", base, v.labels, &h.bounds[i], static_cast<double>(cum));
+          }
+          const double inf = INFINITY;
+          expo::append_series(out, f.name, "_bucket", base, v.labels, &inf, static_cast<double>(total));
+          break;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, double>> SeriesSet::values(std::size_t base) const {
+  std::vector<std::pair<std::string, double>> out;
+  if (base == 0 || base >= bases_.size()) return out;
+  const Base& b = bases_[base];
+  for (std::size_t i = b.first; i < b.last; ++i) {
+    const Entry& e = entries_[i];
+    const Family& f = families_[e.family];
+    if (e.base != base || f.kind == MetricKind::histogram) continue;
+    out.emplace_back(series_key(f.name, e.v.labels), e.v.value);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, double>> Snapshot::values_of(const TargetView& t) const {
+  if (!t.values.empty() || !series) return t.values;
+  return series->values(t.base);
+}
+
+std::string series_key(std::string_view name, const Labels& labels) {
+  std::string k(name);
+  if (labels.empty()) return k;
   k += '{';
-  for (std::size_t i = 0; i < v.labels.size(); ++i) {
+  for (std::size_t i = 0; i < labels.size(); ++i) {
     if (i) k += ',';
-    k += v.labels[i].first + "=\"" + v.labels[i].second + "\"";
+    k += labels[i].first + "=\"" + labels[i].second + "\"";
   }
   k += '}';
   return k;

@@ -21,14 +21,52 @@ struct TargetView {
   pid_t pid = 0;
   uint64_t start_time = 0;
   Labels labels;  // Kubernetes labels, when on and found
-  std::vector<std::pair<std::string, double>> values;  // "metric{labels}" -> value
+  std::size_t base = 0;  // its series in Snapshot::series
+  // "metric{labels}" -> value: filled only where a page is drawn for it
+  // (Snapshot::values_of reads the series otherwise).
+  std::vector<std::pair<std::string, double>> values;
+};
+
+// The series one tick published, kept as values: their text exposition
+// (format 0.0.4) is written when a scrape first asks for it, not at every
+// tick (a 15 s scrape of a 1 s tick read one text in 15). A base is the
+// labels a target's series start with. The set names its families by copies
+// of their name, help and kind: a collector's descriptions may go before a
+// snapshot a scrape still holds.
+class SeriesSet {
+ public:
+  // Families in name order, series in the order they were added; the bytes
+  // prometheus-cpp's TextSerializer writes (tests/unit/exposition_test.cpp).
+  std::string render() const;
+  // "name{a=\"x\"}" -> value of the series added under `base` (its own
+  // labels only), histograms aside.
+  std::vector<std::pair<std::string, double>> values(std::size_t base) const;
+  std::size_t size() const { return entries_.size(); }
+
+ private:
+  friend class SnapshotBuilder;
+  struct Family {
+    std::string name, help;
+    MetricKind kind = MetricKind::gauge;
+  };
+  struct Base {
+    Labels labels;
+    std::size_t first = 0, last = 0;  // its entries lie in [first, last)
+  };
+  struct Entry {
+    uint32_t family = 0;
+    uint32_t base = 0;
+    MetricValue v;  // v.desc cleared
+  };
+  std::vector<Family> families_;
+  std::vector<Base> bases_{Base{}};  // [0]: no labels
+  std::vector<Entry> entries_;
 };
 
 struct Snapshot {
-  // Every family the tick produced, in the Prometheus text format (0.0.4),
-  // families in name order: what /metrics serves, with a few lines of the
-  // scrape's own after it.
-  std::string text;
+  // Every series the tick produced: what /metrics serves (rendered by the
+  // first scrape), with a few lines of the scrape's own after it.
+  std::shared_ptr<const SeriesSet> series;
   std::vector<TargetView> targets;
   // Extra JSON documents served under /api/v1/ (e.g. leak sites), by path.
   std::map<std::string, std::string> documents;
@@ -38,37 +76,37 @@ struct Snapshot {
   // "/targets/NAME"; only those someone asked for lately (PageWants).
   std::map<std::string, std::shared_ptr<const std::string>> pages;
   double built_at = 0;  // unix seconds
+  // A target's values: TargetView::values when filled, else from the series.
+  std::vector<std::pair<std::string, double>> values_of(const TargetView& t) const;
 };
 
-// Accumulates MetricValues into families, keyed by metric name, writing
-// each series' text line as it comes: one append per series, where building
-// prometheus-cpp's MetricFamily objects and serialising them cost an
-// allocation per label and stream inserts per value (the largest share of
-// a tick at 1000 targets). The format is the one prometheus-cpp writes
-// (tests/unit/exposition_test.cpp compares the two).
+// Gathers one tick's MetricValues into a SeriesSet, families keyed by
+// metric name (two descriptions of one name share a family, with the
+// first one's help). Writing each series' text at every tick was the
+// largest share of a tick at 1000 targets; a value is now moved in whole.
 class SnapshotBuilder {
  public:
-  void add(const MetricValue& v, const Labels& base);
-  void gauge(const MetricDesc& d, double v, const Labels& labels = {});
-  void counter(const MetricDesc& d, double v, const Labels& labels = {});
-  // The exposition of everything added; the builder is empty after. Its
-  // buffers keep their capacity: a builder kept from tick to tick writes
-  // the next exposition without growing them again.
+  // A new base: the labels the series added under it start with.
+  std::size_t base(Labels labels);
+  void add(MetricValue v, std::size_t base);
+  void add(const MetricValue& v, const Labels& base) { add(MetricValue(v), this->base(base)); }
+  void gauge(const MetricDesc& d, double v, Labels labels = {});
+  void counter(const MetricDesc& d, double v, Labels labels = {});
+  // Everything added; the builder is empty after.
+  std::shared_ptr<const SeriesSet> take_set();
+  // take_set()->render().
   std::string take();
-  // Drops what was added (a tick given up half way), keeping the buffers.
+  // Drops what was added (a tick given up half way).
   void clear();
 
  private:
-  struct Family {
-    const MetricDesc* desc = nullptr;
-    std::string lines;
-  };
-  Family& family(const MetricDesc& d);
-  std::map<std::string, Family> families_;  // by name: two descs of one name share a family; empty ones not written
-  std::unordered_map<const MetricDesc*, Family*> by_desc_;
+  uint32_t family(const MetricDesc& d);
+  std::shared_ptr<SeriesSet> set_ = std::make_shared<SeriesSet>();
+  std::unordered_map<const MetricDesc*, uint32_t> by_desc_;
+  std::unordered_map<std::string, uint32_t> by_name_;
 };
 
 // "name{a="x",b="y"}" for the JSON view.
-std::string series_key(const MetricValue& v);
+std::string series_key(std::string_view name, const Labels& labels);
 
 }  // namespace memlens

@@ -443,6 +443,14 @@ void PageDraw::add(const Target& t, const Timeline* timeline, std::size_t view) 
 
 void PageDraw::draw(Snapshot& snap) {
   const PageContext ctx{boot_now_, snap.built_at, window_, metrics_path_};
+  // The values of the targets drawn, from the tick's series.
+  auto fill = [&](const std::vector<PageTarget>& drawn) {
+    for (const auto& p : drawn)
+      if (p.view < snap.targets.size() && snap.targets[p.view].values.empty())
+        snap.targets[p.view].values = snap.values_of(snap.targets[p.view]);
+  };
+  fill(overview_targets_);
+  for (const auto& [name, drawn] : detail_targets_) fill(drawn);
   if (overview_)
     cache_.by_path["/"] = {mono_now_, std::make_shared<const std::string>(
                                           render_overview(overview_targets_, snap.targets, ctx))};

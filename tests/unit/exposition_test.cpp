@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -111,6 +112,37 @@ TEST(Exposition, AKeptBuilderWritesEachTickAfresh) {
   SnapshotBuilder fresh;
   fresh.gauge(rss, 2, {{"pid", "2"}});
   EXPECT_EQ(kept.take(), fresh.take());
+}
+
+// A snapshot's series are rendered when a scrape first asks, maybe after
+// the descriptions they were added with are gone (a collector restarted by
+// a reload); each target's values come from its base alone.
+TEST(Exposition, ASetOutlivesItsDescriptionsAndKeepsEachTargetsValues) {
+  std::shared_ptr<const SeriesSet> set;
+  std::size_t a = 0, b = 0;
+  {
+    const auto faults = std::make_unique<MetricDesc>(metric("faults", "", MetricKind::counter, "Faults."));
+    const auto rss = std::make_unique<MetricDesc>(metric("rss", "bytes", MetricKind::gauge, "Resident."));
+    SnapshotBuilder sb;
+    a = sb.base({{"target", "a"}, {"pid", "1"}});
+    sb.add(MetricValue{faults.get(), {{"kind", "minor"}}, 5, {}}, a);
+    sb.add(MetricValue{rss.get(), {}, 4096, {}}, a);
+    b = sb.base({{"target", "b"}, {"pid", "2"}});
+    sb.add(MetricValue{rss.get(), {}, 8192, {}}, b);
+    sb.gauge(*rss, 1);
+    set = sb.take_set();
+  }
+  EXPECT_EQ(set->render(),
+            "# HELP memlens_faults_total Faults.\n# TYPE memlens_faults_total counter\n"
+            "memlens_faults_total{target=\"a\",pid=\"1\",kind=\"minor\"} 5\n"
+            "# HELP memlens_rss_bytes Resident.\n# TYPE memlens_rss_bytes gauge\n"
+            "memlens_rss_bytes{target=\"a\",pid=\"1\"} 4096\nmemlens_rss_bytes{target=\"b\",pid=\"2\"} 8192\n"
+            "memlens_rss_bytes 1\n");
+  using Values = std::vector<std::pair<std::string, double>>;
+  EXPECT_EQ(set->values(a), (Values{{"memlens_faults_total{kind=\"minor\"}", 5}, {"memlens_rss_bytes", 4096}}));
+  EXPECT_EQ(set->values(b), (Values{{"memlens_rss_bytes", 8192}}));
+  EXPECT_TRUE(set->values(0).empty());
+  EXPECT_EQ(set->size(), 4u);
 }
 
 }  // namespace
