@@ -7,4 +7,4 @@ build=${1:?usage: exposition.sh BUILD_DIR}
 "$build/bench/exposition_cost"
 echo
 echo "Medians; $(nproc) CPUs, kernel $(uname -r). A scrape only serialises its own tail and, with gzip, splices it"
-echo "onto the snapshot's gzip stream; the snapshot's text is built once per tick."
+echo "onto the snapshot's gzip stream; a tick only gathers its series, and the text is rendered once per snapshot, by its first scrape."
