@@ -90,7 +90,6 @@ std::optional<glibc::Range> brk_heap(const std::vector<Mapping>& maps) {
 Result<void> HeapCollector::start(const ConfigPtr& config) {
   const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
-  same_pid_ns_ = proc_.shows_own_pids();
   tick_seconds_ = std::max(0.1, std::chrono::duration<double>(cfg.tick_interval).count());
   for (auto& [id, pt] : per_target_) pt.next_locate = 0;  // procfs root may have changed
   return {};
@@ -198,7 +197,7 @@ Result<void> HeapCollector::refresh(const Target& t, PerTarget& pt, double now) 
   glibc::ProcessMemory mem(t.pid());
   // Read before the walk: if the process runs during it, the next look
   // sees its clock moved and walks again.
-  const std::optional<uint64_t> cpu_before = same_pid_ns_ ? process_cpu_ns(t.pid()) : std::nullopt;
+  const std::optional<uint64_t>& cpu_before = t.cpu_ns;
   const double t0 = mono_now();
   Result<glibc::Books> books = make_error(Errc::malformed, "not walked");
   uint64_t chunks = 0;
@@ -297,7 +296,7 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
   bool unchanged = false;
   // (Never memlensd itself: its figures come from mallinfo2(), with no clock.)
   if (pt.located && pt.books && pt.reason.empty() && pt.cpu_ns_at_books) {
-    unchanged = process_cpu_ns(t.pid()) == pt.cpu_ns_at_books;
+    unchanged = t.cpu_ns == pt.cpu_ns_at_books;
     if (unchanged) {
       pt.books_at = now;
       if (tick_ >= pt.due_tick) ++unchanged_;

@@ -70,7 +70,6 @@ class HeapCollector : public Collector {
   glibc::WalkBuffer buffer_;
   glibc::WalkLimits limits_;
   double tick_seconds_ = 1;
-  bool same_pid_ns_ = false;  // the procfs root shows our pids (see ProcFs)
   uint64_t tick_ = 0;
   double spent_ = 0;  // seconds walked in this tick
   // Self-metrics.

@@ -61,7 +61,6 @@ Result<void> ProcCollector::start(const ConfigPtr& config) {
     pt.stat_cpu_ns.reset();
     pt.maps_cpu_ns.reset();
   }
-  same_pid_ns_ = proc_.shows_own_pids();
   return {};
 }
 
@@ -117,7 +116,7 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   // Read before stat: if the process runs after it, the next tick sees the
   // clock moved. Unmoved, stat's fields are those of the last read (and
   // the process is the same one: a reused pid's clock is another's).
-  const std::optional<uint64_t> cpu_ns = same_pid_ns_ ? process_cpu_ns(pid) : std::nullopt;
+  const std::optional<uint64_t>& cpu_ns = t.cpu_ns;
   if (!cpu_ns || pt.stat_cpu_ns != cpu_ns) {
     if (auto r = pread_file(pt.stat, proc_.path(pid, "stat"), buf_); !r) return r.error();
     auto st = parse_stat(buf_);

@@ -56,7 +56,6 @@ class ProcCollector : public Collector {
 
   ProcFs proc_;
   double smaps_interval_ = 5;
-  bool same_pid_ns_ = false;  // the procfs root shows our pids: CPU clocks can be read
   // A status reading stands for at most this many ticks (statm misses two
   // opposite moves of the same counter within one tick).
   static constexpr unsigned kStatusStandsFor = 10;

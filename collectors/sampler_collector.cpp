@@ -81,7 +81,6 @@ SamplerCollector::~SamplerCollector() {
 Result<void> SamplerCollector::start(const ConfigPtr& config) {
   const Config& cfg = *config;
   proc_ = ProcFs(cfg.procfs);
-  same_pid_ns_ = proc_.shows_own_pids();
   for (auto& [id, w] : watches_) w.look_cpu_ns.reset();  // the procfs root may have changed
   if (skel_) return {};  // a reload keeps the loaded programs
   if (auto r = bpf::prepare(); !r) return r;
@@ -226,7 +225,7 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
     // CPU clock that has not moved since the last look means the same
     // mappings (read before the look, so that one running during it is
     // looked at again).
-    const std::optional<uint64_t> cpu_ns = same_pid_ns_ ? process_cpu_ns(t.pid()) : std::nullopt;
+    const std::optional<uint64_t>& cpu_ns = t.cpu_ns;
     if (cpu_ns && cpu_ns == w.look_cpu_ns) {
       w.look_every = std::min(w.look_every * 2, kLookMaxSeconds);
     } else {

@@ -79,7 +79,6 @@ class SamplerCollector : public Collector {
   };
   std::unique_ptr<sampler_bpf, SkelDeleter> skel_;
   ProcFs proc_;
-  bool same_pid_ns_ = false;  // proc_ names our pids: CPU clocks can be read
   std::map<TargetId, Watch> watches_;
   std::map<std::string, std::shared_ptr<const std::string>> profiles_;  // per target name
   double next_build_ = 0;

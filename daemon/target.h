@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "daemon/metric.h"
@@ -36,6 +37,11 @@ struct Target {
   // on when it crosses a budget; valid == false until the window has data.
   double leak_slope_bytes_per_second = 0;
   bool leak_slope_valid = false;
+  // The process's CPU-time clock, read by the tick before any collector
+  // reads the target (ProcFs::shows_own_pids; none otherwise, or once the
+  // process is gone). Unmoved since a read, the process has not run since:
+  // what only it can change is what that read saw.
+  std::optional<uint64_t> cpu_ns;
   pid_t pid() const { return id.pid; }
 };
 
