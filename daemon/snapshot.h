@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -53,14 +54,18 @@ class SeriesSet {
     Labels labels;
     std::size_t first = 0, last = 0;  // its entries lie in [first, last)
   };
-  struct Entry {
+  static constexpr uint32_t kNoHist = ~0u;
+  struct Entry {  // 48 bytes: a histogram's buckets are kept apart (few series have them)
     uint32_t family = 0;
     uint32_t base = 0;
-    MetricValue v;  // v.desc cleared
+    uint32_t hist = kNoHist;  // index into hists_
+    double value = 0;
+    Labels labels;  // its own, after the base's
   };
   std::vector<Family> families_;
   std::vector<Base> bases_{Base{}};  // [0]: no labels
   std::vector<Entry> entries_;
+  std::vector<HistogramValue> hists_;
 };
 
 struct Snapshot {
@@ -101,7 +106,14 @@ class SnapshotBuilder {
 
  private:
   uint32_t family(const MetricDesc& d);
-  std::shared_ptr<SeriesSet> set_ = std::make_shared<SeriesSet>();
+  SeriesSet& set();  // the one being gathered, made on first use
+  struct Spare {
+    std::mutex mu;
+    std::vector<SeriesSet::Entry> entries;  // a released set's storage, empty
+  };
+  std::unique_ptr<SeriesSet> set_;
+  std::shared_ptr<Spare> spare_ = std::make_shared<Spare>();
+  std::size_t last_entries_ = 0, last_bases_ = 0;  // of the last set taken
   std::unordered_map<const MetricDesc*, uint32_t> by_desc_;
   std::unordered_map<std::string, uint32_t> by_name_;
 };
