@@ -421,7 +421,7 @@ int ringbuf_cb(void* ctx, void* data, size_t size) {
 void poll_loop(AllocState* s) {
   double next_due = 0;
   while (!s->stop.load()) {
-    const double wait = std::clamp(next_due - mono_now(), 0.0, 0.05);
+    const double wait = std::clamp(next_due - mono_now(), 0.0, 0.25);
     const int ms = static_cast<int>(std::ceil(wait * 1000));
     if (s->rb) {
       int n = ring_buffer__poll(s->rb, ms);
@@ -431,7 +431,9 @@ void poll_loop(AllocState* s) {
     }
     std::lock_guard lock(s->mu);
     const double now = mono_now();
-    next_due = now + 0.05;
+    // Every 50 ms while a process is traced or held (duty cycles, holds of
+    // processes that exited), else every 0.25 s: hold events wake it at once.
+    next_due = now + (s->traces.empty() ? 0.25 : 0.05);
     for (auto it = s->traces.begin(); it != s->traces.end();) {
       AllocTrace& tr = it->second;
       // A held process discovery never adopted (exited, or the selector's

@@ -12,10 +12,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -345,9 +347,23 @@ uint64_t map_memory_bytes(int map_fd) {
 
 uint64_t object_map_memory_bytes(const bpf_object* obj) {
   if (!obj) return 0;
+  // Read again every 10 s: a gauge of memlensd's own kernel memory, where
+  // opening every map's fdinfo at every tick was 6 % of memlensd's CPU at
+  // 100 targets.
+  struct Read {
+    double at = -1e9;
+    uint64_t total = 0;
+  };
+  static std::mutex mu;
+  static std::map<const bpf_object*, Read> last;
+  const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  std::lock_guard<std::mutex> l(mu);
+  Read& r = last[obj];
+  if (now - r.at < 10) return r.total;
   uint64_t total = 0;
   bpf_map* m = nullptr;
   bpf_object__for_each_map(m, obj) total += map_memory_bytes(bpf_map__fd(m));
+  r = {now, total};
   return total;
 }
 

@@ -118,7 +118,8 @@ Result<std::vector<uint64_t>> sum_percpu_fields(int map_fd, const void* key,
 
 // Kernel memory charged to a map ("memlock:" in /proc/self/fdinfo/FD).
 uint64_t map_memory_bytes(int map_fd);
-// Same for every map of a loaded object (bpf_object), for self-metrics.
+// Same for every map of a loaded object (bpf_object), for self-metrics: read
+// at most every 10 s, the last reading in between.
 uint64_t object_map_memory_bytes(const bpf_object* obj);
 
 // Runs of an object's programs the kernel skipped (bpf_prog_info's
