@@ -10,14 +10,24 @@
 
 #include "daemon/exporter.h"
 #include "daemon/http_util.h"
+#include "daemon/snapshot.h"
 
 namespace {
 memlens::Exporter& exporter() {
   static const std::unique_ptr<memlens::Exporter> ex = [] {
     auto e = memlens::Exporter::routes_only("/metrics");
     auto snap = std::make_shared<memlens::Snapshot>();
-    snap->targets.push_back({"web", "comm=web", "web", "/usr/bin/web", 42, 1, {}, {{"memlens_rss_bytes", 1e6}}});
-    snap->targets.push_back({"ünï\"<&>", "exe=x", "x\xff", "/tmp/\xc3", 43, 2, {}, {}});
+    // The first target's values come from the series set, the second's
+    // from the view itself (as where a page was drawn).
+    static const memlens::MetricDesc rss =
+        memlens::metric("rss", "bytes", memlens::MetricKind::gauge, "Resident set size.");
+    memlens::SnapshotBuilder b;
+    const std::size_t web = b.base({{"target", "web"}, {"pid", "42"}});
+    b.add(memlens::MetricValue{&rss, {}, 1e6, {}}, web);
+    b.add(memlens::MetricValue{&rss, {{"kind", "a\"b\\c\n"}}, 2, {}}, web);
+    snap->series = b.take_set();
+    snap->targets.push_back({"web", "comm=web", "web", "/usr/bin/web", 42, 1, {}, web, {}});
+    snap->targets.push_back({"ünï\"<&>", "exe=x", "x\xff", "/tmp/\xc3", 43, 2, {}, 0, {{"memlens_rss_bytes", 3}}});
     snap->pages["/"] = std::make_shared<const std::string>("<p>drawn</p>");
     snap->documents["/api/v1/targets/web/leaks"] = "{\"target\":\"web\"}\n";
     e->publish(snap);
