@@ -45,10 +45,10 @@ void Discovery::reconfigure(ConfigPtr cfg) {
   // Kept targets take the new setting's labels at the next scan.
   relabel_ = relabel_ || cfg->kubernetes_labels != cfg_->kubernetes_labels ||
              (cfg->kubernetes_labels && cfg->run != pods_.run_root());
+  if (cfg->procfs != cfg_->procfs) known_.clear();  // another procfs: read everything again
   cfg_ = std::move(cfg);
   proc_ = ProcFs(cfg_->procfs);
   same_pid_ns_ = proc_.shows_own_pids();
-  known_.clear();  // the procfs root may be another: read everything again
   pods_.set_run_root(cfg_->run);
   // Re-point the kept targets at the new config's entries by name (letting
   // go of the old config); targets whose entry vanished are dropped at the
