@@ -60,6 +60,7 @@ Result<void> ProcCollector::start(const ConfigPtr& config) {
     pt.next_smaps = 0;
     pt.stat_cpu_ns.reset();
     pt.maps_cpu_ns.reset();
+    pt.status_read.reset();
   }
   return {};
 }
