@@ -123,7 +123,6 @@ App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
     collectors_.push_back(std::move(cs));
   }
   discovery_ = std::make_unique<Discovery>(cfg_, getpid());
-  same_pid_ns_ = ProcFs(cfg_->procfs).shows_own_pids();
   warn_without_runtime_state(*cfg_);
   store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
   store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
@@ -238,7 +237,7 @@ void App::tick() {
     Target t = target;
     t.leak_slope_valid = st.fit_valid;
     t.leak_slope_bytes_per_second = st.fit.slope;
-    if (same_pid_ns_) t.cpu_ns = process_cpu_ns(t.pid());  // once, for every collector
+    if (discovery_->same_pid_ns()) t.cpu_ns = process_cpu_ns(t.pid());  // once, for every collector
     Sample s;
     if (!collect(t, s)) {
       force_rescan_ = true;  // its series vanish now; the rescan counts the exit
@@ -476,7 +475,6 @@ void App::reload() {
   const bool resize = state_geometry(*next) != store_->geometry();
   cfg_ = std::move(next);
   discovery_->reconfigure(cfg_);
-  same_pid_ns_ = ProcFs(cfg_->procfs).shows_own_pids();
   warn_without_runtime_state(*cfg_);
   if (resize) {
     // Ring sizes changed: history restarts (the state file too).

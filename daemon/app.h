@@ -92,7 +92,6 @@ class App {
   // Gathers each tick's series (what a tick given up half way left is
   // cleared at the next).
   SnapshotBuilder builder_;
-  bool same_pid_ns_ = false;  // the procfs root shows our pids: targets' CPU clocks are read
 
   Options opts_;
   // The running config; targets and collectors that need it share it, and

@@ -47,6 +47,9 @@ class Discovery {
   const std::map<std::string, std::size_t>& grouped() const { return grouped_; }
   // Kubernetes labels (global.kubernetes_labels): what failed, by reason.
   const PodLabeler& pods() const { return pods_; }
+  // Whether the procfs root names memlensd's own pids, so that the CPU
+  // clocks of the pids found there can be read (ProcFs::shows_own_pids).
+  bool same_pid_ns() const { return same_pid_ns_; }
 
  private:
   struct Proc;

@@ -200,25 +200,24 @@ std::string SeriesSet::render() const {
     for (std::size_t k = start[r]; k < start[r + 1]; ++k) {
       const Entry& e = entries_[sorted[k]];
       const Labels& base = bases_[e.base].labels;
-      const Entry& v = e;
       switch (f.kind) {
         case MetricKind::gauge:
-        case MetricKind::counter: expo::append_series(out, f.name, "", base, v.labels, nullptr, v.value); break;
+        case MetricKind::counter: expo::append_series(out, f.name, "", base, e.labels, nullptr, e.value); break;
         case MetricKind::histogram: {
           static const HistogramValue none;
           const auto& h = e.hist < hists_.size() ? hists_[e.hist] : none;
           uint64_t total = 0;
           for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) total += h.counts[i];
           total = std::max(total, h.count);
-          expo::append_series(out, f.name, "_count", base, v.labels, nullptr, static_cast<double>(total));
-          expo::append_series(out, f.name, "_sum", base, v.labels, nullptr, h.sum);
+          expo::append_series(out, f.name, "_count", base, e.labels, nullptr, static_cast<double>(total));
+          expo::append_series(out, f.name, "_sum", base, e.labels, nullptr, h.sum);
           uint64_t cum = 0;
           for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) {
             cum += h.counts[i];
-            expo::append_series(out, f.name, "_bucket", base, v.labels, &h.bounds[i], static_cast<double>(cum));
+            expo::append_series(out, f.name, "_bucket", base, e.labels, &h.bounds[i], static_cast<double>(cum));
           }
           const double inf = INFINITY;
-          expo::append_series(out, f.name, "_bucket", base, v.labels, &inf, static_cast<double>(total));
+          expo::append_series(out, f.name, "_bucket", base, e.labels, &inf, static_cast<double>(total));
           break;
         }
       }
