@@ -11,10 +11,14 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <string_view>
 #include <thread>
@@ -336,11 +340,45 @@ int free_port() {
   return port;
 }
 
+namespace {
+
+// The directories this test process made, removed when it exits: a whole run
+// makes thousands. Kept when a test failed (their logs say why) or when
+// MEMLENS_TEST_KEEP_TMP=1.
+class TempDirs {
+ public:
+  void add(std::string dir) {
+    std::lock_guard lock(mu_);
+    dirs_.push_back(std::move(dir));
+  }
+  ~TempDirs() {
+    const char* keep = std::getenv("MEMLENS_TEST_KEEP_TMP");
+    if ((keep && std::string_view(keep) == "1") || ::testing::UnitTest::GetInstance()->Failed()) {
+      for (const auto& d : dirs_) std::fprintf(stderr, "kept %s\n", d.c_str());
+      return;
+    }
+    std::error_code ec;
+    for (const auto& d : dirs_) std::filesystem::remove_all(d, ec);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> dirs_;
+};
+
+TempDirs& temp_dirs() {
+  static TempDirs dirs;
+  return dirs;
+}
+
+}  // namespace
+
 std::string make_temp_dir(const std::string& prefix) {
   std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (!::mkdtemp(buf.data())) return "/tmp";
+  temp_dirs().add(buf.data());
   return buf.data();
 }
 
