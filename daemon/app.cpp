@@ -125,8 +125,17 @@ App::App(Options opts, ConfigPtr cfg, std::unique_ptr<Exporter> exporter,
   discovery_ = std::make_unique<Discovery>(cfg_, getpid());
   warn_without_runtime_state(*cfg_);
   store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
-  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
+  set_store_window();
   start_collectors();
+}
+
+// Timelines reach back timeline_window, and keep the points of one leak
+// window decoded (its fit reads them every tick), up to 256 points: 6 KiB
+// a target. A longer window is decoded from the chunks.
+void App::set_store_window() {
+  const auto tail = static_cast<std::size_t>(std::ceil(std::chrono::duration<double>(cfg_->leak_window).count() /
+                                                       std::chrono::duration<double>(cfg_->tick_interval).count())) + 4;
+  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count(), tail <= 256 ? tail : 0);
 }
 
 // Collectors release their kernel state (links, maps) in their destructors;
@@ -483,7 +492,7 @@ void App::reload() {
     store_ = StateStore::open(opts_.state_path, state_geometry(*cfg_));
     store_->release_unclaimed();
   }
-  store_->set_window(std::chrono::duration<double>(cfg_->timeline_window).count());
+  set_store_window();
   trim_due_ = true;             // what the previous config held
   start_collectors();
   force_rescan_ = true;

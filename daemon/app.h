@@ -82,6 +82,7 @@ class App {
                        const TargetState& st) const;
   void publish_self(SnapshotBuilder& b, const std::map<std::string, int>& per_name) const;
   void trim_heap();
+  void set_store_window();
   void reload();
   void schedule();
   void arm_signals();

@@ -198,7 +198,7 @@ std::unique_ptr<Timeline> StateStore::claim(const TargetId& id, const std::strin
     const auto [saved_name, slot] = it->second;
     saved_.erase(it);
     if (saved_name == name) {
-      auto t = std::make_unique<Timeline>(ring(slot.index), slot.owner, true, window_seconds_);
+      auto t = std::make_unique<Timeline>(ring(slot.index), slot.owner, true, window_seconds_, tail_points_);
       ++stats_.resumed;
       stats_.dropped_chunks += t->dropped_chunks();
       used_[id] = slot;
@@ -224,7 +224,7 @@ std::unique_ptr<Timeline> StateStore::claim(const TargetId& id, const std::strin
   std::strncpy(sh->name, name.c_str(), sizeof sh->name - 1);
   sh->crc = crc_of(sh, offsetof(SlotHeader, crc));
   used_[id] = Slot{i, sh->owner};
-  return std::make_unique<Timeline>(ring(i), sh->owner, false, window_seconds_);
+  return std::make_unique<Timeline>(ring(i), sh->owner, false, window_seconds_, tail_points_);
 }
 
 void StateStore::free_slot(uint32_t i) {

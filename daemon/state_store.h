@@ -53,8 +53,12 @@ class StateStore {
   void release_unclaimed();
   const Stats& stats() const { return stats_; }
   const StateGeometry& geometry() const { return g_; }
-  // How far back timelines claimed from now on must reach (see Timeline).
-  void set_window(double seconds) { window_seconds_ = seconds; }
+  // How far back timelines claimed from now on must reach, and how many
+  // newest points they keep decoded (see Timeline).
+  void set_window(double seconds, std::size_t tail_points) {
+    window_seconds_ = seconds;
+    tail_points_ = tail_points;
+  }
 
  private:
   struct Slot {
@@ -70,6 +74,7 @@ class StateStore {
 
   StateGeometry g_;
   double window_seconds_ = 0;
+  std::size_t tail_points_ = 0;
   uint8_t* base_ = nullptr;
   std::size_t len_ = 0;
   int fd_ = -1;

@@ -7,8 +7,10 @@
 
 namespace memlens {
 
-Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, double window_seconds)
+Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, double window_seconds,
+                   std::size_t tail_points)
     : ring_(ring), owner_(owner), window_ms_(static_cast<int64_t>(std::max(0.0, window_seconds) * 1000)) {
+  tail_.resize(tail_points);
   if (!resume) return;
   uint64_t newest = 0;
   for (std::size_t i = 0; i < ring_.size(); ++i) {
@@ -43,12 +45,21 @@ void Timeline::push(double t_seconds, const Sample& s) {
     tlc::Chunk& c = ring_[cur_];
     if (!writing_) {
       // Taking over the slot's oldest chunk: its points leave the ring.
-      if (c.h.seq != 0 && c.h.owner == owner_) points_ -= std::min<std::size_t>(points_, c.h.points);
+      const bool had_points = c.h.seq != 0 && c.h.owner == owner_ && c.h.points > 0;
+      if (had_points) points_ -= std::min<std::size_t>(points_, c.h.points);
       writer_.start(c, next_seq_++, owner_);
       writing_ = true;
+      if (had_points) refresh_oldest();
     }
     if (writer_.append(c, t_ms, v)) {
       ++points_;
+      if (!tail_.empty()) {
+        TailPoint& p = tail_[tail_next_];
+        p.t_ms = t_ms;
+        std::copy(std::begin(v), std::end(v), std::begin(p.v));
+        tail_next_ = (tail_next_ + 1) % tail_.size();
+        tail_count_ = std::min(tail_count_ + 1, tail_.size());
+      }
       return;
     }
     cur_ = next_chunk(t_ms);
@@ -72,6 +83,12 @@ std::size_t Timeline::next_chunk(std::optional<int64_t> now_ms) const {
   return order.empty() ? (cur_ + 1) % ring_.size() : order.back();
 }
 
+void Timeline::refresh_oldest() {
+  oldest_ms_ = std::numeric_limits<int64_t>::max();
+  for (const auto& c : ring_)
+    if (c.h.seq != 0 && c.h.owner == owner_ && c.h.points > 0) oldest_ms_ = std::min(oldest_ms_, c.h.first_ms);
+}
+
 std::vector<std::size_t> Timeline::newest_first() const {
   std::vector<std::size_t> idx;
   for (std::size_t i = 0; i < ring_.size(); ++i)
@@ -81,10 +98,25 @@ std::vector<std::size_t> Timeline::newest_first() const {
 }
 
 std::vector<Point> Timeline::window(SeriesId id, double since) const {
+  const auto k = static_cast<std::size_t>(id);
+  const auto since_ms = static_cast<int64_t>(std::floor(since * 1000));
+  const std::size_t first = (tail_next_ + tail_.size() - tail_count_) % std::max<std::size_t>(tail_.size(), 1);
+  // The tail holds every point since `since` when its oldest is older, or
+  // when it holds every point the ring does.
+  if (tail_count_ > 0 && (tail_[first].t_ms < since_ms || tail_count_ >= points_)) {
+    std::vector<Point> out;
+    out.reserve(tail_count_);
+    const int64_t from = std::max(since_ms, oldest_ms_);
+    for (std::size_t n = 0, i = first; n < tail_count_; ++n, i = (i + 1) % tail_.size()) {
+      const TailPoint& p = tail_[i];
+      if (p.t_ms < from || std::isnan(p.v[k])) continue;
+      out.push_back(Point{static_cast<double>(p.t_ms) / 1000, static_cast<double>(p.v[k])});
+    }
+    return out;
+  }
   // Newest chunks first, until one starts before `since`: a window of the
   // last minute decodes two or three chunks, not the ring.
   std::vector<std::vector<tlc::DecodedPoint>> parts;
-  const auto since_ms = static_cast<int64_t>(std::floor(since * 1000));
   for (std::size_t i : newest_first()) {
     std::vector<tlc::DecodedPoint> pts;
     if (!tlc::decode(ring_[i], pts)) continue;
@@ -92,7 +124,6 @@ std::vector<Point> Timeline::window(SeriesId id, double since) const {
     if (ring_[i].h.first_ms < since_ms) break;
   }
   std::vector<Point> out;
-  const auto k = static_cast<std::size_t>(id);
   for (auto it = parts.rbegin(); it != parts.rend(); ++it)
     for (const auto& p : *it) {
       if (p.t_ms < since_ms || std::isnan(p.v[k])) continue;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <vector>
@@ -31,12 +32,17 @@ class Timeline {
   // chunk whose points have all left it is written again before memory the
   // ring has not touched yet, so a quiet target's ring (sized for a busy
   // one) takes only the pages its window needs.
-  Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, double window_seconds = 0);
+  // `tail_points` (0: none) newest points are also kept decoded, for the
+  // window the leak slope reads every tick (see window()).
+  Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, double window_seconds = 0,
+           std::size_t tail_points = 0);
   // Appends one tick; series not present in `s` are stored as NaN.
   void push(double t_seconds, const Sample& s);
   std::size_t size() const { return points_; }
   std::size_t capacity_bytes() const { return ring_.size_bytes(); }
   // Points of one series with t >= since (oldest first), NaNs skipped.
+  // From the decoded tail when it holds every point since then, else
+  // decoded from the chunks: the same points either way.
   std::vector<Point> window(SeriesId id, double since) const;
   // Largest value of a series over the whole ring; NaN if none.
   double max(SeriesId id) const;
@@ -58,6 +64,20 @@ class Timeline {
   // (without one, the window is not looked at).
   std::size_t next_chunk(std::optional<int64_t> now_ms) const;
   int64_t window_ms_ = 0;
+  // The newest points appended here, decoded: a ring of tail_.size(), the
+  // newest at tail_next_ - 1. Decoding a chunk means decoding all of it (a
+  // chunk holds a few hundred quiet points), so a one-minute window read
+  // every tick cost two or three whole chunks a tick.
+  struct TailPoint {
+    int64_t t_ms;
+    float v[kSeriesCount];
+  };
+  std::vector<TailPoint> tail_;
+  std::size_t tail_next_ = 0, tail_count_ = 0;
+  // Time of the oldest point the ring still holds (points of a chunk taken
+  // over leave the tail too).
+  int64_t oldest_ms_ = std::numeric_limits<int64_t>::min();
+  void refresh_oldest();
 };
 
 // Robust slope of a series: Theil-Sen (median of pairwise slopes), with a

@@ -54,6 +54,49 @@ TEST(Timeline, RingKeepsTheNewestPointsExactly) {
   EXPECT_EQ(tl.window(SeriesId::heap, truth.back().first - 9.5).size(), 10u);
 }
 
+// The window the leak slope reads every tick comes from the decoded tail;
+// it must be the very points the chunks give, including when the ring has
+// taken over chunks the tail still remembers, and with NaNs (series absent).
+TEST(Timeline, TheDecodedTailGivesTheSamePointsAsTheChunks) {
+  for (std::size_t chunks : {2u, 3u, 16u}) {
+    Ring r(chunks);
+    Timeline tl(r.span(), 7, false, 0, 64);
+    std::mt19937 rng(static_cast<unsigned>(chunks));
+    std::uniform_real_distribution<double> noise(0, 1e6);
+    for (int i = 0; i < 3000; ++i) {
+      const double t = 500 + i + (i % 7) * 0.001;
+      Sample s;
+      // Noisy: a chunk holds fewer points than the tail.
+      if (i % 11 != 0) s.series(SeriesId::rss, 8e6 + noise(rng));
+      if (i % 5 != 0) s.series(SeriesId::heap, i < 1500 ? 1e6 : 1e6 + i);   // flat, then rising
+      tl.push(t, s);
+      if (i % 37 != 0) continue;
+      // A copy of the ring resumed: nothing decoded, every window from chunks.
+      Ring copy(chunks);
+      copy.mem = r.mem;
+      Timeline decoded(copy.span(), 7, true);
+      for (double back : {0.0, 10.0, 60.5, 63.0, 80.0, 1e6}) {
+        for (SeriesId id : {SeriesId::rss, SeriesId::heap, SeriesId::anon}) {
+          const auto a = tl.window(id, t - back);
+          const auto b = decoded.window(id, t - back);
+          ASSERT_EQ(a.size(), b.size()) << "chunks " << chunks << " tick " << i << " back " << back;
+          for (std::size_t k = 0; k < a.size(); ++k) {
+            ASSERT_EQ(a[k].t, b[k].t);
+            ASSERT_EQ(a[k].v, b[k].v);
+          }
+        }
+      }
+    }
+    // What the tail answers is read from it, not from the chunks: with the
+    // chunks' bytes gone, the last minute is still there.
+    const double now = 500 + 2999 + (2999 % 7) * 0.001;
+    const auto before = tl.window(SeriesId::heap, now - 60);
+    ASSERT_GE(before.size(), 40u);
+    for (auto& c : r.mem) std::fill(std::begin(c.payload), std::end(c.payload), uint8_t{0xff});
+    EXPECT_EQ(tl.window(SeriesId::heap, now - 60).size(), before.size());
+  }
+}
+
 TEST(Timeline, QuietSeriesCompressWell) {
   // A target whose memory barely moves: a 1 h window at 1 s in ~2 KiB.
   Ring r(64);
