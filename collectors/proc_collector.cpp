@@ -15,10 +15,11 @@ struct ProcMetrics {
   MetricDesc rss = metric("rss", "bytes", MetricKind::gauge, "Resident set size (status VmRSS).");
   MetricDesc pss = metric("pss", "bytes", MetricKind::gauge,
                           "Proportional set size: resident bytes with shared pages divided among sharers "
-                          "(smaps_rollup, read every smaps_interval).");
+                          "(smaps_rollup, read every smaps_interval; up to 6 intervals old for a process that "
+                          "has not run and whose statm has not moved).");
   MetricDesc uss = metric("uss", "bytes", MetricKind::gauge,
                           "Unique set size: private resident bytes (smaps_rollup Private_Clean + Private_Dirty, "
-                          "read every smaps_interval).");
+                          "read as memlens_pss_bytes).");
   MetricDesc anon = metric("anon", "bytes", MetricKind::gauge,
                            "Resident anonymous memory (status RssAnon): heaps, stacks, private mappings.");
   MetricDesc file = metric("file", "bytes", MetricKind::gauge,
@@ -42,7 +43,8 @@ struct ProcMetrics {
   MetricDesc saved = metric("proc_reads_saved", "", MetricKind::counter,
                             "Reads of /proc/PID/stat and maps not made: the process had not run since the last one "
                             "(its CPU clock had not moved), so what they hold had not changed; of status: neither "
-                            "had its statm (the same memory counters, cheaper), for up to 10 ticks.");
+                            "had its statm (the same memory counters, cheaper), for up to 10 ticks; of "
+                            "smaps_rollup: neither, for up to 5 of its reads in 6.");
 };
 
 const ProcMetrics& m() {
@@ -61,6 +63,7 @@ Result<void> ProcCollector::start(const ConfigPtr& config) {
     pt.stat_cpu_ns.reset();
     pt.maps_cpu_ns.reset();
     pt.status_read.reset();
+    pt.smaps_cpu_ns.reset();
   }
   return {};
 }
@@ -179,9 +182,26 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   out.series(SeriesId::anon, static_cast<double>(status->rss_anon));
   out.series(SeriesId::heap, static_cast<double>(status->rss_anon));
 
+  // smaps_rollup costs more than every other read together (the kernel
+  // walks the page tables). What the process does shows in its clock,
+  // reclaim and swap in statm; only other processes changing what they
+  // share with it (a sharer's exit, fork or copy-on-write) show in neither.
+  // So while both stand, the last reading stands for up to
+  // kSmapsStandsFor intervals: PSS and USS are then at most that old.
   const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
   if (now >= pt.next_smaps) {
-    pt.smaps_error = read_smaps(t, pt, cpu_ns);
+    const bool still = pt.have_rollup && pt.smaps_error && cpu_ns && pt.smaps_cpu_ns == cpu_ns &&
+                       !pt.statm_text.empty() && pt.smaps_statm == pt.statm_text &&
+                       pt.smaps_stood + 1 < kSmapsStandsFor;
+    if (still) {
+      ++pt.smaps_stood;
+      ++smaps_reads_saved_;
+    } else {
+      pt.smaps_error = read_smaps(t, pt, cpu_ns);
+      pt.smaps_cpu_ns = cpu_ns;
+      pt.smaps_statm = pt.statm_text;  // "" when statm was not read this tick: the next read is made
+      pt.smaps_stood = 0;
+    }
     pt.next_smaps = now + smaps_interval_;
   }
   if (pt.have_rollup) {
@@ -196,6 +216,7 @@ void ProcCollector::collect_global(GlobalSample& out) {
   out.counter(m().saved, static_cast<double>(stat_reads_saved_), {{"file", "stat"}});
   out.counter(m().saved, static_cast<double>(maps_reads_saved_), {{"file", "maps"}});
   out.counter(m().saved, static_cast<double>(status_reads_saved_), {{"file", "status"}});
+  out.counter(m().saved, static_cast<double>(smaps_reads_saved_), {{"file", "smaps_rollup"}});
 }
 
 }  // namespace memlens

@@ -7,8 +7,9 @@
 // not run: stat's fields (faults, threads, CPU time) and the [heap] mapping
 // (brk) stay those of the last read while the process's CPU-time clock
 // (exact, one system call) has not moved. status (resident memory, which
-// reclaim and swap change without the process running) and smaps_rollup
-// (PSS, which other processes' sharing changes) are always read.
+// reclaim and swap change without the process running) stands while statm
+// does too, for a few ticks; smaps_rollup (PSS, which other processes'
+// sharing changes too) likewise, for a few of its intervals.
 #pragma once
 
 #include <map>
@@ -51,6 +52,11 @@ class ProcCollector : public Collector {
     std::string statm_text;
     unsigned status_stood = 0;
     Result<void> smaps_error;  // of the last smaps read, repeated until the next
+    // The clock and statm at the last smaps_rollup read, and the intervals
+    // that reading has stood for since.
+    std::optional<uint64_t> smaps_cpu_ns;
+    std::string smaps_statm;
+    unsigned smaps_stood = 0;
   };
   Result<void> read_smaps(const Target& t, PerTarget& pt, const std::optional<uint64_t>& cpu_ns);
 
@@ -59,7 +65,10 @@ class ProcCollector : public Collector {
   // A status reading stands for at most this many ticks (statm misses two
   // opposite moves of the same counter within one tick).
   static constexpr unsigned kStatusStandsFor = 10;
-  uint64_t stat_reads_saved_ = 0, maps_reads_saved_ = 0, status_reads_saved_ = 0;
+  // A smaps_rollup reading serves at most this many intervals (it misses
+  // only other processes' changes to what they share with the target).
+  static constexpr unsigned kSmapsStandsFor = 6;
+  uint64_t stat_reads_saved_ = 0, maps_reads_saved_ = 0, status_reads_saved_ = 0, smaps_reads_saved_ = 0;
   std::map<TargetId, PerTarget> per_target_;
   std::string buf_, statm_buf_;  // reused read buffers
 };

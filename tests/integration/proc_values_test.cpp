@@ -169,14 +169,18 @@ TEST(ProcValues, AnIdleTargetsStatIsNotReadAgainUntilItRuns) {
     s = d->scrape();
     return find_sample(s, "memlens_heap_mapping_bytes", sel).has_value();
   }, 15s)) << d->log();
-  const double stat0 = saved(s, "stat"), maps0 = saved(s, "maps");
+  const double stat0 = saved(s, "stat"), maps0 = saved(s, "maps"), rollup0 = saved(s, "smaps_rollup");
   std::this_thread::sleep_for(2500ms);
   s = d->scrape();
   auto t = lines().back();
-  std::printf("idle 2.5 s: stat reads saved %.0f, maps reads saved %.0f; minor faults %.0f vs getrusage %.0f\n",
-              saved(s, "stat") - stat0, saved(s, "maps") - maps0, minor(s), t["minflt"].get<double>());
+  std::printf("idle 2.5 s: stat reads saved %.0f, maps reads saved %.0f (smaps_rollup %.0f); minor faults %.0f vs "
+              "getrusage %.0f\n",
+              saved(s, "stat") - stat0, saved(s, "maps") - maps0, saved(s, "smaps_rollup") - rollup0, minor(s),
+              t["minflt"].get<double>());
   EXPECT_GE(saved(s, "stat") - stat0, 5);
-  EXPECT_GE(saved(s, "maps") - maps0, 5);
+  // maps is read with smaps_rollup, and not even then while the clock stands.
+  EXPECT_GE(saved(s, "maps") - maps0, 1);
+  EXPECT_GE(saved(s, "maps") - maps0 + saved(s, "smaps_rollup") - rollup0, 4);
   // Its last faults came after its own count (the line written, pause()).
   EXPECT_GE(minor(s), t["minflt"].get<double>());
   EXPECT_LE(minor(s), t["minflt"].get<double>() + 64);
@@ -293,5 +297,70 @@ TEST(ProcValues, AnIdleTargetsResidentMemoryFollowsReclaim) {
           << ", file " << find_sample(s, "memlens_file_bytes", sel).value_or(-1) << " vs " << file1;
   std::printf("after the page-out: %.0f status reads saved until memlensd showed it\n", saved(s) - saved1);
   EXPECT_EQ(cpu_ns(w.pid()), clock0) << "the workload ran: this did not test a standing clock";
+  w.stop(SIGTERM, 5s);
+}
+
+namespace {
+// What smaps_rollup says of a process now: a field's value in bytes.
+double rollup_bytes(pid_t pid, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.starts_with(field + ":")) return std::stod(line.substr(field.size() + 1)) * 1024;
+  return -1;
+}
+}  // namespace
+
+// smaps_rollup is the costliest read, and what a process does shows in its
+// clock and statm: while both stand, memlensd reads it again only every
+// sixth smaps_interval. What shows in neither is another process changing
+// what it shares with the target: an idle CPython shares 16 MiB with its
+// forked child; the child is killed, the parent's PSS rises by ~8 MiB while
+// it neither runs nor changes its resident set, and memlensd shows the new
+// PSS within six intervals.
+TEST(ProcValues, AnIdleTargetsPssFollowsASharerLeavingWithinSixIntervals) {
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/shared.jsonl";
+  Child w = spawn({"/usr/bin/python3", std::string(MEMLENS_SOURCE_DIR) + "/tests/workloads/shared_idle.py", truth},
+                  dir + "/shared.log");
+  ASSERT_TRUE(wait_until([&] { return truth_lines(truth).size() == 1; }, 20s)) << read_text(dir + "/shared.log");
+  const pid_t child = truth_lines(truth).back()["child"].get<pid_t>();
+  auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms, smaps_interval: 500ms}\n"
+                        "targets:\n  - {name: shared, pid: " + std::to_string(w.pid()) + "}\n");
+  ASSERT_TRUE(d);
+  const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
+  auto saved = [&](const std::vector<PromSample>& s) {
+    return find_sample(s, "memlens_proc_reads_saved_total", {{"file", "smaps_rollup"}}).value_or(-1);
+  };
+  auto pss = [&](const std::vector<PromSample>& s) { return find_sample(s, "memlens_pss_bytes", sel).value_or(-1); };
+  std::vector<PromSample> s;
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return pss(s) == rollup_bytes(w.pid(), "Pss");
+  }, 10s)) << "pss " << pss(s) << " vs smaps_rollup " << rollup_bytes(w.pid(), "Pss") << "\n" << d->log();
+  const double saved0 = saved(s);
+  std::this_thread::sleep_for(3500ms);  // 7 intervals
+  s = d->scrape();
+  std::printf("idle 3.5 s: smaps_rollup reads saved %.0f\n", saved(s) - saved0);
+  EXPECT_GE(saved(s) - saved0, 4) << "an idle target's smaps_rollup stands while its clock and statm do";
+  EXPECT_EQ(pss(s), rollup_bytes(w.pid(), "Pss"));
+
+  const double pss0 = rollup_bytes(w.pid(), "Pss"), rss0 = status_bytes(w.pid(), "VmRSS");
+  const uint64_t clock0 = cpu_ns(w.pid());
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  ASSERT_TRUE(wait_until([&] { return rollup_bytes(w.pid(), "Pss") >= pss0 + 6e6; }, 5s))
+      << "the child's exit did not raise the parent's PSS: " << pss0 << " -> " << rollup_bytes(w.pid(), "Pss");
+  const double pss1 = rollup_bytes(w.pid(), "Pss");
+  const auto t0 = std::chrono::steady_clock::now();
+  // Six intervals of 0.5 s, each ending at a tick (3.6 s seen), with room
+  // for a loaded machine's late ticks.
+  ASSERT_TRUE(wait_until([&] {
+    s = d->scrape();
+    return pss(s) == pss1;
+  }, 6s, 50ms)) << "pss " << pss(s) << " vs smaps_rollup " << pss1 << " (before the exit: " << pss0 << ")";
+  std::printf("PSS %.0f -> %.0f shown %.1f s after the sharer left\n", pss0, pss1,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  EXPECT_EQ(cpu_ns(w.pid()), clock0) << "the workload ran: this did not test a standing clock";
+  EXPECT_EQ(status_bytes(w.pid(), "VmRSS"), rss0) << "its resident set moved: statm alone would have shown it";
   w.stop(SIGTERM, 5s);
 }
