@@ -48,6 +48,8 @@ class HeapCollector : public Collector {
   struct PerTarget {
     bool located = false;
     std::string allocator = "glibc";
+    std::string labels_for;     // the allocator the two label sets below name
+    FixedLabels alloc_labels, ok_labels;
     std::string reason;         // why it is not readable; empty when it is
     double next_locate = 0;     // monotonic seconds
     glibc::WalkInput input;

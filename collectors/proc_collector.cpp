@@ -136,8 +136,9 @@ Result<void> ProcCollector::collect(const Target& t, Sample& out) {
   } else {
     ++stat_reads_saved_;
   }
-  out.counter(m().faults, static_cast<double>(pt.minflt), {{"kind", "minor"}});
-  out.counter(m().faults, static_cast<double>(pt.majflt), {{"kind", "major"}});
+  static const FixedLabels minor{{{"kind", "minor"}}}, major{{{"kind", "major"}}};
+  out.counter(m().faults, static_cast<double>(pt.minflt), minor);
+  out.counter(m().faults, static_cast<double>(pt.majflt), major);
   out.gauge(m().threads, static_cast<double>(pt.threads));
   out.counter(m().cpu, static_cast<double>(pt.cpu_ticks) / ticks);
 

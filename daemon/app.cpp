@@ -247,7 +247,8 @@ void App::tick() {
     t.leak_slope_valid = st.fit_valid;
     t.leak_slope_bytes_per_second = st.fit.slope;
     if (discovery_->same_pid_ns()) t.cpu_ns = process_cpu_ns(t.pid());  // once, for every collector
-    Sample s;
+    Sample& s = sample_;  // its storage serves every target
+    s.clear();
     if (!collect(t, s)) {
       force_rescan_ = true;  // its series vanish now; the rescan counts the exit
       continue;
@@ -271,18 +272,21 @@ void App::tick() {
 // by reason. False when the target is gone: a collector that tells exits
 // (the proc collector) found it vanished (or its pid reused) since discovery.
 bool App::collect(const Target& t, Sample& s) {
+  double c0 = mono_now();  // one clock read a collector: each ends where the next starts
   for (std::size_t ci = 0; ci < collectors_.size(); ++ci) {
     auto& cs = collectors_[ci];
     if (!cs.up) continue;
-    const double c0 = mono_now();
     auto r = cs.c->collect(t, s);
-    cs.seconds += mono_now() - c0;
+    const double c1 = mono_now();
+    cs.seconds += c1 - c0;
+    c0 = c1;
     if (r) continue;
     cs.last_ok = false;
     ++cs.errors[errc_name(r.error().code)];
     if (r.error().code == Errc::not_found && cs.c->tells_exit()) return false;
     if (logged_.insert({ci, t.id}).second)
       spdlog::warn("collector {} on target {} pid {}: {}", cs.c->name(), t.name, t.pid(), r.error().message);
+    c0 = mono_now();  // the error's bookkeeping is no collector's time
   }
   return true;
 }
@@ -356,7 +360,7 @@ void App::publish_target(SnapshotBuilder& b, Snapshot& snap, const Target& t, Sa
   const std::size_t base = b.base(std::move(labels));
   TargetView view{t.name, t.selector, t.comm, t.exe, t.pid(), t.id.start_time, t.labels, base, {}};
   publish_budgets(b, base, t, s, st);  // reads the sample's figures: before they move
-  for (auto& v : s.take_values()) b.add(std::move(v), base);
+  s.drain([&](MetricValue&& v) { b.add(std::move(v), base); });
   auto add_gauge = [&](const MetricDesc& d, double v) { b.add(MetricValue{&d, {}, v, {}}, base); };
   if (st.fit_valid) {
     add_gauge(m.slope, st.fit.slope);

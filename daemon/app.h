@@ -93,6 +93,7 @@ class App {
   // Gathers each tick's series (what a tick given up half way left is
   // cleared at the next).
   SnapshotBuilder builder_;
+  Sample sample_;  // a tick's values of one target, its storage reused
 
   Options opts_;
   // The running config; targets and collectors that need it share it, and

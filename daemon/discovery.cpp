@@ -231,6 +231,7 @@ DiscoveryResult Discovery::scan() {
       return a->id.pid < b->id.pid;
     });
     int limit = pol.selector.top_rss ? *pol.selector.top_rss : static_cast<int>(hits.size());
+    const std::string selector = hits.empty() ? std::string() : pol.selector.describe();
     if (pol.max_targets > 0) limit = std::min(limit, pol.max_targets);
     int taken = 0;
     for (Proc* p : hits) {
@@ -262,7 +263,7 @@ DiscoveryResult Discovery::scan() {
         // Once per target: its cgroup never changes while the kubelet runs it.
         if (cfg_->kubernetes_labels) t.labels = pods_.labels(cgroup_of(proc_, *p));
       }
-      t.selector = pol.selector.describe();
+      t.selector = selector;
       t.policy = std::shared_ptr<const TargetPolicy>(cfg_, &pol);
       next.emplace(t.id, std::move(t));
     }

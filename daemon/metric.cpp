@@ -1,6 +1,38 @@
 #include "daemon/metric.h"
 
+#include <mutex>
+
 namespace memlens {
+
+namespace {
+// Written under the lock before an id is handed out, never changed after:
+// an id reaches another thread only through what synchronises (a snapshot
+// published under the exporter's lock).
+std::mutex fixed_mu;
+uint32_t fixed_count = 1;
+const Labels* fixed_table[FixedLabels::kMaxFixedLabels] = {};
+const Labels kNoLabels;
+}  // namespace
+
+FixedLabels::FixedLabels(Labels labels) {
+  if (labels.empty()) return;
+  std::lock_guard lock(fixed_mu);
+  for (uint32_t i = 1; i < fixed_count; ++i)
+    if (*fixed_table[i] == labels) {
+      id_ = i;
+      return;
+    }
+  if (fixed_count == kMaxFixedLabels) {
+    copy_ = std::move(labels);
+    return;
+  }
+  fixed_table[fixed_count] = new Labels(std::move(labels));  // kept for the daemon's lifetime
+  id_ = fixed_count++;
+}
+
+const Labels& FixedLabels::of(uint32_t id) {
+  return id == 0 || id >= kMaxFixedLabels || !fixed_table[id] ? kNoLabels : *fixed_table[id];
+}
 
 MetricDesc metric(std::string_view base, std::string_view unit, MetricKind kind, std::string help) {
   std::string name = "memlens_";
@@ -19,6 +51,11 @@ void Sample::gauge(const MetricDesc& d, double v, Labels extra) {
 
 void Sample::counter(const MetricDesc& d, double v, Labels extra) {
   values_.push_back(MetricValue{&d, std::move(extra), v, {}});
+}
+
+void Sample::add_fixed(const MetricDesc& d, double v, const FixedLabels& extra) {
+  if (extra.id()) values_.push_back(MetricValue{&d, {}, v, {}, extra.id()});
+  else values_.push_back(MetricValue{&d, extra.labels(), v, {}});
 }
 
 void Sample::histogram(const MetricDesc& d, HistogramValue h, Labels extra) {

@@ -2,6 +2,7 @@
 // builds names so the memlens_ prefix and unit suffixes stay uniform.
 #pragma once
 
+#include <concepts>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -24,6 +25,28 @@ MetricDesc metric(std::string_view base, std::string_view unit, MetricKind kind,
                   std::string help);
 
 using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// A label set kept for the daemon's lifetime and named by a small number:
+// a value carries the number, not a copy. For the sets collectors emit for
+// every target at every tick ({kind="minor"}, {allocator="glibc"}): each
+// copy was a heap allocation per value per tick, freed with the snapshot.
+// Only sets drawn from a fixed vocabulary belong here (the table never
+// shrinks); past kMaxFixedLabels distinct sets, a set is carried as a copy.
+class FixedLabels {
+ public:
+  FixedLabels() = default;  // no labels
+  explicit FixedLabels(Labels labels);
+  uint32_t id() const { return id_; }
+  // The set (a copy's, when the table was full).
+  const Labels& labels() const { return id_ ? of(id_) : copy_; }
+  // The set behind an id; 0: the empty set.
+  static const Labels& of(uint32_t id);
+  static constexpr uint32_t kMaxFixedLabels = 4096;
+
+ private:
+  uint32_t id_ = 0;
+  Labels copy_;
+};
 
 // Cumulative histogram: bounds are upper bounds (le), counts are per bucket
 // (not cumulative); the +Inf bucket is implicit (count - sum of buckets).
@@ -55,6 +78,8 @@ struct MetricValue {
   Labels labels;  // extra labels beyond target/pid
   double value = 0;
   HistogramValue hist;  // when desc->kind == histogram
+  uint32_t fixed = 0;   // extra labels as a FixedLabels id instead (labels empty)
+  const Labels& extra() const { return fixed ? FixedLabels::of(fixed) : labels; }
 };
 
 // What collectors report for one target during one tick.
@@ -62,18 +87,38 @@ class Sample {
  public:
   void gauge(const MetricDesc& d, double v, Labels extra = {});
   void counter(const MetricDesc& d, double v, Labels extra = {});
+  // With a fixed label set (templates, so that a braced list of labels
+  // still means Labels).
+  template <std::same_as<FixedLabels> L>
+  void gauge(const MetricDesc& d, double v, const L& extra) {
+    add_fixed(d, v, extra);
+  }
+  template <std::same_as<FixedLabels> L>
+  void counter(const MetricDesc& d, double v, const L& extra) {
+    add_fixed(d, v, extra);
+  }
   void histogram(const MetricDesc& d, HistogramValue h, Labels extra = {});
   // Feed a timeline series. A later call for the same series wins unless
   // its quality is lower than the value's already there.
   void series(SeriesId id, double v, SeriesQuality q = SeriesQuality::estimate);
 
   const std::vector<MetricValue>& values() const { return values_; }
-  // The values, moved out (the sample has none after).
-  std::vector<MetricValue> take_values() { return std::move(values_); }
+  // Each value moved to `f`, then none left (the storage stays for the
+  // next target's: a sample is reused across a tick).
+  template <class F>
+  void drain(F&& f) {
+    for (auto& v : values_) f(std::move(v));
+    clear();
+  }
+  void clear() {
+    values_.clear();
+    for (auto& h : has_) h = false;
+  }
   bool has_series(SeriesId id) const { return has_[static_cast<size_t>(id)]; }
   double series_value(SeriesId id) const { return series_[static_cast<size_t>(id)]; }
 
  private:
+  void add_fixed(const MetricDesc& d, double v, const FixedLabels& extra);
   std::vector<MetricValue> values_;
   double series_[kSeriesCount] = {};
   bool has_[kSeriesCount] = {};

@@ -120,7 +120,7 @@ void SnapshotBuilder::add(MetricValue v, std::size_t base) {
     hist = static_cast<uint32_t>(s.hists_.size());
     s.hists_.push_back(std::move(v.hist));
   }
-  s.entries_.push_back({f, static_cast<uint32_t>(base), hist, v.value, std::move(v.labels)});
+  s.entries_.push_back({f, static_cast<uint32_t>(base), hist, v.fixed, v.value, std::move(v.labels)});
 }
 
 void SnapshotBuilder::gauge(const MetricDesc& d, double v, Labels labels) {
@@ -202,22 +202,22 @@ std::string SeriesSet::render() const {
       const Labels& base = bases_[e.base].labels;
       switch (f.kind) {
         case MetricKind::gauge:
-        case MetricKind::counter: expo::append_series(out, f.name, "", base, e.labels, nullptr, e.value); break;
+        case MetricKind::counter: expo::append_series(out, f.name, "", base, e.extra(), nullptr, e.value); break;
         case MetricKind::histogram: {
           static const HistogramValue none;
           const auto& h = e.hist < hists_.size() ? hists_[e.hist] : none;
           uint64_t total = 0;
           for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) total += h.counts[i];
           total = std::max(total, h.count);
-          expo::append_series(out, f.name, "_count", base, e.labels, nullptr, static_cast<double>(total));
-          expo::append_series(out, f.name, "_sum", base, e.labels, nullptr, h.sum);
+          expo::append_series(out, f.name, "_count", base, e.extra(), nullptr, static_cast<double>(total));
+          expo::append_series(out, f.name, "_sum", base, e.extra(), nullptr, h.sum);
           uint64_t cum = 0;
           for (std::size_t i = 0; i < h.bounds.size() && i < h.counts.size(); ++i) {
             cum += h.counts[i];
-            expo::append_series(out, f.name, "_bucket", base, e.labels, &h.bounds[i], static_cast<double>(cum));
+            expo::append_series(out, f.name, "_bucket", base, e.extra(), &h.bounds[i], static_cast<double>(cum));
           }
           const double inf = INFINITY;
-          expo::append_series(out, f.name, "_bucket", base, e.labels, &inf, static_cast<double>(total));
+          expo::append_series(out, f.name, "_bucket", base, e.extra(), &inf, static_cast<double>(total));
           break;
         }
       }
@@ -234,7 +234,7 @@ std::vector<std::pair<std::string, double>> SeriesSet::values(std::size_t base) 
     const Entry& e = entries_[i];
     const Family& f = families_[e.family];
     if (e.base != base || f.kind == MetricKind::histogram) continue;
-    out.emplace_back(series_key(f.name, e.labels), e.value);
+    out.emplace_back(series_key(f.name, e.extra()), e.value);
   }
   return out;
 }

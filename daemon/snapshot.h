@@ -59,8 +59,10 @@ class SeriesSet {
     uint32_t family = 0;
     uint32_t base = 0;
     uint32_t hist = kNoHist;  // index into hists_
+    uint32_t fixed = 0;       // its own labels as a FixedLabels id (labels empty)
     double value = 0;
     Labels labels;  // its own, after the base's
+    const Labels& extra() const { return fixed ? FixedLabels::of(fixed) : labels; }
   };
   std::vector<Family> families_;
   std::vector<Base> bases_{Base{}};  // [0]: no labels

@@ -14,7 +14,7 @@ inline std::optional<double> sample_value(const Sample& s, const std::string& na
   for (const auto& v : s.values()) {
     if (v.desc->name != name) continue;
     bool all = true;
-    for (const auto& l : want) all &= std::find(v.labels.begin(), v.labels.end(), l) != v.labels.end();
+    for (const auto& l : want) all &= std::find(v.extra().begin(), v.extra().end(), l) != v.extra().end();
     if (all) return v.value;
   }
   return std::nullopt;
