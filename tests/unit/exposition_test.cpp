@@ -145,5 +145,39 @@ TEST(Exposition, ASetOutlivesItsDescriptionsAndKeepsEachTargetsValues) {
   EXPECT_EQ(set->size(), 4u);
 }
 
+// A fixed label set (interned once, carried as a number) writes the same
+// series as the same labels carried by copy, in the text and in a target's
+// values; once the table is full a set is carried as a copy, still the same.
+TEST(Exposition, FixedLabelSetsWriteWhatCopiesWrite) {
+  const MetricDesc faults = metric("faults", "", MetricKind::counter, "Faults.");
+  const FixedLabels minor(Labels{{"kind", "minor"}});
+  ASSERT_NE(minor.id(), 0u);
+  EXPECT_EQ(FixedLabels(Labels{{"kind", "minor"}}).id(), minor.id()) << "one set, one number";
+  auto render = [&](const FixedLabels* fixed) {
+    Sample s;
+    if (fixed) s.counter(faults, 5, *fixed);
+    else s.counter(faults, 5, {{"kind", "minor"}});
+    SnapshotBuilder sb;
+    const std::size_t base = sb.base({{"target", "a"}, {"pid", "1"}});
+    s.drain([&](MetricValue&& v) { sb.add(std::move(v), base); });
+    EXPECT_TRUE(s.values().empty());
+    auto set = sb.take_set();
+    return std::pair{set->render(), set->values(base)};
+  };
+  EXPECT_EQ(render(&minor), render(nullptr));
+  // Fill the table: later sets are copies.
+  std::vector<FixedLabels> many;
+  for (uint32_t i = 0; i < FixedLabels::kMaxFixedLabels; ++i)
+    many.emplace_back(Labels{{"n", std::to_string(i)}, {"fill", "table"}});
+  const FixedLabels late(Labels{{"kind", "late"}, {"fill", "past"}});
+  EXPECT_EQ(late.id(), 0u);
+  EXPECT_EQ(late.labels(), (Labels{{"kind", "late"}, {"fill", "past"}}));
+  EXPECT_EQ(FixedLabels::of(minor.id()), (Labels{{"kind", "minor"}})) << "earlier sets stay";
+  Sample s;
+  s.counter(faults, 1, late);
+  ASSERT_EQ(s.values().size(), 1u);
+  EXPECT_EQ(s.values()[0].extra(), late.labels());
+}
+
 }  // namespace
 }  // namespace memlens
