@@ -34,7 +34,9 @@ const std::string& cgroup_of(const ProcFs& proc, ProcFacts& p) {
 
 // One process seen during a scan.
 struct Discovery::Proc : ProcFacts {
+  uint64_t match_known = 0, match_yes = 0;  // as in Known
   bool claimed = false;
+  bool watched = false;  // a target already (looked up once, not at each comparison)
 };
 
 Discovery::Discovery(ConfigPtr cfg, pid_t self_pid)
@@ -46,6 +48,7 @@ void Discovery::reconfigure(ConfigPtr cfg) {
   relabel_ = relabel_ || cfg->kubernetes_labels != cfg_->kubernetes_labels ||
              (cfg->kubernetes_labels && cfg->run != pods_.run_root());
   if (cfg->procfs != cfg_->procfs) known_.clear();  // another procfs: read everything again
+  ++config_gen_;  // other selectors: every process is matched again
   cfg_ = std::move(cfg);
   proc_ = ProcFs(cfg_->procfs);
   same_pid_ns_ = proc_.shows_own_pids();
@@ -182,6 +185,10 @@ DiscoveryResult Discovery::scan() {
           p.exe = std::move(it->second.exe);
           p.cmdline = std::move(it->second.cmdline);
           p.cgroup = std::move(it->second.cgroup);
+          if (it->second.match_gen == config_gen_) {
+            p.match_known = it->second.match_known;
+            p.match_yes = it->second.match_yes;
+          }
         }
         procs.push_back(std::move(p));
       }
@@ -201,11 +208,23 @@ DiscoveryResult Discovery::scan() {
   std::set<TargetId> capped;
   int total = 0;
   grouped_.clear();
-  for (const TargetPolicy& pol : cfg_->targets) {
+  for (std::size_t k = 0; k < cfg_->targets.size(); ++k) {
+    const TargetPolicy& pol = cfg_->targets[k];
     if (pol.files) continue;  // build artefacts (the files collector), no process
     std::vector<Proc*> hits;
-    for (auto& p : procs)
-      if (!p.claimed && matches(pol.selector, p)) hits.push_back(&p);
+    const uint64_t bit = k < 64 ? uint64_t{1} << k : 0;
+    for (auto& p : procs) {
+      if (p.claimed) continue;
+      bool yes;
+      if (p.match_known & bit) {
+        yes = p.match_yes & bit;
+      } else {
+        yes = matches(pol.selector, p);
+        p.match_known |= bit;
+        if (yes) p.match_yes |= bit;
+      }
+      if (yes) hits.push_back(&p);
+    }
     if (!pol.children && !hits.empty()) {
       // Forked workers go with their parent: it matched this entry too and
       // has their comm. They are claimed (no later entry takes them) and
@@ -224,9 +243,9 @@ DiscoveryResult Discovery::scan() {
     }
     // Keep targets already watched first, so caps do not churn series; then
     // the largest by RSS (which is the whole point of top_rss).
+    for (Proc* p : hits) p->watched = targets_.count(p->id) > 0;
     std::stable_sort(hits.begin(), hits.end(), [&](const Proc* a, const Proc* b) {
-      bool ka = targets_.count(a->id) > 0, kb = targets_.count(b->id) > 0;
-      if (!pol.selector.top_rss && ka != kb) return ka;
+      if (!pol.selector.top_rss && a->watched != b->watched) return a->watched;
       if (a->stat.rss_pages != b->stat.rss_pages) return a->stat.rss_pages > b->stat.rss_pages;
       return a->id.pid < b->id.pid;
     });
@@ -295,6 +314,9 @@ DiscoveryResult Discovery::scan() {
     k->second.exe = std::move(p.exe);
     k->second.cmdline = std::move(p.cmdline);
     k->second.cgroup = std::move(p.cgroup);
+    k->second.match_gen = config_gen_;
+    k->second.match_known = p.match_known;
+    k->second.match_yes = p.match_yes;
   }
   targets_ = std::move(next);
   return res;

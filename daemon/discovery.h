@@ -65,7 +65,12 @@ class Discovery {
     std::optional<uint64_t> cpu_ns;  // its CPU clock before that reading
     // What selectors read beyond stat, kept while that reading stands.
     std::optional<std::string> exe, cmdline, cgroup;
+    // Which of the first 64 entries' selectors it matched (bit set in
+    // known), under config generation match_gen: facts that stand match as
+    // they did (a cmdline pattern was 4 % of memlensd's time at 1000 targets).
+    uint64_t match_gen = 0, match_known = 0, match_yes = 0;
   };
+  uint64_t config_gen_ = 1;
 
   ConfigPtr cfg_;
   ProcFs proc_;

@@ -53,9 +53,13 @@ void Sample::counter(const MetricDesc& d, double v, Labels extra) {
   values_.push_back(MetricValue{&d, std::move(extra), v, {}});
 }
 
+MetricValue value_of(const MetricDesc& d, double v, const FixedLabels& extra) {
+  if (extra.id()) return MetricValue{&d, {}, v, {}, extra.id()};
+  return MetricValue{&d, extra.labels(), v, {}};
+}
+
 void Sample::add_fixed(const MetricDesc& d, double v, const FixedLabels& extra) {
-  if (extra.id()) values_.push_back(MetricValue{&d, {}, v, {}, extra.id()});
-  else values_.push_back(MetricValue{&d, extra.labels(), v, {}});
+  values_.push_back(value_of(d, v, extra));
 }
 
 void Sample::histogram(const MetricDesc& d, HistogramValue h, Labels extra) {

@@ -82,6 +82,9 @@ struct MetricValue {
   const Labels& extra() const { return fixed ? FixedLabels::of(fixed) : labels; }
 };
 
+// A value with a fixed label set (or its copy, when the table was full).
+MetricValue value_of(const MetricDesc& d, double v, const FixedLabels& extra);
+
 // What collectors report for one target during one tick.
 class Sample {
  public:

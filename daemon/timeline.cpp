@@ -49,10 +49,16 @@ void Timeline::push(double t_seconds, const Sample& s) {
       if (had_points) points_ -= std::min<std::size_t>(points_, c.h.points);
       writer_.start(c, next_seq_++, owner_);
       writing_ = true;
-      if (had_points) refresh_oldest();
+      if (had_points) {
+        refresh_oldest();
+        max_valid_ = false;
+      }
     }
     if (writer_.append(c, t_ms, v)) {
       ++points_;
+      if (max_valid_)
+        for (std::size_t i = 0; i < kSeriesCount; ++i)
+          if (!std::isnan(v[i]) && (std::isnan(max_[i]) || v[i] > max_[i])) max_[i] = v[i];
       if (!tail_.empty()) {
         TailPoint& p = tail_[tail_next_];
         p.t_ms = t_ms;
@@ -135,13 +141,18 @@ std::vector<Point> Timeline::window(SeriesId id, double since) const {
 double Timeline::max(SeriesId id) const {
   // Each chunk keeps its own maxima: no decoding (the chunks were checked
   // when resumed, or written here).
-  const auto k = static_cast<std::size_t>(id);
-  double m = std::numeric_limits<double>::quiet_NaN();
-  for (const auto& c : ring_) {
-    if (c.h.seq == 0 || c.h.owner != owner_ || std::isnan(c.h.max[k])) continue;
-    if (std::isnan(m) || c.h.max[k] > m) m = c.h.max[k];
+  if (!max_valid_) {
+    for (std::size_t k = 0; k < kSeriesCount; ++k) {
+      float m = std::numeric_limits<float>::quiet_NaN();
+      for (const auto& c : ring_) {
+        if (c.h.seq == 0 || c.h.owner != owner_ || std::isnan(c.h.max[k])) continue;
+        if (std::isnan(m) || c.h.max[k] > m) m = c.h.max[k];
+      }
+      max_[k] = m;
+    }
+    max_valid_ = true;
   }
-  return m;
+  return max_[static_cast<std::size_t>(id)];
 }
 
 SlopeFit theil_sen(const std::vector<Point>& all, std::size_t max_points) {

@@ -78,6 +78,10 @@ class Timeline {
   // over leave the tail too).
   int64_t oldest_ms_ = std::numeric_limits<int64_t>::min();
   void refresh_oldest();
+  // max() of each series, kept with each push until a chunk is taken over
+  // (then the chunks' own maxima are read again).
+  mutable float max_[kSeriesCount] = {};
+  mutable bool max_valid_ = false;
 };
 
 // Robust slope of a series: Theil-Sen (median of pairwise slopes), with a

@@ -223,6 +223,34 @@ TEST(Discovery, TargetsAreReadAgainWhenTheirCpuClockMoves) {
   EXPECT_EQ(r.removed[0].id.pid, sleeper.pid());
 }
 
+// A reading that stands keeps what it matched, but a reload's selectors
+// match every process again: a sleeping target whose entry now names
+// another comm is dropped at the first scan, its facts not read again.
+TEST(Discovery, AReloadMatchesStandingProcessesAgain) {
+  FakeProc p;
+  fs::create_symlink(std::to_string(getpid()), p.root() + "/self");
+  test::Child sleeper = test::spawn({"/bin/sleep", "600"});
+  for (int i = 0; i < 200 && real_state(sleeper.pid()) != 'S'; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  p.add(sleeper.pid(), "svc", 10);
+  Discovery d(config(p, "  - {name: svc, cmdline: \".\"}\n"), 1);
+  DiscoveryResult r;
+  for (int i = 0; i < 12; ++i) r = d.scan();  // past its young scans
+  ASSERT_EQ(d.targets().size(), 1u);
+  // Right after the scan of its slice: the next scans keep that reading.
+  for (int i = 0; i < 5 && r.stat_reads == 0; ++i) r = d.scan();
+  ASSERT_EQ(r.stat_reads, 1u);
+  d.reconfigure(config(p, "  - {name: svc, cmdline: \"^nothing-runs-this$\"}\n"));
+  r = d.scan();
+  EXPECT_EQ(r.stat_reads, 0u) << "the reading stands";
+  EXPECT_EQ(r.clock_unmoved, 1u);
+  EXPECT_TRUE(d.targets().empty()) << "matched by the new selector, not by what the old one said";
+  d.reconfigure(config(p, "  - {name: svc, cmdline: \".\"}\n"));
+  r = d.scan();
+  EXPECT_EQ(r.stat_reads, 0u);
+  EXPECT_EQ(d.targets().size(), 1u);
+}
+
 // `children: false`: forked workers (PostgreSQL's backends) go with their
 // parent's target; another cluster's postmaster is a target of its own; a
 // same-named process under something else is no one's child.

@@ -75,6 +75,10 @@ TEST(Timeline, TheDecodedTailGivesTheSamePointsAsTheChunks) {
       Ring copy(chunks);
       copy.mem = r.mem;
       Timeline decoded(copy.span(), 7, true);
+      for (SeriesId id : {SeriesId::rss, SeriesId::heap, SeriesId::anon}) {  // the kept maxima too
+        const double a = tl.max(id), b = decoded.max(id);
+        ASSERT_TRUE((std::isnan(a) && std::isnan(b)) || a == b) << a << " vs " << b << " tick " << i;
+      }
       for (double back : {0.0, 10.0, 60.5, 63.0, 80.0, 1e6}) {
         for (SeriesId id : {SeriesId::rss, SeriesId::heap, SeriesId::anon}) {
           const auto a = tl.window(id, t - back);
