@@ -93,11 +93,19 @@ void append_header(std::string& out, std::string_view name, std::string_view hel
 }  // namespace expo
 
 uint32_t SnapshotBuilder::family(const MetricDesc& d) {
-  if (auto it = by_desc_.find(&d); it != by_desc_.end()) return it->second;
-  auto [it, fresh] = by_name_.try_emplace(d.name, static_cast<uint32_t>(set().families_.size()));
-  if (fresh) set().families_.push_back({d.name, d.help, d.kind});
-  by_desc_.emplace(&d, it->second);
-  return it->second;
+  Hint& h = hints_[(reinterpret_cast<uintptr_t>(&d) >> 4) & (hints_.size() - 1)];
+  if (h.desc == &d) return h.family;
+  uint32_t f;
+  if (auto it = by_desc_.find(&d); it != by_desc_.end()) {
+    f = it->second;
+  } else {
+    auto [named, fresh] = by_name_.try_emplace(d.name, static_cast<uint32_t>(set().families_.size()));
+    if (fresh) set().families_.push_back({d.name, d.help, d.kind});
+    by_desc_.emplace(&d, named->second);
+    f = named->second;
+  }
+  h = {&d, f};
+  return f;
 }
 
 std::size_t SnapshotBuilder::base(Labels labels) {
@@ -140,8 +148,10 @@ SeriesSet& SnapshotBuilder::set() {
   {
     std::lock_guard<std::mutex> l(spare_->mu);
     set_->entries_ = std::move(spare_->entries);
+    if (spare_->bases.capacity() > set_->bases_.capacity()) set_->bases_ = std::move(spare_->bases);
   }
   set_->entries_.clear();
+  set_->bases_.resize(1);  // [0]: no labels
   set_->entries_.reserve(last_entries_ + last_entries_ / 8);
   set_->bases_.reserve(last_bases_ + last_bases_ / 8);
   return *set_;
@@ -153,13 +163,16 @@ std::shared_ptr<const SeriesSet> SnapshotBuilder::take_set() {
   last_bases_ = s.bases_.size();
   by_desc_.clear();
   by_name_.clear();
+  hints_.fill({});
   // Released on whichever thread lets go last: its values are destroyed
   // there and its storage kept for the next set.
   return std::shared_ptr<const SeriesSet>(set_.release(), [spare = spare_](const SeriesSet* gone) {
     std::unique_ptr<SeriesSet> owned(const_cast<SeriesSet*>(gone));
     owned->entries_.clear();
+    owned->bases_.clear();
     std::lock_guard<std::mutex> l(spare->mu);
     if (owned->entries_.capacity() > spare->entries.capacity()) spare->entries = std::move(owned->entries_);
+    if (owned->bases_.capacity() > spare->bases.capacity()) spare->bases = std::move(owned->bases_);
   });
 }
 
@@ -174,6 +187,7 @@ void SnapshotBuilder::clear() {
   }
   by_desc_.clear();
   by_name_.clear();
+  hints_.fill({});
 }
 
 std::string SeriesSet::render() const {
