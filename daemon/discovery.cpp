@@ -141,11 +141,10 @@ DiscoveryResult Discovery::scan() {
     // reused is seen as what it became up to kRefreshEvery rescans later;
     // the RSS ranking of top_rss is as old. A target is not in the slices
     // (its clock tells all of that, a reused pid's clock being another's),
-    // unless an entry ranks by RSS, which moves without the process running.
-    std::unordered_set<pid_t> watched;
-    for (const auto& [id, t] : targets_) watched.insert(id.pid);
-    const bool targets_in_slices = !same_pid_ns_ || std::any_of(cfg_->targets.begin(), cfg_->targets.end(),
-                                                                [](const TargetPolicy& p) { return p.selector.top_rss; });
+    // unless its entry ranks by RSS, which moves without the process running.
+    std::unordered_map<pid_t, bool> watched;  // pid -> in the slices
+    for (const auto& [id, t] : targets_)
+      watched.emplace(id.pid, !same_pid_ns_ || (t.policy && t.policy->selector.top_rss));
     // A young process (seen for fewer than kYoungScans scans) is looked at
     // every scan: a fork is seen before its exec often enough (a rescan
     // between them, or a process the exec hold stopped), and it must be
@@ -156,9 +155,10 @@ DiscoveryResult Discovery::scan() {
       auto it = known_.find(pid);
       const bool is_new = it == known_.end();
       const uint64_t first_seen = is_new ? scans_ : it->second.first_seen;
-      const bool target = !is_new && watched.count(pid);
+      const auto w = is_new ? watched.end() : watched.find(pid);
+      const bool target = w != watched.end();
       const bool every_scan = target || (!is_new && scans_ - first_seen < kYoungScans);
-      bool due = is_new || ((targets_in_slices || !target) &&
+      bool due = is_new || ((!target || w->second) &&
                             static_cast<uint64_t>(pid) % kRefreshEvery == scans_ % kRefreshEvery);
       // Read before stat: a process that runs after it shows a moved clock.
       std::optional<uint64_t> cpu_ns;

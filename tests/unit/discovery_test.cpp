@@ -219,6 +219,11 @@ TEST(Discovery, TargetsAreReadAgainWhenTheirCpuClockMoves) {
   reads = 0;
   for (int i = 0; i < 5; ++i) reads += d.scan().stat_reads;
   EXPECT_EQ(reads, 1u) << "its slice reads it once in 5 scans";
+  // Another entry's ranking does not concern it.
+  d.reconfigure(config(p, "  - {name: svc, comm: svc}\n  - {name: big, top_rss: 3}\n"));
+  reads = 0;
+  for (int i = 0; i < 5; ++i) reads += d.scan().stat_reads;
+  EXPECT_EQ(reads, 0u) << "only its own entry's ranking puts a target in the slices";
   d.reconfigure(c);
   p.remove(sleeper.pid());
   p.add(sleeper.pid(), "other", 10);
