@@ -204,14 +204,16 @@ TEST(ProcValues, AnIdleTargetsStatIsNotReadAgainUntilItRuns) {
 }
 
 namespace {
-// What the kernel says of a process now: a status line's value in bytes.
-double status_bytes(pid_t pid, const std::string& field) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+// What the kernel says of a process now: a "Field: N kB" line of one of
+// its /proc files (status, smaps_rollup), in bytes.
+double kib_line_bytes(pid_t pid, const std::string& file, const std::string& field) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/" + file);
   std::string line;
   while (std::getline(f, line))
     if (line.starts_with(field + ":")) return std::stod(line.substr(field.size() + 1)) * 1024;
   return -1;
 }
+double status_bytes(pid_t pid, const std::string& field) { return kib_line_bytes(pid, "status", field); }
 // Its CPU time in nanoseconds, from its CPU-time clock.
 uint64_t cpu_ns(pid_t pid) {
   clockid_t c;
@@ -301,14 +303,7 @@ TEST(ProcValues, AnIdleTargetsResidentMemoryFollowsReclaim) {
 }
 
 namespace {
-// What smaps_rollup says of a process now: a field's value in bytes.
-double rollup_bytes(pid_t pid, const std::string& field) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/smaps_rollup");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.starts_with(field + ":")) return std::stod(line.substr(field.size() + 1)) * 1024;
-  return -1;
-}
+double rollup_bytes(pid_t pid, const std::string& field) { return kib_line_bytes(pid, "smaps_rollup", field); }
 }  // namespace
 
 // smaps_rollup is the costliest read, and what a process does shows in its
