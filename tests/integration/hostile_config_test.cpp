@@ -156,7 +156,10 @@ TEST(HostileConfig, ReloadStormKeepsMemoryFlat) {
 
 // Targets that come and go: their timelines and maps are freed, and the
 // freed pages go back (glibc kept ~17 MiB resident after 300 came and went;
-// now ~1 MiB more than before they came, on an ~9 MiB daemon).
+// now 1.1-2.2 MiB more than before they came, on a ~13 MiB daemon: storage
+// kept for the next tick's series, sized for 300 targets, and malloc's
+// partly used pages), and the next rounds add nothing to that (up to 0.8
+// MiB seen between rounds, as malloc places them).
 TEST(HostileConfig, TargetsThatComeAndGoLeaveNoMemoryBehind) {
   const std::string dir = make_temp_dir();
   const std::string sleeper = dir + "/ml-churn-" + std::to_string(::getpid());
@@ -168,7 +171,7 @@ TEST(HostileConfig, TargetsThatComeAndGoLeaveNoMemoryBehind) {
   ASSERT_TRUE(d);
   std::this_thread::sleep_for(2s);
   const double before = rss_of(*d);
-  double after = 0;
+  double after = 0, first_after = 0;
   for (int round = 0; round < 3; ++round) {
     std::vector<Child> kids;
     for (int i = 0; i < 300; ++i) kids.push_back(spawn({sleeper, "600"}));
@@ -181,11 +184,13 @@ TEST(HostileConfig, TargetsThatComeAndGoLeaveNoMemoryBehind) {
     }, 30s));
     std::this_thread::sleep_for(1s);
     after = rss_of(*d);
+    if (round == 0) first_after = after;
     std::printf("round %d: RSS before %.1f MiB, after the targets left %.1f MiB\n", round, before / 1048576,
                 after / 1048576);
   }
   EXPECT_GE(find_sample(d->scrape(), "memlens_targets_exited_total").value_or(0), 900.0);
   if (kMeasuresMemory) {
-    EXPECT_LT(after, before + 2.0 * 1048576);
+    EXPECT_LT(first_after, before + 3.0 * 1048576) << "300 targets that left keep their memory";
+    EXPECT_LT(after, first_after + 1.5 * 1048576) << "each round of 300 targets leaves memory behind";
   }
 }
