@@ -328,18 +328,24 @@ TEST(ProcValues, AnIdleTargetsPssFollowsASharerLeavingWithinSixIntervals) {
     return find_sample(s, "memlens_proc_reads_saved_total", {{"file", "smaps_rollup"}}).value_or(-1);
   };
   auto pss = [&](const std::vector<PromSample>& s) { return find_sample(s, "memlens_pss_bytes", sel).value_or(-1); };
+  // Within 1 MiB of what the kernel says now: other processes mapping the
+  // same libraries (the suite runs tests side by side) move its PSS by
+  // ~100 KB without it running; the sharer's exit moves it by ~11 MB.
+  auto near_now = [&](double shown) { return std::abs(shown - rollup_bytes(w.pid(), "Pss")) < 1048576; };
   std::vector<PromSample> s;
   ASSERT_TRUE(wait_until([&] {
     s = d->scrape();
-    return pss(s) == rollup_bytes(w.pid(), "Pss");
+    return near_now(pss(s));
   }, 10s)) << "pss " << pss(s) << " vs smaps_rollup " << rollup_bytes(w.pid(), "Pss") << "\n" << d->log();
   const double saved0 = saved(s);
-  std::this_thread::sleep_for(3500ms);  // 7 intervals
+  std::this_thread::sleep_for(5s);  // 10 intervals, fewer on a loaded machine's late ticks
   s = d->scrape();
-  std::printf("idle 3.5 s: smaps_rollup reads saved %.0f\n", saved(s) - saved0);
-  EXPECT_GE(saved(s) - saved0, 4) << "an idle target's smaps_rollup stands while its clock and statm do";
-  EXPECT_EQ(pss(s), rollup_bytes(w.pid(), "Pss"));
+  std::printf("idle 5 s: smaps_rollup reads saved %.0f\n", saved(s) - saved0);
+  // 5-8 seen (an interval ends at a tick: 2-3 ticks); none without the gate.
+  EXPECT_GE(saved(s) - saved0, 3) << "an idle target's smaps_rollup stands while its clock and statm do";
+  EXPECT_TRUE(near_now(pss(s))) << pss(s) << " vs smaps_rollup " << rollup_bytes(w.pid(), "Pss");
 
+  const double shown0 = pss(s);
   const double pss0 = rollup_bytes(w.pid(), "Pss"), rss0 = status_bytes(w.pid(), "VmRSS");
   const uint64_t clock0 = cpu_ns(w.pid());
   ASSERT_EQ(::kill(child, SIGKILL), 0);
@@ -347,12 +353,12 @@ TEST(ProcValues, AnIdleTargetsPssFollowsASharerLeavingWithinSixIntervals) {
       << "the child's exit did not raise the parent's PSS: " << pss0 << " -> " << rollup_bytes(w.pid(), "Pss");
   const double pss1 = rollup_bytes(w.pid(), "Pss");
   const auto t0 = std::chrono::steady_clock::now();
-  // Six intervals of 0.5 s, each ending at a tick (3.6 s seen), with room
-  // for a loaded machine's late ticks.
+  // Six intervals of 0.5 s, each ending at a tick (0.1-3.6 s seen), with
+  // room for a loaded machine's late ticks.
   ASSERT_TRUE(wait_until([&] {
     s = d->scrape();
-    return pss(s) == pss1;
-  }, 6s, 50ms)) << "pss " << pss(s) << " vs smaps_rollup " << pss1 << " (before the exit: " << pss0 << ")";
+    return pss(s) >= shown0 + 6e6 && near_now(pss(s));
+  }, 8s, 50ms)) << "pss " << pss(s) << " vs smaps_rollup " << pss1 << " (before the exit: " << pss0 << ")";
   std::printf("PSS %.0f -> %.0f shown %.1f s after the sharer left\n", pss0, pss1,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   EXPECT_EQ(cpu_ns(w.pid()), clock0) << "the workload ran: this did not test a standing clock";
