@@ -21,6 +21,13 @@ using namespace memlens::test;
 using namespace std::chrono_literals;
 
 namespace {
+// memlens_proc_reads_saved_total{file}: reads of a /proc file not made.
+double reads_saved(const std::vector<PromSample>& s, const char* file) {
+  return find_sample(s, "memlens_proc_reads_saved_total", {{"file", file}}).value_or(-1);
+}
+}  // namespace
+
+namespace {
 
 void expect_within(double got, double want, double rel, const char* what) {
   EXPECT_NEAR(got, want, std::abs(want) * rel) << what << ": memlens " << got << " vs truth " << want;
@@ -161,9 +168,7 @@ TEST(ProcValues, AnIdleTargetsStatIsNotReadAgainUntilItRuns) {
     return find_sample(s, "memlens_page_faults_total", {{"pid", std::to_string(w.pid())}, {"kind", "minor"}})
         .value_or(-1);
   };
-  auto saved = [&](const std::vector<PromSample>& s, const char* file) {
-    return find_sample(s, "memlens_proc_reads_saved_total", {{"file", file}}).value_or(-1);
-  };
+  auto saved = reads_saved;
   std::vector<PromSample> s;
   ASSERT_TRUE(wait_until([&] {
     s = d->scrape();
@@ -241,9 +246,7 @@ TEST(ProcValues, AnIdleTargetsResidentMemoryFollowsReclaim) {
                         "targets:\n  - {name: idle, pid: " + std::to_string(w.pid()) + "}\n");
   ASSERT_TRUE(d);
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
-  auto saved = [&](const std::vector<PromSample>& s) {
-    return find_sample(s, "memlens_proc_reads_saved_total", {{"file", "status"}}).value_or(-1);
-  };
+  auto saved = [](const std::vector<PromSample>& s) { return reads_saved(s, "status"); };
   std::vector<PromSample> s;
   ASSERT_TRUE(wait_until([&] {
     s = d->scrape();
@@ -324,9 +327,7 @@ TEST(ProcValues, AnIdleTargetsPssFollowsASharerLeavingWithinSixIntervals) {
                         "targets:\n  - {name: shared, pid: " + std::to_string(w.pid()) + "}\n");
   ASSERT_TRUE(d);
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
-  auto saved = [&](const std::vector<PromSample>& s) {
-    return find_sample(s, "memlens_proc_reads_saved_total", {{"file", "smaps_rollup"}}).value_or(-1);
-  };
+  auto saved = [](const std::vector<PromSample>& s) { return reads_saved(s, "smaps_rollup"); };
   auto pss = [&](const std::vector<PromSample>& s) { return find_sample(s, "memlens_pss_bytes", sel).value_or(-1); };
   // Within 1 MiB of what the kernel says now: other processes mapping the
   // same libraries (the suite runs tests side by side) move its PSS by
