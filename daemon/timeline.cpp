@@ -11,6 +11,7 @@ Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, doub
                    std::size_t tail_points)
     : ring_(ring), owner_(owner), window_ms_(static_cast<int64_t>(std::max(0.0, window_seconds) * 1000)) {
   tail_.resize(tail_points);
+  std::fill(std::begin(max_), std::end(max_), std::numeric_limits<float>::quiet_NaN());
   if (!resume) return;
   uint64_t newest = 0;
   for (std::size_t i = 0; i < ring_.size(); ++i) {
@@ -28,6 +29,7 @@ Timeline::Timeline(std::span<tlc::Chunk> ring, uint64_t owner, bool resume, doub
     }
   }
   next_seq_ = newest + 1;
+  read_headers();
   // The next point starts a new chunk (the writer's state of the newest is
   // gone with the old process): one not written yet, else the oldest.
   if (newest) cur_ = next_chunk(std::nullopt);
@@ -49,16 +51,13 @@ void Timeline::push(double t_seconds, const Sample& s) {
       if (had_points) points_ -= std::min<std::size_t>(points_, c.h.points);
       writer_.start(c, next_seq_++, owner_);
       writing_ = true;
-      if (had_points) {
-        refresh_oldest();
-        max_valid_ = false;
-      }
+      // With no other chunk left, the ring starts again at this point.
+      if (had_points && !read_headers()) oldest_ms_ = t_ms;
     }
     if (writer_.append(c, t_ms, v)) {
       ++points_;
-      if (max_valid_)
-        for (std::size_t i = 0; i < kSeriesCount; ++i)
-          if (!std::isnan(v[i]) && (std::isnan(max_[i]) || v[i] > max_[i])) max_[i] = v[i];
+      for (std::size_t i = 0; i < kSeriesCount; ++i)
+        if (!std::isnan(v[i]) && (std::isnan(max_[i]) || v[i] > max_[i])) max_[i] = v[i];
       if (!tail_.empty()) {
         TailPoint& p = tail_[tail_next_];
         p.t_ms = t_ms;
@@ -89,10 +88,20 @@ std::size_t Timeline::next_chunk(std::optional<int64_t> now_ms) const {
   return order.empty() ? (cur_ + 1) % ring_.size() : order.back();
 }
 
-void Timeline::refresh_oldest() {
-  oldest_ms_ = std::numeric_limits<int64_t>::max();
-  for (const auto& c : ring_)
-    if (c.h.seq != 0 && c.h.owner == owner_ && c.h.points > 0) oldest_ms_ = std::min(oldest_ms_, c.h.first_ms);
+bool Timeline::read_headers() {
+  // Each chunk keeps its own maxima: no decoding (the chunks were checked
+  // when resumed, or written here).
+  oldest_ms_ = std::numeric_limits<int64_t>::min();  // none: nothing to leave out
+  std::fill(std::begin(max_), std::end(max_), std::numeric_limits<float>::quiet_NaN());
+  bool any = false;
+  for (const auto& c : ring_) {
+    if (c.h.seq == 0 || c.h.owner != owner_ || c.h.points == 0) continue;
+    oldest_ms_ = any ? std::min(oldest_ms_, c.h.first_ms) : c.h.first_ms;
+    any = true;
+    for (std::size_t k = 0; k < kSeriesCount; ++k)
+      if (!std::isnan(c.h.max[k]) && (std::isnan(max_[k]) || c.h.max[k] > max_[k])) max_[k] = c.h.max[k];
+  }
+  return any;
 }
 
 std::vector<std::size_t> Timeline::newest_first() const {
@@ -138,22 +147,7 @@ std::vector<Point> Timeline::window(SeriesId id, double since) const {
   return out;
 }
 
-double Timeline::max(SeriesId id) const {
-  // Each chunk keeps its own maxima: no decoding (the chunks were checked
-  // when resumed, or written here).
-  if (!max_valid_) {
-    for (std::size_t k = 0; k < kSeriesCount; ++k) {
-      float m = std::numeric_limits<float>::quiet_NaN();
-      for (const auto& c : ring_) {
-        if (c.h.seq == 0 || c.h.owner != owner_ || std::isnan(c.h.max[k])) continue;
-        if (std::isnan(m) || c.h.max[k] > m) m = c.h.max[k];
-      }
-      max_[k] = m;
-    }
-    max_valid_ = true;
-  }
-  return max_[static_cast<std::size_t>(id)];
-}
+double Timeline::max(SeriesId id) const { return max_[static_cast<std::size_t>(id)]; }
 
 SlopeFit theil_sen(const std::vector<Point>& all, std::size_t max_points) {
   SlopeFit fit;

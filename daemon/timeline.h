@@ -75,13 +75,12 @@ class Timeline {
   std::vector<TailPoint> tail_;
   std::size_t tail_next_ = 0, tail_count_ = 0;
   // Time of the oldest point the ring still holds (points of a chunk taken
-  // over leave the tail too).
+  // over leave the tail too), and each series' largest value there: read
+  // from the chunks' headers when the ring is resumed or a chunk taken
+  // over, kept with each point in between.
   int64_t oldest_ms_ = std::numeric_limits<int64_t>::min();
-  void refresh_oldest();
-  // max() of each series, kept with each push until a chunk is taken over
-  // (then the chunks' own maxima are read again).
-  mutable float max_[kSeriesCount] = {};
-  mutable bool max_valid_ = false;
+  float max_[kSeriesCount];
+  bool read_headers();  // false: no chunk holds a point
 };
 
 // Robust slope of a series: Theil-Sen (median of pairwise slopes), with a

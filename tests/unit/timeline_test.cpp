@@ -58,7 +58,7 @@ TEST(Timeline, RingKeepsTheNewestPointsExactly) {
 // it must be the very points the chunks give, including when the ring has
 // taken over chunks the tail still remembers, and with NaNs (series absent).
 TEST(Timeline, TheDecodedTailGivesTheSamePointsAsTheChunks) {
-  for (std::size_t chunks : {2u, 3u, 16u}) {
+  for (std::size_t chunks : {1u, 2u, 3u, 16u}) {
     Ring r(chunks);
     Timeline tl(r.span(), 7, false, 0, 64);
     std::mt19937 rng(static_cast<unsigned>(chunks));
