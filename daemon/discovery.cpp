@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <optional>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "collectors/proc_parse.h"
 #include "daemon/kubernetes.h"
@@ -142,9 +141,9 @@ DiscoveryResult Discovery::scan() {
     // the RSS ranking of top_rss is as old. A target is not in the slices
     // (its clock tells all of that, a reused pid's clock being another's),
     // unless its entry ranks by RSS, which moves without the process running.
-    std::unordered_map<pid_t, bool> watched;  // pid -> in the slices
-    for (const auto& [id, t] : targets_)
-      watched.emplace(id.pid, !same_pid_ns_ || (t.policy && t.policy->selector.top_rss));
+    // (Without clocks every target is read at every scan anyway.)
+    std::unordered_map<pid_t, bool> ranked_by_rss;  // each target's pid
+    for (const auto& [id, t] : targets_) ranked_by_rss.emplace(id.pid, t.policy && t.policy->selector.top_rss);
     // A young process (seen for fewer than kYoungScans scans) is looked at
     // every scan: a fork is seen before its exec often enough (a rescan
     // between them, or a process the exec hold stopped), and it must be
@@ -155,8 +154,8 @@ DiscoveryResult Discovery::scan() {
       auto it = known_.find(pid);
       const bool is_new = it == known_.end();
       const uint64_t first_seen = is_new ? scans_ : it->second.first_seen;
-      const auto w = is_new ? watched.end() : watched.find(pid);
-      const bool target = w != watched.end();
+      const auto w = is_new ? ranked_by_rss.end() : ranked_by_rss.find(pid);
+      const bool target = w != ranked_by_rss.end();
       const bool every_scan = target || (!is_new && scans_ - first_seen < kYoungScans);
       bool due = is_new || ((!target || w->second) &&
                             static_cast<uint64_t>(pid) % kRefreshEvery == scans_ % kRefreshEvery);
