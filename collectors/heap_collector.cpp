@@ -319,13 +319,8 @@ Result<void> HeapCollector::collect(const Target& t, Sample& out) {
   }
   if (!pt.books) return {};  // located, first walk still to come
   const glibc::Books& b = *pt.books;
-  if (pt.labels_for != pt.allocator) {  // allocator names are a fixed few
-    pt.labels_for = pt.allocator;
-    pt.alloc_labels = FixedLabels(Labels{{"allocator", pt.allocator}});
-    pt.ok_labels = FixedLabels(Labels{{"allocator", pt.allocator}, {"reason", "ok"}});
-  }
-  const FixedLabels& alloc = pt.alloc_labels;
-  out.gauge(m().readable, 1, pt.ok_labels);
+  const FixedLabels& alloc = alloc_labels_(pt.allocator);
+  out.gauge(m().readable, 1, ok_labels_(pt.allocator));
   const double inuse = static_cast<double>(b.uordblks + b.hblkhd);
   out.gauge(m().inuse, inuse, alloc);
   out.gauge(m().free, static_cast<double>(b.fordblks), alloc);

@@ -48,8 +48,6 @@ class HeapCollector : public Collector {
   struct PerTarget {
     bool located = false;
     std::string allocator = "glibc";
-    std::string labels_for;     // the allocator the two label sets below name
-    FixedLabels alloc_labels, ok_labels;
     std::string reason;         // why it is not readable; empty when it is
     double next_locate = 0;     // monotonic seconds
     glibc::WalkInput input;
@@ -69,6 +67,7 @@ class HeapCollector : public Collector {
 
   ProcFs proc_;
   std::map<TargetId, PerTarget> per_target_;
+  FixedLabelsFor alloc_labels_{"allocator"}, ok_labels_{"allocator", {{"reason", "ok"}}};
   glibc::WalkBuffer buffer_;
   glibc::WalkLimits limits_;
   double tick_seconds_ = 1;

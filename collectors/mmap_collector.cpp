@@ -71,6 +71,7 @@ struct MmapState {
   ProcFs fs;
   // The whole map, read once a tick at its first target.
   bpf::U32MapView view{sizeof(mmap_stats), false};
+  FixedLabelsFor call_labels{"call"};  // {call="mmap"}, ...: the same five at every tick
 };
 
 MmapCollector::MmapCollector() : s_(std::make_unique<MmapState>()) {}
@@ -146,16 +147,8 @@ Result<void> MmapCollector::collect(const Target& t, Sample& out) {
   if (!*f) return {};
   mmap_stats v{};
   std::memcpy(&v, *f, sizeof v);
-  static const auto call_labels = [] {  // {call="mmap"}, ...: the same five at every tick
-    std::array<FixedLabels, MMAP_CALLS> l;
-    const auto calls = mmap_call_counts(mmap_stats{}, 1);
-    for (std::size_t c = 0; c < l.size(); ++c) l[c] = FixedLabels(Labels{{"call", calls[c].call}});
-    return l;
-  }();
-  const auto counts = mmap_call_counts(v, s_->page_bytes);
-  for (std::size_t i = 0; i < counts.size(); ++i) {
-    const MmapCallCounts& c = counts[i];
-    const FixedLabels& call = call_labels[i];
+  for (const auto& c : mmap_call_counts(v, s_->page_bytes)) {
+    const FixedLabels& call = s_->call_labels(c.call);
     out.counter(m().calls, static_cast<double>(c.calls), call);
     out.counter(m().mapped, static_cast<double>(c.mapped_bytes), call);
     out.counter(m().unmapped, static_cast<double>(c.unmapped_bytes), call);

@@ -328,12 +328,7 @@ void App::publish_budgets(SnapshotBuilder& b, std::size_t base, const Target& t,
   const auto& m = budget_metrics();
   auto add = [&](const MetricDesc& d, double v, Labels extra) { b.add(MetricValue{&d, std::move(extra), v, {}}, base); };
   const auto heap = best_heap(s);
-  if (heap) {  // the sources are best_heap's few names
-    static std::map<std::string, FixedLabels, std::less<>> by_source;
-    auto it = by_source.find(std::string_view(heap->source));
-    if (it == by_source.end()) it = by_source.emplace(heap->source, FixedLabels(Labels{{"source", heap->source}})).first;
-    b.add(value_of(m.heap, heap->bytes, it->second), base);
-  }
+  if (heap) b.add(value_of(m.heap, heap->bytes, heap_source_(heap->source)), base);
   const TargetPolicy* pol = t.policy.get();
   if (!pol) return;
   // NaN: no such figure this tick (g++ 12 takes std::optional<double> here

@@ -94,6 +94,7 @@ class App {
   // cleared at the next).
   SnapshotBuilder builder_;
   Sample sample_;  // a tick's values of one target, its storage reused
+  mutable FixedLabelsFor heap_source_{"source"};  // best_heap's few sources
 
   Options opts_;
   // The running config; targets and collectors that need it share it, and

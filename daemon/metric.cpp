@@ -34,6 +34,13 @@ const Labels& FixedLabels::of(uint32_t id) {
   return id == 0 || id >= kMaxFixedLabels || !fixed_table[id] ? kNoLabels : *fixed_table[id];
 }
 
+const FixedLabels& FixedLabelsFor::operator()(std::string_view value) {
+  if (auto it = sets_.find(value); it != sets_.end()) return it->second;
+  Labels l{{key_, std::string(value)}};
+  l.insert(l.end(), also_.begin(), also_.end());
+  return sets_.emplace(std::string(value), FixedLabels(std::move(l))).first->second;
+}
+
 MetricDesc metric(std::string_view base, std::string_view unit, MetricKind kind, std::string help) {
   std::string name = "memlens_";
   name += base;

@@ -4,6 +4,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -46,6 +47,20 @@ class FixedLabels {
  private:
   uint32_t id_ = 0;
   Labels copy_;
+};
+
+// The fixed set {key="v"} followed by `also`, for each v of a small
+// vocabulary (allocator names, mmap calls, heap sources), made at its
+// first use. One owner, one thread: a collector's, the tick's.
+class FixedLabelsFor {
+ public:
+  explicit FixedLabelsFor(std::string key, Labels also = {}) : key_(std::move(key)), also_(std::move(also)) {}
+  const FixedLabels& operator()(std::string_view value);
+
+ private:
+  std::string key_;
+  Labels also_;
+  std::map<std::string, FixedLabels, std::less<>> sets_;
 };
 
 // Cumulative histogram: bounds are upper bounds (le), counts are per bucket
