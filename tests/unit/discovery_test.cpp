@@ -251,8 +251,13 @@ TEST(Discovery, AReloadMatchesStandingProcessesAgain) {
   FakeProc p;
   fs::create_symlink(std::to_string(getpid()), p.root() + "/self");
   test::Child sleeper = test::spawn({"/bin/sleep", "600"});
-  for (int i = 0; i < 200 && real_state(sleeper.pid()) != 'S'; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Asleep for good, its start-up done: its clock stands (a loaded machine
+  // can show it asleep between the steps of its start).
+  for (int i = 0; i < 200; ++i) {
+    const auto before = process_cpu_ns(sleeper.pid());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (real_state(sleeper.pid()) == 'S' && before && process_cpu_ns(sleeper.pid()) == before) break;
+  }
   p.add(sleeper.pid(), "svc", 10);
   Discovery d(config(p, "  - {name: svc, cmdline: \".\"}\n"), 1);
   DiscoveryResult r;
