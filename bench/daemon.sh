@@ -2,7 +2,8 @@
 # bench/daemon.sh BUILD_DIR: memlensd's own cost with 10, 100 and 1000 idle
 # targets at a 1 s tick: CPU (% of one core, from /proc/PID/stat utime+stime
 # over a window, scraped every 15 s as Prometheus would), RSS, and /metrics
-# latency (sequential GETs on one keep-alive connection, like a scraper).
+# latency (sequential GETs on one keep-alive connection, like a scraper),
+# and the time from SIGTERM to its exit.
 # Prints a Markdown table. Tunables (environment):
 #   BENCH_SIZES="10 100 1000"  BENCH_WINDOW=30 (s)  BENCH_GETS=200  BENCH_KIB=64
 set -euo pipefail
@@ -30,8 +31,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # p-th percentile (0-100) of the numbers on stdin.
 percentile() { sort -g | awk -v p="$1" '{ v[NR] = $1 } END { i = int((NR * p + 99) / 100); if (i < 1) i = 1; print v[i] }'; }
 
-printf '| targets | watched | CPU %% of a core | RSS MiB | peak RSS MiB | timeline MiB | /metrics p50 ms | /metrics p99 ms | series | body KiB | last tick ms | memlensd heap in use MiB | memlensd fragmentation | memlensd leak slope B/s |\n'
-printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| targets | watched | CPU %% of a core | RSS MiB | peak RSS MiB | timeline MiB | /metrics p50 ms | /metrics p99 ms | series | body KiB | last tick ms | memlensd heap in use MiB | memlensd fragmentation | memlensd leak slope B/s | SIGTERM to exit s |\n'
+printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 
 for n in $sizes; do
   tag="mlb$$x$n"
@@ -105,9 +106,14 @@ EOF
   self_frag=$(metric memlens_heap_fragmentation_ratio 'target="memlensd"' <"$dir/body" | awk '{ printf "%.3f", $1 }')
   self_slope=$(metric memlens_leak_slope_bytes_per_second 'target="memlensd"' <"$dir/body" | awk '{ printf "%.0f", $1 }')
 
-  printf '| %s | %s | %s | %.1f | %.1f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "${watched:-0}" "$cpu" \
+  # How long SIGTERM takes to end it, as systemd's stop waits for it.
+  s0=$(now)
+  kill "$daemon_pid" && wait "$daemon_pid" || true
+  stop_s=$(awk -v a="$s0" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+  daemon_pid=""
+  printf '| %s | %s | %s | %.1f | %.1f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" "${watched:-0}" "$cpu" \
     "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$(awk -v k="$hwm" 'BEGIN { print k / 1024 }')" \
-    "${tl:-?}" "$p50" "$p99" "$series" "$body" "${tick:-?}" "${self_heap:-?}" "${self_frag:-?}" "${self_slope:-?}"
+    "${tl:-?}" "$p50" "$p99" "$series" "$body" "${tick:-?}" "${self_heap:-?}" "${self_frag:-?}" "${self_slope:-?}" "$stop_s"
   stop_section
 done
 echo

@@ -111,7 +111,7 @@ TEST(HttpTrust, ListenAddressesAreParsedStrictly) {
   EXPECT_NE(out.find("given twice"), std::string::npos) << out;
 }
 
-TEST(HttpTrust, SeveralAddressesIpv6AndShutdownWellUnderASecond) {
+TEST(HttpTrust, SeveralAddressesIpv6AndShutdownDoesNotWaitForConnections) {
   const bool v6 = ipv6_loopback();
   const int p2 = free_port(), p3 = free_port();
   std::vector<std::string> flags = {"--web.listen-address=127.0.0.1:" + std::to_string(p2)};
@@ -139,10 +139,13 @@ TEST(HttpTrust, SeveralAddressesIpv6AndShutdownWellUnderASecond) {
   const int st = d->child.stop(SIGTERM, 5s);
   const double took = seconds_since(t0);
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st << "\n" << d->log();
-  // Most of it is the kernel detaching the eBPF collectors' links (tens of
-  // ms each); the HTTP server stops in about a millisecond.
+  // A server that waited for these connections would wait for their header
+  // (10 s) or keep-alive (120 s) timeouts, past the 5 s after which stop()
+  // kills it. How long the exit takes (most of it the kernel detaching the
+  // eBPF collectors' links) is a figure of bench/daemon.sh, not a bound here:
+  // alone it is ~0.6 s, under the suite's load it was seen at 1.5 s.
   std::printf("SIGTERM to exit with 3 listeners and 3 open connections: %.3f s\n", took);
-  EXPECT_LT(took, 1.0) << "SIGTERM to exit";
+  EXPECT_LT(took, 4.0) << "SIGTERM to exit waited for the open connections";
   for (int fd : {idle, slow, fresh}) ::close(fd);
   if (!v6) GTEST_SKIP() << "no IPv6 loopback here: the [::1] part was not tested";
 }
