@@ -176,6 +176,7 @@ struct AllocTrace {
 struct AllocState {
   std::mutex mu;
   ConfigPtr cfg;
+  bpf::MapMemoryReading map_memory;
   ProcFs fs;
   bool started = false;
   // The loaded object, and what the kernel offered.
@@ -751,7 +752,7 @@ void AllocCollector::collect_global(GlobalSample& out) {
       out.counter(self.dropped, static_cast<double>(*v) + extra,
                   {{"collector", "alloc"}, {"reason", drop_reason_name(r)}});
   }
-  out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)),
+  out.gauge(self.map_memory, static_cast<double>(s_->map_memory.bytes(s_->skel->obj)),
             {{"collector", "alloc"}});
   out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "alloc"}});
   const uint64_t cfg_entries = bpf::count_u32_keys(bpf_map__fd(s_->skel->maps.target_cfg));

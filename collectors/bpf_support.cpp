@@ -17,8 +17,6 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <map>
-#include <mutex>
 #include <vector>
 
 #ifndef TRACEFS_MAGIC
@@ -345,25 +343,16 @@ uint64_t map_memory_bytes(int map_fd) {
   return 0;
 }
 
-uint64_t object_map_memory_bytes(const bpf_object* obj) {
+uint64_t MapMemoryReading::bytes(const bpf_object* obj) {
   if (!obj) return 0;
-  // Read again every 10 s: a gauge of memlensd's own kernel memory, where
-  // opening every map's fdinfo at every tick was 6 % of memlensd's CPU at
-  // 100 targets.
-  struct Read {
-    double at = -1e9;
-    uint64_t total = 0;
-  };
-  static std::mutex mu;
-  static std::map<const bpf_object*, Read> last;
-  const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  std::lock_guard<std::mutex> l(mu);
-  Read& r = last[obj];
-  if (now - r.at < 10) return r.total;
+  const auto now = std::chrono::steady_clock::now();
+  if (obj == obj_ && now - at_ < std::chrono::seconds(10)) return total_;
   uint64_t total = 0;
   bpf_map* m = nullptr;
   bpf_object__for_each_map(m, obj) total += map_memory_bytes(bpf_map__fd(m));
-  r = {now, total};
+  obj_ = obj;
+  at_ = now;
+  total_ = total;
   return total;
 }
 

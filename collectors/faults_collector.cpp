@@ -36,6 +36,7 @@ struct FaultsState {
   bpf::Link link;
   // The whole map, read once a tick at its first target.
   bpf::U32MapView view{sizeof(fault_stats), true};
+  bpf::MapMemoryReading map_memory;
 };
 
 FaultsCollector::FaultsCollector() : s_(std::make_unique<FaultsState>()) {}
@@ -93,7 +94,7 @@ Result<void> FaultsCollector::collect(const Target& t, Sample& out) {
 void FaultsCollector::collect_global(GlobalSample& out) {
   const auto& self = bpf::self_metrics();
   if (!s_->skel) return;
-  out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "faults"}});
+  out.gauge(self.map_memory, static_cast<double>(s_->map_memory.bytes(s_->skel->obj)), {{"collector", "faults"}});
   out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "faults"}});
   const uint64_t n = s_->view.end_tick(bpf_map__fd(s_->skel->maps.fault_stats));
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "fault_stats"}});

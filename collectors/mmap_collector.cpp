@@ -71,6 +71,7 @@ struct MmapState {
   ProcFs fs;
   // The whole map, read once a tick at its first target.
   bpf::U32MapView view{sizeof(mmap_stats), false};
+  bpf::MapMemoryReading map_memory;
   FixedLabelsFor call_labels{"call"};  // {call="mmap"}, ...: the same five at every tick
 };
 
@@ -166,7 +167,7 @@ void MmapCollector::collect_global(GlobalSample& out) {
   }
   out.counter(self.dropped, static_cast<double>(s_->map_full), {{"collector", "mmap"}, {"reason", "map_full"}});
   out.counter(self.dropped, static_cast<double>(s_->update_failed), {{"collector", "mmap"}, {"reason", "map_update"}});
-  out.gauge(self.map_memory, static_cast<double>(bpf::object_map_memory_bytes(s_->skel->obj)), {{"collector", "mmap"}});
+  out.gauge(self.map_memory, static_cast<double>(s_->map_memory.bytes(s_->skel->obj)), {{"collector", "mmap"}});
   out.counter(self.missed, static_cast<double>(bpf::object_missed_runs(s_->skel->obj)), {{"collector", "mmap"}});
   const uint64_t n = s_->view.end_tick(bpf_map__fd(s_->skel->maps.mmap_stats));
   out.gauge(self.map_entries, static_cast<double>(n), {{"map", "mmap_stats"}});
