@@ -153,56 +153,74 @@ if command -v heaptrack >/dev/null; then
 fi
 
 # 6c. The in-process sampler (libmemlens-sampler.so preloaded): with no one
-#     listening (it counts, draws its gaps, fires nothing), and with memlensd
-#     attached to its otel_memory probes (on by default for every target).
-#     memlensd's own CPU per 1000 samples and the size of the profile it
-#     serves are measured on the attached runs.
+#     reading it (it counts, samples and keeps its sites all the same), read
+#     by memlensd from its page (the default for every target), and read
+#     through its otel_memory probes (`sampler: probes`, as any consumer of
+#     the contract). memlensd's own CPU per 1000 samples and the size of the
+#     profile it serves are measured on the read runs.
 sampler=$build/lib/libmemlens-sampler.so
+declare -A sbest samples ticks psize
 if [[ -f $sampler ]]; then
   for _ in $(seq "$RUNS"); do
-    record "sampler preloaded, nothing attached" "$(LD_PRELOAD=$sampler "$bench" --pairs "$NU")"
+    record "sampler preloaded, nobody reading" "$(LD_PRELOAD=$sampler "$bench" --pairs "$NU")"
   done
-  start_daemon "$(printf 'global: {tick_interval: 1s, rescan_interval: 500ms}\ntargets:\n  - name: bench\n    comm: alloc_bench\n')"
-  port=$(tr '\0' ' ' </proc/$daemon_pid/cmdline | sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p')
-  jiffies() { awk '{print $14 + $15}' "/proc/$daemon_pid/stat"; }
-  samples=0 ticks=0 psize=0
-  for _ in $(seq "$RUNS"); do
-    # Five times the untraced run's pairs: long enough for the 0.5 s polls
-    # below to read its counts before it exits.
-    LD_PRELOAD=$sampler "$bench" --pairs $((NU * 5)) --wait-ms 2500 --wait-usdt 1 >"$work/sampled.out" &
-    bg_pid=$!
-    sleep 2.2 # attached by then (rescan, then the next tick)
-    j0=$(jiffies)
-    # The target goes when the process exits: read its figures while it runs
-    # (a scrape every 0.5 s, part of the CPU measured).
-    n=0
-    while kill -0 "$bg_pid" 2>/dev/null; do
-      m=$(curl -s "http://127.0.0.1:$port/metrics" |
-        awk '/^memlens_sampler_samples_total\{.*outcome="fired"/ {s += $2} END {printf "%d", s}')
-      ((m > n)) && n=$m
-      p=$(curl -sf "http://127.0.0.1:$port/debug/pprof/heap?target=bench" | wc -c)
-      ((p > 100)) && psize=$p
-      sleep 0.5
+  ubest=""
+  for how in page probes; do
+    if [[ $how == page ]]; then
+      row="sampler preloaded, read by memlensd (its page)" entry="" wait=(--wait-ms 2500)
+    else
+      row="sampler preloaded, read through its probes (sampler: probes)" entry="    sampler: probes"
+      wait=(--wait-ms 2500 --wait-usdt 1)
+    fi
+    start_daemon "$(printf 'global: {tick_interval: 1s, rescan_interval: 500ms}\ntargets:\n  - name: bench\n    comm: alloc_bench\n%s\n' "$entry")"
+    port=$(tr '\0' ' ' </proc/$daemon_pid/cmdline | sed -n 's/.*127.0.0.1:\([0-9]*\).*/\1/p')
+    jiffies() { awk '{print $14 + $15}' "/proc/$daemon_pid/stat"; }
+    samples[$how]=0 ticks[$how]=0 psize[$how]=0
+    for _ in $(seq "$RUNS"); do
+      # Five times the untraced run's pairs: long enough for the 0.5 s polls
+      # below to read its counts before it exits.
+      LD_PRELOAD=$sampler "$bench" --pairs $((NU * 5)) "${wait[@]}" >"$work/sampled.out" &
+      bg_pid=$!
+      sleep 2.2 # read by then (rescan, then the next tick)
+      j0=$(jiffies)
+      # The target goes when the process exits: read its figures while it
+      # runs (a scrape every 0.5 s, part of the CPU measured).
+      n=0
+      while kill -0 "$bg_pid" 2>/dev/null; do
+        m=$(curl -s "http://127.0.0.1:$port/metrics" |
+          awk '/^memlens_sampler_samples_total\{.*outcome="kept"/ {s += $2} END {printf "%d", s}')
+        ((m > n)) && n=$m
+        p=$(curl -sf "http://127.0.0.1:$port/debug/pprof/heap?target=bench" | wc -c)
+        ((p > 100)) && psize[$how]=$p
+        sleep 0.5
+      done
+      j1=$(jiffies)
+      wait "$bg_pid" || true
+      bg_pid=""
+      ((n > 0)) || { echo "alloc.sh: memlensd never read the sampler ($how)" >&2; exit 1; }
+      # Through the probes, timed only once they are in (the semaphore is raised).
+      if [[ $how == probes ]] && ! grep -q usdt=attached "$work/sampled.out"; then
+        echo "alloc.sh: the sampler's probes were never attached" >&2
+        exit 1
+      fi
+      record "$row" "$(cat "$work/sampled.out")"
+      samples[$how]=$((${samples[$how]} + n))
+      ticks[$how]=$((${ticks[$how]} + j1 - j0))
     done
-    j1=$(jiffies)
-    wait "$bg_pid" || true
-    bg_pid=""
-    # Timed only once memlensd's probes are in (the semaphore is raised).
-    grep -q usdt=attached "$work/sampled.out" || { echo "alloc.sh: the sampler was never attached" >&2; exit 1; }
-    record "sampler preloaded, attached by memlensd" "$(cat "$work/sampled.out")"
-    samples=$((samples + n))
-    ticks=$((ticks + j1 - j0))
+    # The headline ratios from interleaved runs (the VM's noise swings single
+    # runs by +-30 %): untraced and sampled in turn, best of each.
+    sbest[$how]=""
+    for _ in $(seq "${ALLOC_BENCH_PAIR_RUNS:-7}"); do
+      ubest=$(lower "$ubest" "$("$bench" --pairs "$NU" | field cpu_ns_per_pair)")
+      out=$(LD_PRELOAD=$sampler "$bench" --pairs "$NU" "${wait[@]}")
+      if [[ $how == probes && $out != *usdt=attached* ]]; then
+        echo "alloc.sh: the sampler's probes were never attached" >&2
+        exit 1
+      fi
+      sbest[$how]=$(lower "${sbest[$how]}" "$(field cpu_ns_per_pair <<<"$out")")
+    done
+    cleanup
   done
-  # The headline ratio from interleaved runs (the VM's noise swings single
-  # runs by +-30 %): untraced and sampled-and-attached in turn, best of each.
-  ubest="" sbest=""
-  for _ in $(seq "${ALLOC_BENCH_PAIR_RUNS:-7}"); do
-    ubest=$(lower "$ubest" "$("$bench" --pairs "$NU" | field cpu_ns_per_pair)")
-    out=$(LD_PRELOAD=$sampler "$bench" --pairs "$NU" --wait-ms 2500 --wait-usdt 1)
-    [[ $out == *usdt=attached* ]] || { echo "alloc.sh: the sampler was never attached" >&2; exit 1; }
-    sbest=$(lower "$sbest" "$(field cpu_ns_per_pair <<<"$out")")
-  done
-  cleanup
 fi
 
 printf '| mode | wall ns/pair | CPU ns/pair | CPU x untraced |\n|---|---:|---:|---:|\n'
@@ -218,12 +236,16 @@ printf 'memlensd full / bare traps at the same sites: %.2f (classic links), %.2f
 if [[ -n ${cpu["memleak-equivalent (bpftrace)"]:-} ]]; then
   printf 'memleak-equivalent / memlensd full: %.2f\n' "$(echo "${cpu["memleak-equivalent (bpftrace)"]} / $full" | bc -l)"
 fi
-if [[ -n ${cpu["sampler preloaded, attached by memlensd"]:-} ]]; then
+if [[ -n ${sbest[page]:-} ]]; then
   hz=$(getconf CLK_TCK)
-  printf 'interleaved, best of %s: sampler attached by memlensd %s vs untraced %s CPU ns/pair: %.2fx\n' \
-    "${ALLOC_BENCH_PAIR_RUNS:-7}" "$sbest" "$ubest" "$(echo "$sbest / $ubest" | bc -l)"
-  printf 'sampler attached: %d samples fired over %d runs, memlensd CPU %.1f ms per 1000 samples (ticks included), last profile %d bytes gzipped\n' \
-    "$samples" "$RUNS" "$(echo "$ticks * 1000 / $hz * 1000 / ($samples + 1)" | bc -l)" "$psize"
+  for how in page probes; do
+    printf 'interleaved, best of %s: sampler read %s %s vs untraced %s CPU ns/pair: %.2fx\n' \
+      "${ALLOC_BENCH_PAIR_RUNS:-7}" "$([[ $how == page ]] && echo "from its page" || echo "through its probes")" \
+      "${sbest[$how]}" "$ubest" "$(echo "${sbest[$how]} / $ubest" | bc -l)"
+    printf 'sampler read %s: %d samples over %d runs, memlensd CPU %.1f ms per 1000 samples (ticks included), last profile %d bytes gzipped\n' \
+      "$how" "${samples[$how]}" "$RUNS" "$(echo "${ticks[$how]} * 1000 / $hz * 1000 / (${samples[$how]} + 1)" | bc -l)" \
+      "${psize[$how]}"
+  done
 fi
 printf 'non-target / untraced: %.3f\n' "$(echo "${cpu["non-target (memlensd tracing another process)"]} / ${cpu[untraced]}" | bc -l)"
 

@@ -40,9 +40,14 @@ struct SamplerMetrics {
                                   "Bytes allocated since attach (same units as heap_live). Estimated "
                                   "(observed / duty fraction) in duty mode.");
   MetricDesc samples = metric("sampler_samples", "", MetricKind::counter,
-                              "Allocations the in-process sampler drew, by outcome: fired (an otel_memory:alloc "
-                              "probe was hit), dropped (its table of sampled blocks was full), unlistened (no probe "
-                              "was attached, so none was fired).");
+                              "Allocations the in-process sampler drew, by outcome: kept (in the process's own "
+                              "table of sites, which memlensd reads), dropped (its table of sampled blocks or of "
+                              "sites was full).");
+  MetricDesc fired = metric("sampler_probes_fired", "", MetricKind::counter,
+                            "Kept samples the in-process sampler also fired as otel_memory:alloc, because a "
+                            "consumer was attached to its probes (memlensd is, for `sampler: probes`).");
+  MetricDesc sites = metric("sampler_sites", "", MetricKind::gauge,
+                            "Call sites the in-process sampler keeps (at most 4096, or MEMLENS_SAMPLER_SITES).");
   MetricDesc interval = metric("sampler_mean_interval", "bytes", MetricKind::gauge,
                                "Mean bytes between two samples of the in-process sampler (0: it only counts).");
   MetricDesc attached = metric("sampler_usdt_attached", "", MetricKind::gauge,
@@ -148,17 +153,24 @@ std::size_t SamplerCollector::look(const Target& t, Watch& w) {
     // Notes and segments are all this needs: no file's functions are kept for it.
     auto f = elf::open_cached(root + mp.path, elf::Keep::none);
     if (!f) continue;
-    if (!w.page_addr && mp.path.find("memlens-sampler") != std::string::npos) {
+    const bool contract = (*f)->has_usdt("otel_memory", "alloc");
+    if (!w.page_addr && (contract || mp.path.find("memlens-sampler") != std::string::npos)) {
+      // The sampler preloaded, or linked into a binary of its own.
       auto objs = elf::find_objects(root + mp.path, {"memlens_sampler_page"});
       if (objs && objs->count("memlens_sampler_page")) {
         std::vector<Mapping> mine;
         for (const auto& x : maps)
           if (x.path == mp.path) mine.push_back(x);
-        if (auto bias = (*f)->load_bias(mine)) w.page_addr = *bias + objs->at("memlens_sampler_page").vaddr;
+        if (auto bias = (*f)->load_bias(mine)) {
+          w.page_addr = *bias + objs->at("memlens_sampler_page").vaddr;
+          w.page_path = mp.path;
+        }
       }
     }
-    if (!skel_ || w.probed.count(mp.path) || w.refused.count(mp.path)) continue;
-    if (!(*f)->has_usdt("otel_memory", "alloc")) continue;
+    if (!skel_ || !contract || w.probed.count(mp.path) || w.refused.count(mp.path)) continue;
+    // The sampler's own probes: its sites are read from its page, with no
+    // trap, unless the entry asks for them through the probes.
+    if (mp.path == w.page_path && !(t.policy && t.policy->sampler_probes)) continue;
     auto a = bpf::attach_usdt(skel_->progs.otel_alloc, t.pid(), root + mp.path, "otel_memory", "alloc");
     Result<bpf::Link> fr = make_error(Errc::not_found, "no free probe");
     if (a && (*f)->has_usdt("otel_memory", "free"))
@@ -198,18 +210,20 @@ Result<void> SamplerCollector::read_page(Watch& w) {
     c.allocs += static_cast<double>(s.allocs);
     c.frees += static_cast<double>(s.frees);
     c.alloc_bytes += static_cast<double>(s.alloc_bytes);
-    c.sampled += static_cast<double>(s.sampled);
+    c.kept += static_cast<double>(s.sampled);
   }
   c.dropped = static_cast<double>(page.dropped);
-  c.unlistened = static_cast<double>(page.unlistened);
+  c.fired = static_cast<double>(page.fired);
   auto raise = [](double& a, double b) { a = std::max(a, b); };
   raise(w.seen.allocs, c.allocs);
   raise(w.seen.frees, c.frees);
   raise(w.seen.alloc_bytes, c.alloc_bytes);
-  raise(w.seen.sampled, c.sampled);
+  raise(w.seen.kept, c.kept);
   raise(w.seen.dropped, c.dropped);
-  raise(w.seen.unlistened, c.unlistened);
+  raise(w.seen.fired, c.fired);
   w.mean_interval = page.enabled ? page.mean_interval : 0;
+  w.sites_addr = page.sites_addr;
+  w.sites_count = std::min<uint32_t>(page.sites_count, std::min<uint32_t>(page.sites_max, MEMLENS_SAMPLER_MAX_SITES));
   w.sampling = true;
   return {};
 }
@@ -219,6 +233,17 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
   auto it = watches_.find(t.id);
   if (it == watches_.end()) return {};
   Watch& w = it->second;
+  if (t.policy->sampler_probes != w.via_probes) {
+    // A reload changed how the sampler is read: start over, so that no
+    // sample is counted both from the page and through the probes.
+    w.links.clear();
+    w.probed.clear();
+    w.refused.clear();
+    forget_pid(w.pid);
+    w.next_look = 0;
+    w.look_cpu_ns.reset();
+    w.via_probes = t.policy->sampler_probes;
+  }
   const double now = mono_now();
   if (now >= w.next_look) {
     // Only the process's own threads map a library or the counting page: a
@@ -246,10 +271,11 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
     out.counter(m().allocs, w.seen.allocs, kFromSampler);
     out.counter(m().frees, w.seen.frees, kFromSampler);
     out.counter(m().alloc_bytes, w.seen.alloc_bytes, kFromSampler);
-    out.counter(m().samples, w.seen.sampled, {{"outcome", "fired"}});
+    out.counter(m().samples, w.seen.kept, {{"outcome", "kept"}});
     out.counter(m().samples, w.seen.dropped, {{"outcome", "dropped"}});
-    out.counter(m().samples, w.seen.unlistened, {{"outcome", "unlistened"}});
+    out.counter(m().fired, w.seen.fired);
     out.gauge(m().interval, static_cast<double>(w.mean_interval));
+    out.gauge(m().sites, static_cast<double>(w.sites_count));
   }
   if (!w.probed.empty()) out.gauge(m().attached, static_cast<double>(w.probed.size()));
   return {};
@@ -259,15 +285,10 @@ Result<void> SamplerCollector::collect(const Target& t, Sample& out) {
 
 namespace {
 
-struct SiteRow {
-  site_key key;
-  site_val val;
-};
-
 // One pprof profile of the given rows (one process, or every process of a
 // target).
-std::string encode_profile(const std::vector<const SiteRow*>& rows, int stacks_fd, const std::string& procfs,
-                           uint64_t period) {
+template <typename Row>
+std::string encode_profile(const std::vector<const Row*>& rows, const std::string& procfs, uint64_t period) {
   pprof::Builder b({{"alloc_objects", "count"}, {"alloc_space", "bytes"}, {"inuse_objects", "count"},
                     {"inuse_space", "bytes"}},
                    "inuse_space", {"space", "bytes"}, static_cast<int64_t>(period));
@@ -275,20 +296,44 @@ std::string encode_profile(const std::vector<const SiteRow*>& rows, int stacks_f
                    std::chrono::system_clock::now().time_since_epoch())
                    .count());
   std::map<pid_t, StackResolver> resolvers;
-  for (const SiteRow* r : rows) {
-    const pid_t pid = static_cast<pid_t>(r->key.pid);
-    auto it = resolvers.find(pid);
-    if (it == resolvers.end()) it = resolvers.emplace(pid, StackResolver::for_pid(procfs, pid)).first;
-    auto locs = stack_locations(b, it->second, read_stack(stacks_fd, r->key.stack_id, SAMPLER_STACK_DEPTH));
-    const double ao = static_cast<double>(r->val.alloc_objects) / 1000.0;
-    const double io = static_cast<double>(std::max<int64_t>(0, r->val.inuse_objects)) / 1000.0;
-    b.sample(std::move(locs), {static_cast<int64_t>(ao + 0.5), static_cast<int64_t>(r->val.alloc_space),
-                               static_cast<int64_t>(io + 0.5), std::max<int64_t>(0, r->val.inuse_space)});
+  for (const Row* r : rows) {
+    auto it = resolvers.find(r->pid);
+    if (it == resolvers.end()) it = resolvers.emplace(r->pid, StackResolver::for_pid(procfs, r->pid)).first;
+    auto locs = stack_locations(b, it->second, r->ips);
+    const double ao = static_cast<double>(r->alloc_objects) / 1000.0;
+    const double io = static_cast<double>(std::max<int64_t>(0, r->inuse_objects)) / 1000.0;
+    b.sample(std::move(locs), {static_cast<int64_t>(ao + 0.5), static_cast<int64_t>(r->alloc_space),
+                               static_cast<int64_t>(io + 0.5), std::max<int64_t>(0, r->inuse_space)});
   }
   return b.encode();
 }
 
 }  // namespace
+
+std::vector<SamplerCollector::ProfileRow> SamplerCollector::read_sites(const Watch& w) {
+  std::vector<ProfileRow> rows;
+  if (!w.sites_addr || !w.sites_count) return rows;
+  std::vector<memlens_sampler_site> sites(w.sites_count);
+  const std::size_t bytes = sites.size() * sizeof(memlens_sampler_site);
+  iovec local{sites.data(), bytes};
+  iovec remote{reinterpret_cast<void*>(w.sites_addr), bytes};
+  if (process_vm_readv(w.pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(bytes)) {
+    ++page_read_failures_;
+    return rows;
+  }
+  rows.reserve(sites.size());
+  for (const auto& st : sites) {
+    ProfileRow r;
+    r.pid = w.pid;
+    r.ips.assign(st.pc, st.pc + std::min<uint32_t>(st.depth, MEMLENS_SAMPLER_DEPTH));
+    r.alloc_space = st.alloc_space;
+    r.alloc_objects = st.alloc_objects;
+    r.inuse_space = st.inuse_space;
+    r.inuse_objects = st.inuse_objects;
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
 
 void SamplerCollector::collect_global(GlobalSample& out) {
   if (!skel_) return;
@@ -307,44 +352,57 @@ void SamplerCollector::collect_global(GlobalSample& out) {
   out.counter(bpf::self_metrics().missed, static_cast<double>(bpf::object_missed_runs(skel_->obj)),
               {{"collector", "sampler"}});
 
-  // Profiles: rebuilt every few seconds for targets with probes attached,
-  // from one walk of the site map; published every tick.
+  // Profiles: rebuilt every few seconds for targets with probes attached or
+  // sites in their sampler's page, from one walk of the site map and one
+  // read of each page's sites; published every tick.
   const double now = mono_now();
+  auto profiled = [](const Watch& w) { return !w.probed.empty() || (w.sites_count > 0 && !w.via_probes); };
   std::map<std::string, std::vector<Watch*>> by_target;
   for (auto& [id, w] : watches_)
-    if (!w.probed.empty()) by_target[w.name].push_back(&w);
+    if (profiled(w)) by_target[w.name].push_back(&w);
   if (now >= next_build_ && !by_target.empty()) {
     next_build_ = now + kProfileSeconds;
-    std::vector<SiteRow> rows;
+    std::vector<ProfileRow> kernel_rows;
     const int sites_fd = bpf_map__fd(skel_->maps.sites);
+    const int stacks_fd = bpf_map__fd(skel_->maps.sampler_stacks);
     site_key k{}, next{};
     for (const void* prev = nullptr; bpf_map_get_next_key(sites_fd, prev, &next) == 0; prev = &k) {
       k = next;
-      SiteRow r{next, {}};
-      if (bpf_map_lookup_elem(sites_fd, &next, &r.val) == 0) rows.push_back(r);
+      site_val v{};
+      if (bpf_map_lookup_elem(sites_fd, &next, &v) != 0) continue;
+      ProfileRow r;
+      r.pid = static_cast<pid_t>(next.pid);
+      r.ips = read_stack(stacks_fd, next.stack_id, SAMPLER_STACK_DEPTH);
+      r.alloc_space = v.alloc_space;
+      r.alloc_objects = v.alloc_objects;
+      r.inuse_space = v.inuse_space;
+      r.inuse_objects = v.inuse_objects;
+      kernel_rows.push_back(std::move(r));
     }
-    const int stacks_fd = bpf_map__fd(skel_->maps.sampler_stacks);
     for (auto& [name, ws] : by_target) {
-      std::vector<const SiteRow*> all;
+      std::vector<std::vector<ProfileRow>> page_rows;  // kept alive for `all`
+      page_rows.reserve(ws.size());
+      std::vector<const ProfileRow*> all;
       uint64_t period = 0;
       for (Watch* w : ws) {
-        std::vector<const SiteRow*> mine;
-        for (const auto& r : rows)
-          if (r.key.pid == static_cast<__u32>(w->pid)) mine.push_back(&r);
+        std::vector<const ProfileRow*> mine;
+        for (const auto& r : kernel_rows)
+          if (r.pid == w->pid) mine.push_back(&r);
+        // `sampler: probes`: the page's sites are what the probes report.
+        page_rows.push_back(w->via_probes ? std::vector<ProfileRow>{} : read_sites(*w));
+        for (const auto& r : page_rows.back()) mine.push_back(&r);
         period = std::max(period, w->mean_interval);
         all.insert(all.end(), mine.begin(), mine.end());
-        w->profile = std::make_shared<const std::string>(
-            gzip(encode_profile(mine, stacks_fd, proc_.root(), w->mean_interval)));
+        w->profile = std::make_shared<const std::string>(gzip(encode_profile(mine, proc_.root(), w->mean_interval)));
       }
-      profiles_[name] = std::make_shared<const std::string>(
-          gzip(encode_profile(all, stacks_fd, proc_.root(), period)));
+      profiles_[name] = std::make_shared<const std::string>(gzip(encode_profile(all, proc_.root(), period)));
     }
   }
   for (auto it = profiles_.begin(); it != profiles_.end();)
     it = by_target.count(it->first) ? std::next(it) : profiles_.erase(it);
   for (const auto& [name, gz] : profiles_) out.profile(name, gz);
   for (const auto& [id, w] : watches_)
-    if (w.profile && !w.probed.empty()) out.profile(w.name + "/" + std::to_string(w.pid), w.profile);
+    if (w.profile && profiled(w)) out.profile(w.name + "/" + std::to_string(w.pid), w.profile);
 }
 
 }  // namespace memlens

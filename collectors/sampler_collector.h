@@ -2,11 +2,16 @@
 //  - the counting page of libmemlens-sampler.so (sampler/memlens_sampler.h),
 //    read with process_vm_readv each tick: exact allocation and free counts
 //    and bytes with no trap at all;
+//  - the sampled call sites that library keeps beside its page (stacks it
+//    walked itself, what their samples stand for, allocated and in use),
+//    read the same way every few seconds: samples with no kernel entry;
 //  - OpenTelemetry's memory USDT contract (otel_memory:alloc/free), fired
-//    by that library or by any producer that adopts it, attached per pid
-//    wherever a mapped binary carries the notes (bpf/sampler.bpf.c), folded
-//    in the kernel into per-stack sites, served as pprof heap profiles
-//    (/debug/pprof/heap?target=NAME[&pid=N]).
+//    by any producer that adopts it, attached per pid wherever a mapped
+//    binary carries the notes (bpf/sampler.bpf.c), folded in the kernel
+//    into per-stack sites. That library fires it too, while someone listens;
+//    memlensd listens to it only for `sampler: probes`.
+// Both are served as pprof heap profiles
+// (/debug/pprof/heap?target=NAME[&pid=N]).
 // Threads: everything here runs on the collection thread; the profiles go to
 // the HTTP thread inside the published snapshot.
 #pragma once
@@ -50,12 +55,16 @@ class SamplerCollector : public Collector {
 
  private:
   struct Counts {
-    double allocs = 0, frees = 0, alloc_bytes = 0, sampled = 0, dropped = 0, unlistened = 0;
+    double allocs = 0, frees = 0, alloc_bytes = 0, kept = 0, dropped = 0, fired = 0;
   };
   struct Watch {
     std::string name;
     pid_t pid = 0;
     uint64_t page_addr = 0;            // 0: no sampler page found
+    std::string page_path;             // the binary the page is in (its probes are not attached)
+    uint64_t sites_addr = 0;           // the sites the page names, and how many are filled
+    uint32_t sites_count = 0;
+    bool via_probes = false;           // the entry says `sampler: probes`
     uint64_t mean_interval = 0;
     bool sampling = false;
     Counts seen;                       // highest totals read (counters never go back)
@@ -71,6 +80,15 @@ class SamplerCollector : public Collector {
   // The number of distinct files mapped (0 when the maps are unreadable).
   std::size_t look(const Target& t, Watch& w);
   Result<void> read_page(Watch& w);
+  // One site of a profile, from the kernel's site map or a page's sites.
+  struct ProfileRow {
+    pid_t pid = 0;
+    std::vector<uint64_t> ips;  // leaf first
+    uint64_t alloc_space = 0, alloc_objects = 0;  // objects x1000
+    int64_t inuse_space = 0, inuse_objects = 0;
+  };
+  // The page's sites as profile rows (none when the read fails).
+  std::vector<ProfileRow> read_sites(const Watch& w);
   void build_profile(Watch& w);
   void forget_pid(pid_t pid);
 

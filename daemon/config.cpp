@@ -462,9 +462,21 @@ class Parser {
       p.heap = *v;
     }
     if (t["sampler"]) {
-      auto v = boolean(t["sampler"], where + ".sampler");
-      if (!v) return v.error();
-      p.sampler = *v;
+      // true (the default), false, or `probes`: libmemlens-sampler.so's
+      // sites are read through its otel_memory probes, as any consumer of
+      // the contract would, instead of from its page.
+      if (t["sampler"].IsScalar() && t["sampler"].Scalar() == "probes") {
+        p.sampler = p.sampler_probes = true;
+      } else {
+        auto v = boolean(t["sampler"], where + ".sampler");
+        if (!v) {
+          std::string msg = v.error().message;
+          if (auto at = msg.find("true or false"); at != std::string::npos)
+            msg.replace(at, 13, "true, false or probes");
+          return make_error(v.error().code, msg);
+        }
+        p.sampler = *v;
+      }
     }
     if (t["children"]) {
       auto v = boolean(t["children"], where + ".children");

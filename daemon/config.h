@@ -115,6 +115,9 @@ struct TargetPolicy {
   bool gc = true;                      // GC pause tracing for runtimes
   bool heap = true;                    // read the allocator's books (glibc)
   bool sampler = true;                 // in-process sampler page and otel_memory probes
+  // `sampler: probes`: libmemlens-sampler.so is consumed through its
+  // otel_memory probes (a uprobe hit a sample) rather than its page's sites.
+  bool sampler_probes = false;
   // false: a matching process whose parent matched this entry too, with the
   // same comm (a forked worker: PostgreSQL's backends), is no target of its
   // own; its parent's target covers it (the postgres collector reports the

@@ -9,14 +9,19 @@
  * jemalloc/tcmalloc "bytes until next sample" counter, refilled from an
  * exponential draw of mean MEMLENS_SAMPLER_INTERVAL bytes, 512 KiB by
  * default), plus two plain increments of this thread's slot. A sampled
- * block's address goes into a small open-addressing table, so a free asks
- * one slot of it (almost always empty) and goes on. Nothing here allocates;
+ * allocation walks the thread's frame pointers (within the thread's own
+ * stack) and adds its weight to that stack's site in a table memlensd reads
+ * from outside, as it reads the counts: no kernel entry. Its address goes
+ * into a small open-addressing table, so a free asks one slot of it (almost
+ * always empty) and goes on. The contract's probes fire too, but only while
+ * a consumer is attached to them (their semaphores). Nothing here allocates;
  * the real functions are glibc's __libc_* entry points, so there is no
  * dlsym, and no recursion at start-up.
  *
  * Environment (read once, at load):
  *   MEMLENS_SAMPLER=0             count only, never sample
  *   MEMLENS_SAMPLER_INTERVAL=N    mean bytes between samples (default 524288)
+ *   MEMLENS_SAMPLER_SITES=N       call sites kept (default and most 4096)
  *   MEMLENS_SAMPLER_CHILDREN=0    drop this library from LD_PRELOAD, so the
  *                                 programs this one execs run without it */
 #define _GNU_SOURCE
@@ -72,6 +77,8 @@ struct thread_state {
   uint16_t slot_index;
   uint8_t shared;   /* on slot 0 with the overflow threads: atomic adds */
   uint8_t in_slow;  /* inside the slow path (a signal handler's malloc must not re-enter) */
+  uint8_t stack_asked; /* the thread's stack bounds were asked for (stack_hi 0: unknown) */
+  uintptr_t stack_lo, stack_hi;
 };
 /* initial-exec: a fixed offset from the thread pointer, no __tls_get_addr,
  * which could allocate; a preloaded library gets static TLS. */
@@ -82,6 +89,7 @@ static pthread_key_t exit_key;
 static int ready;
 static double mean_interval = 524288.0;
 static int sampling = 1;
+static uint32_t sites_max = MEMLENS_SAMPLER_MAX_SITES;
 
 static uint64_t next_rand(uint64_t* s) {
   /* xorshift64*: quality enough for sampling intervals, no state to share */
@@ -142,10 +150,19 @@ static void init_thread(void) {
  * (they happen once per ~512 KiB allocated); a free looks at the home slot
  * of its pointer without the lock: removal shifts entries back instead of
  * leaving holes or tombstones, so a pointer in the table always has a
- * non-empty home slot, and an empty one proves the block was not sampled. */
+ * non-empty home slot, and an empty one proves the block was not sampled.
+ * What a block stands for sits in a parallel array, which the fast path
+ * never reads. The same lock guards the sites. */
 #define TABLE_BITS 16
 #define TABLE_SIZE (1u << TABLE_BITS)
+struct block_meta {
+  uint64_t space;   /* its weight */
+  uint64_t objects; /* x1000 */
+  uint32_t site;
+  uint32_t fired;   /* its alloc probe fired: its free fires too */
+};
 static uintptr_t table[TABLE_SIZE];
+static struct block_meta table_meta[TABLE_SIZE];
 static uint32_t table_count;
 static int table_lock;
 
@@ -157,29 +174,23 @@ static void lock_table(void) {
 }
 static void unlock_table(void) { __atomic_store_n(&table_lock, 0, __ATOMIC_RELEASE); }
 
-static int table_insert(uintptr_t p) {
-  int ok = 0;
-  lock_table();
-  if (table_count < TABLE_SIZE / 4 * 3) {
-    uint32_t i = home_of(p);
-    while (table[i]) i = (i + 1) & (TABLE_SIZE - 1);
-    __atomic_store_n(&table[i], p, __ATOMIC_RELEASE);
-    ++table_count;
-    ok = 1;
-  }
-  unlock_table();
-  return ok;
+/* Under the lock. */
+static int table_insert(uintptr_t p, const struct block_meta* m) {
+  if (table_count >= TABLE_SIZE / 4 * 3) return 0;
+  uint32_t i = home_of(p);
+  while (table[i]) i = (i + 1) & (TABLE_SIZE - 1);
+  table_meta[i] = *m;
+  __atomic_store_n(&table[i], p, __ATOMIC_RELEASE);
+  ++table_count;
+  return 1;
 }
 
-/* Removes p if present; 1 if it was. */
-static int table_remove(uintptr_t p) {
-  lock_table();
+/* Under the lock. Removes p if present, its meta into *out; 1 if it was. */
+static int table_remove(uintptr_t p, struct block_meta* out) {
   uint32_t i = home_of(p);
   while (table[i] && table[i] != p) i = (i + 1) & (TABLE_SIZE - 1);
-  if (!table[i]) {
-    unlock_table();
-    return 0;
-  }
+  if (!table[i]) return 0;
+  *out = table_meta[i];
   /* Backward shift: move later entries of the run into the gap, copying
    * before clearing, so no entry's home slot is ever seen empty. */
   uint32_t gap = i;
@@ -188,13 +199,100 @@ static int table_remove(uintptr_t p) {
     /* j's entry may fill the gap when its home is not within (gap, j]. */
     const int between = gap <= j ? (h > gap && h <= j) : (h > gap || h <= j);
     if (between) continue;
+    table_meta[gap] = table_meta[j];
     __atomic_store_n(&table[gap], table[j], __ATOMIC_RELEASE);
     gap = j;
   }
   __atomic_store_n(&table[gap], 0, __ATOMIC_RELEASE);
   --table_count;
-  unlock_table();
   return 1;
+}
+
+/* ---- the sites ----------------------------------------------------------
+ * Appended in order (memlensd reads the first sites_count), found again by a
+ * hash index of 2 * MAX_SITES slots holding site numbers + 1. 2.3 MiB of
+ * .bss for the sites, touched only as they fill. */
+#define INDEX_SIZE (2 * MEMLENS_SAMPLER_MAX_SITES)
+static struct memlens_sampler_site sites[MEMLENS_SAMPLER_MAX_SITES];
+static uint16_t site_index[INDEX_SIZE];
+
+static uint64_t hash_stack(const uint64_t* pc, uint32_t depth) {
+  uint64_t h = 0x84222325CBF29CE4ULL ^ depth;
+  for (uint32_t i = 0; i < depth; ++i) {
+    h ^= pc[i];
+    h *= 0x100000001B3ULL;
+    h ^= h >> 29;
+  }
+  return h ? h : 1;
+}
+
+/* Under the lock: the site of this stack, added when new; -1 when full. */
+static int32_t site_of(const uint64_t* pc, uint32_t depth) {
+  const uint64_t h = hash_stack(pc, depth);
+  uint32_t i = (uint32_t)(h & (INDEX_SIZE - 1));
+  for (; site_index[i]; i = (i + 1) & (INDEX_SIZE - 1)) {
+    const struct memlens_sampler_site* s = &sites[site_index[i] - 1];
+    if (s->hash == h && s->depth == depth && !memcmp(s->pc, pc, depth * sizeof(uint64_t)))
+      return site_index[i] - 1;
+  }
+  const uint32_t n = page->sites_count;
+  if (n >= sites_max) return -1;
+  struct memlens_sampler_site* s = &sites[n];
+  memcpy(s->pc, pc, depth * sizeof(uint64_t));
+  s->depth = depth;
+  s->hash = h;
+  site_index[i] = (uint16_t)(n + 1);
+  /* Complete before it is counted. */
+  __atomic_store_n(&page->sites_count, n + 1, __ATOMIC_RELEASE);
+  return (int32_t)n;
+}
+
+/* The thread's stack, [lo, hi): every address between the current frame and
+ * hi is mapped, so a walk that stays inside it cannot fault. Asked once per
+ * thread, at its first sample (pthread_getattr_np allocates: that is why the
+ * slow path asks, with in_slow set). */
+static void ask_stack_bounds(void) {
+  ts.stack_asked = 1;
+  /* What glibc allocates and frees for the answer is the sampler's doing,
+   * not the process's: it is counted in a slot of no page. */
+  struct memlens_sampler_slot scratch = {0, 0, 0, 0};
+  struct memlens_sampler_slot* const slot = ts.slot;
+  const uint8_t shared = ts.shared;
+  ts.slot = &scratch;
+  ts.shared = 0;
+  pthread_attr_t a;
+  if (pthread_getattr_np(pthread_self(), &a) == 0) {
+    void* addr = NULL;
+    size_t size = 0;
+    if (pthread_attr_getstack(&a, &addr, &size) == 0 && addr && size) {
+      ts.stack_lo = (uintptr_t)addr;
+      ts.stack_hi = (uintptr_t)addr + size;
+    }
+    pthread_attr_destroy(&a);
+  }
+  ts.slot = slot;
+  ts.shared = shared;
+}
+
+/* Return addresses, leaf first, by the frame-pointer chain (what the
+ * kernel's user stack walk follows too). Stops at a frame outside the
+ * thread's stack, one that does not go up, or at max. A thread on another
+ * stack (a signal stack, a coroutine's) gets no frames: nothing is read
+ * that is not known to be mapped. */
+__attribute__((noinline)) static uint32_t walk_stack(uint64_t* pc, uint32_t max) {
+  uintptr_t fp = (uintptr_t)__builtin_frame_address(0);
+  const uintptr_t lo = fp, hi = ts.stack_hi;
+  if (fp < ts.stack_lo || fp >= hi) return 0;
+  uint32_t n = 0;
+  while (n < max) {
+    if (fp < lo || fp > hi - 2 * sizeof(uintptr_t) || (fp & (sizeof(uintptr_t) - 1))) break;
+    const uintptr_t next = ((const uintptr_t*)fp)[0], ret = ((const uintptr_t*)fp)[1];
+    if (!ret) break;
+    pc[n++] = ret;
+    if (next <= fp) break;
+    fp = next;
+  }
+  return n;
 }
 
 /* ---- slow paths ------------------------------------------------------ */
@@ -216,22 +314,54 @@ __attribute__((noinline)) static void sample_slow(void* p, size_t size) {
    * estimator of Poisson sampling by bytes. */
   ts.until_sample = draw_interval();
   if (p && size) {
-    if (!otel_memory_alloc_semaphore) {
-      __atomic_fetch_add(&page->unlistened, 1, __ATOMIC_RELAXED);
-    } else if (!table_insert((uintptr_t)p)) {
+    if (!ts.stack_asked) ask_stack_bounds();
+    uint64_t pc[MEMLENS_SAMPLER_DEPTH];
+    const uint32_t depth = walk_stack(pc, MEMLENS_SAMPLER_DEPTH);
+    const double prob = 1.0 - exp(-(double)size / mean_interval);
+    const uint64_t weight = (uint64_t)((double)size / (prob > 0 ? prob : 1e-300) + 0.5);
+    uint64_t objects = weight * 1000 / size;
+    if (!objects) objects = 1;
+    const int fire = otel_memory_alloc_semaphore != 0;
+    int kept = 0;
+    lock_table();
+    const int32_t site = site_of(pc, depth);
+    if (site >= 0) {
+      const struct block_meta m = {weight, objects, (uint32_t)site, (uint32_t)fire};
+      if (table_insert((uintptr_t)p, &m)) {
+        struct memlens_sampler_site* s = &sites[site];
+        s->alloc_space += weight;
+        s->alloc_objects += objects;
+        s->inuse_space += (int64_t)weight;
+        s->inuse_objects += (int64_t)objects;
+        s->samples += 1;
+        kept = 1;
+      }
+    }
+    unlock_table();
+    if (!kept) {
       __atomic_fetch_add(&page->dropped, 1, __ATOMIC_RELAXED);
     } else {
-      const double prob = 1.0 - exp(-(double)size / mean_interval);
-      const uint64_t weight = (uint64_t)((double)size / (prob > 0 ? prob : 1e-300) + 0.5);
       ADD(sampled, 1);
-      STAP_PROBE3(otel_memory, alloc, p, (uint64_t)size, weight);
+      if (fire) {
+        __atomic_fetch_add(&page->fired, 1, __ATOMIC_RELAXED);
+        STAP_PROBE3(otel_memory, alloc, p, (uint64_t)size, weight);
+      }
     }
   }
   ts.in_slow = 0;
 }
 
 __attribute__((noinline)) static void free_slow(void* p) {
-  if (table_remove((uintptr_t)p)) STAP_PROBE1(otel_memory, free, p);
+  struct block_meta m;
+  lock_table();
+  const int found = table_remove((uintptr_t)p, &m);
+  if (found) {
+    struct memlens_sampler_site* s = &sites[m.site];
+    s->inuse_space -= (int64_t)m.space;
+    s->inuse_objects -= (int64_t)m.objects;
+  }
+  unlock_table();
+  if (found && m.fired) STAP_PROBE1(otel_memory, free, p);
 }
 
 /* One allocation of `size` bytes returned `p` (NULL: failed, not counted). */
@@ -341,8 +471,14 @@ static void reset_after_fork(void) {
   memset(page->slot, 0, sizeof(page->slot));
   memset(slot_owned, 0, sizeof(slot_owned));
   memset(table, 0, sizeof(table));
+  /* The sites' stacks stay valid in the child (the same code at the same
+   * addresses), but their figures were the parent's: only the used ones and
+   * the index are cleared, untouched pages stay untouched. */
+  memset(sites, 0, page->sites_count * sizeof(sites[0]));
+  memset(site_index, 0, sizeof(site_index));
+  page->sites_count = 0;
   page->dropped = 0;
-  page->unlistened = 0;
+  page->fired = 0;
   page->pid = getpid();
   table_count = 0;
   table_lock = 0;
@@ -381,6 +517,12 @@ __attribute__((constructor)) static void sampler_init(void) {
     const double d = strtod(iv, &end);
     if (end && *end == 0 && d >= 1 && d <= 1e12) mean_interval = d;
   }
+  const char* ns = getenv("MEMLENS_SAMPLER_SITES");
+  if (ns && *ns) {
+    char* end = NULL;
+    const long n = strtol(ns, &end, 10);
+    if (end && *end == 0 && n >= 1 && n <= MEMLENS_SAMPLER_MAX_SITES) sites_max = (uint32_t)n;
+  }
   const char* children = getenv("MEMLENS_SAMPLER_CHILDREN");
   if (children && children[0] == '0' && children[1] == 0) drop_from_preload();
   page->version = MEMLENS_SAMPLER_VERSION;
@@ -388,6 +530,8 @@ __attribute__((constructor)) static void sampler_init(void) {
   page->pid = getpid();
   page->enabled = (uint32_t)sampling;
   page->mean_interval = (uint64_t)mean_interval;
+  page->sites_addr = (uint64_t)(uintptr_t)sites;
+  page->sites_max = sites_max;
   pthread_key_create(&exit_key, release_slot);
   pthread_atfork(NULL, NULL, reset_after_fork);
   ready = 1;

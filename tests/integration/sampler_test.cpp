@@ -1,9 +1,9 @@
 // The in-process sampler and its consumer, against real processes: a
 // workload preloaded with libmemlens-sampler.so (exact counts against its
 // own, sampled in-use space against its live bytes, the leaking call site on
-// top of `go tool pprof -top`), a third-party producer of the otel_memory
-// contract, fork/exec/thread storms, a full stack map, and a process
-// without the probes.
+// top of `go tool pprof -top`), read from its page and through its probes; a
+// third-party producer of the otel_memory contract; fork/exec/thread storms,
+// full site tables and stack maps, and a process without the probes.
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -52,8 +52,14 @@ double sample_or(const Daemon& d, const std::string& name, const std::map<std::s
 
 }  // namespace
 
-TEST(Sampler, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
+// `sampler:` as the entry says it: true (the page's sites, no trap) or
+// probes (the library's otel_memory probes, as any consumer of the contract).
+class SamplerRead : public ::testing::TestWithParam<std::string> {};
+INSTANTIATE_TEST_SUITE_P(Sampler, SamplerRead, ::testing::Values("true", "probes"));
+
+TEST_P(SamplerRead, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF USDT)";
+  const bool probes = GetParam() == "probes";
   const std::string dir = make_temp_dir();
   const std::string truth = dir + "/truth.jsonl";
   // A 16 KiB mean gap: ~2,500 samples of the 40 MiB kept, so the estimate's
@@ -64,13 +70,17 @@ TEST(Sampler, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
   auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
                         "targets:\n"
                         "  - name: sampled\n"
+                        "    sampler: " + GetParam() + "\n"
                         "    pid: " + std::to_string(w.pid()) + "\n");
   ASSERT_TRUE(d);
   REQUIRE_COLLECTOR(d, "sampler");
   const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}},
       src{{"pid", std::to_string(w.pid())}, {"source", "sampler"}};
-  ASSERT_TRUE(wait_until([&] { return sample_or(*d, "memlens_sampler_usdt_attached", sel, 0) >= 1; }, 10s))
-      << d->log();
+  if (probes)
+    ASSERT_TRUE(wait_until([&] { return sample_or(*d, "memlens_sampler_usdt_attached", sel, 0) >= 1; }, 10s))
+        << d->log();
+  else
+    ASSERT_TRUE(wait_until([&] { return sample_or(*d, "memlens_allocs_total", src) >= 0; }, 10s)) << d->log();
   // The baseline: the workload has not allocated since it wrote it.
   ASSERT_EQ(latest_truth(truth)["phase"], "baseline") << "the workload started before memlensd attached";
   const double allocs0 = sample_or(*d, "memlens_allocs_total", src), frees0 = sample_or(*d, "memlens_frees_total", src),
@@ -86,14 +96,29 @@ TEST(Sampler, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
   }, 5s)) << "allocations: memlens " << allocs << ", workload " << t["allocs"];
   EXPECT_EQ(sample_or(*d, "memlens_frees_total", src) - frees0, t["frees"].get<double>());
   EXPECT_EQ(sample_or(*d, "memlens_alloc_bytes_total", src) - bytes0, t["alloc_bytes"].get<double>());
-  EXPECT_GT(find_sample(d->scrape(), "memlens_sampler_samples_total", {{"pid", std::to_string(w.pid())},
-                                                                        {"outcome", "fired"}}).value_or(0), 1000);
-  EXPECT_EQ(find_sample(d->scrape(), "memlens_sampler_samples_total", {{"pid", std::to_string(w.pid())},
-                                                                        {"outcome", "dropped"}}).value_or(-1), 0);
-  // The probe sites are 5-byte nops, which this kernel turns into calls to
-  // a trampoline it maps into the process (instead of an int3 trap a hit).
-  EXPECT_NE(read_text("/proc/" + std::to_string(w.pid()) + "/maps").find("[uprobes-trampoline]"), std::string::npos)
-      << "the otel_memory probes were not optimized";
+  const auto s = d->scrape();
+  const double kept = find_sample(s, "memlens_sampler_samples_total", {{"pid", std::to_string(w.pid())},
+                                                                       {"outcome", "kept"}}).value_or(0);
+  EXPECT_GT(kept, 1000);
+  EXPECT_EQ(find_sample(s, "memlens_sampler_samples_total", {{"pid", std::to_string(w.pid())},
+                                                              {"outcome", "dropped"}}).value_or(-1), 0);
+  const double fired = find_sample(s, "memlens_sampler_probes_fired_total", sel).value_or(-1);
+  const std::string maps = read_text("/proc/" + std::to_string(w.pid()) + "/maps");
+  if (probes) {
+    // Every sample of the work fired its probe (those of start-up, before
+    // the attach, did not). The probe sites are 5-byte nops, which this
+    // kernel turns into calls to a trampoline it maps into the process
+    // (instead of an int3 trap a hit).
+    EXPECT_GT(fired, 1000);
+    EXPECT_LE(fired, kept);
+    EXPECT_NE(maps.find("[uprobes-trampoline]"), std::string::npos) << "the otel_memory probes were not optimized";
+  } else {
+    // Read from the page: nothing attached, nothing fired, no trap.
+    EXPECT_EQ(fired, 0);
+    EXPECT_FALSE(find_sample(s, "memlens_sampler_usdt_attached", sel));
+    EXPECT_EQ(maps.find("[uprobes-trampoline]"), std::string::npos);
+    EXPECT_GE(find_sample(s, "memlens_sampler_sites", sel).value_or(0), 2) << "leak_site and churn_site at least";
+  }
 
   // The profile, as go tool pprof reads it, once it was rebuilt after the work.
   std::this_thread::sleep_for(2500ms);
@@ -171,15 +196,18 @@ TEST(Sampler, AThirdPartyProducerIsConsumedTheSameWay) {
   w.stop(SIGTERM, 5s);
 }
 
-TEST(Sampler, ForkExecAndThreadStormsAFullStackMapAndAProcessWithoutProbes) {
+TEST(Sampler, ForkExecAndThreadStormsFullSiteTablesAndAProcessWithoutProbes) {
   if (!is_root()) GTEST_SKIP() << "needs root (eBPF USDT)";
   const std::string dir = make_temp_dir();
   const std::string t1 = dir + "/threads.jsonl", t2 = dir + "/exec.jsonl";
   const std::vector<std::string> env{"LD_PRELOAD=" + sampler_lib(), "MEMLENS_SAMPLER_INTERVAL=8192"};
-  // 16 threads, then 100 forked children that allocate and exit.
+  // 16 threads, then 100 forked children that allocate and exit; room for
+  // two sites in its own table, so the rest are dropped and counted.
+  std::vector<std::string> env_a = env;
+  env_a.push_back("MEMLENS_SAMPLER_SITES=2");
   Child a = spawn({workload_path("sampleload"), "--truth", t1, "--wait", "3", "--threads", "16", "--forks", "100",
                    "--leak", "8000000", "--churn", "8000000"},
-                  dir + "/a.log", env);
+                  dir + "/a.log", env_a);
   // 100 children that exec a program the sampler is preloaded into too.
   Child b = spawn({workload_path("sampleload"), "--truth", t2, "--wait", "3", "--forks", "100", "--exec", "1",
                    "--leak", "1000000", "--churn", "1000000"},
@@ -187,13 +215,15 @@ TEST(Sampler, ForkExecAndThreadStormsAFullStackMapAndAProcessWithoutProbes) {
   // A process with neither the page nor the probes.
   Child plain = spawn({workload_path("heapload"), "--hold", "1000000", "--churn", "1000"}, dir + "/plain.log");
   ASSERT_TRUE(wait_until([&] { return !latest_truth(t1).empty() && !latest_truth(t2).empty(); }, 10s));
-  // Two stacks fit: the rest are counted as dropped.
+  // The exec storm read through its probes: two stacks fit in the
+  // kernel's map, the rest are counted as dropped.
   auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
                         "bpf: {max_stacks: 2}\n"
                         "targets:\n"
                         "  - name: storm\n"
                         "    pid: " + std::to_string(a.pid()) + "\n"
                         "  - name: execs\n"
+                        "    sampler: probes\n"
                         "    pid: " + std::to_string(b.pid()) + "\n"
                         "  - name: plain\n"
                         "    pid: " + std::to_string(plain.pid()) + "\n");
@@ -201,7 +231,8 @@ TEST(Sampler, ForkExecAndThreadStormsAFullStackMapAndAProcessWithoutProbes) {
   REQUIRE_COLLECTOR(d, "sampler");
   const std::map<std::string, std::string> sa{{"pid", std::to_string(a.pid())}, {"source", "sampler"}};
   ASSERT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_sampler_usdt_attached",
-                                                  {{"pid", std::to_string(a.pid())}}).value_or(0) >= 1; }, 10s));
+                                                  {{"pid", std::to_string(b.pid())}}).value_or(0) >= 1; }, 10s));
+  ASSERT_TRUE(wait_until([&] { return sample_or(*d, "memlens_allocs_total", sa) >= 0; }, 10s));
   const double allocs0 = sample_or(*d, "memlens_allocs_total", sa);
   ASSERT_TRUE(wait_until([&] { return latest_truth(t1)["phase"] != "baseline" && latest_truth(t2)["phase"] != "baseline"; },
                          60s));
@@ -217,6 +248,16 @@ TEST(Sampler, ForkExecAndThreadStormsAFullStackMapAndAProcessWithoutProbes) {
   EXPECT_LE(got, want + 16 * 8) << "thread start-up allocations only";
   EXPECT_GT(find_sample(d->scrape(), "memlens_sampler_bpf_drops_total", {{"reason", "stack"}}).value_or(0), 0)
       << "a full stack map is counted";
+  // The storm's own table: two sites, every other sample dropped and
+  // counted; its profile holds the two.
+  const std::map<std::string, std::string> pa{{"pid", std::to_string(a.pid())}};
+  EXPECT_EQ(sample_or(*d, "memlens_sampler_sites", pa), 2);
+  EXPECT_GT(find_sample(d->scrape(), "memlens_sampler_samples_total", {{"pid", std::to_string(a.pid())},
+                                                                        {"outcome", "dropped"}}).value_or(0), 0);
+  std::this_thread::sleep_for(2500ms);
+  const std::string storm = fetch_profile(*d, "target=storm&pid=" + std::to_string(a.pid()), dir, "storm");
+  ASSERT_FALSE(storm.empty());
+  EXPECT_EQ(raw_totals(pprof(dir, "-raw " + storm)).samples, 2);
   // The process without probes: nothing claimed, no profile.
   EXPECT_FALSE(find_sample(d->scrape(), "memlens_sampler_usdt_attached", {{"pid", std::to_string(plain.pid())}}));
   EXPECT_FALSE(find_sample(d->scrape(), "memlens_allocs_total", {{"pid", std::to_string(plain.pid())},

@@ -107,12 +107,24 @@ TEST(Config, BadRegex) {
   EXPECT_NE(e.message.find("regular expression"), std::string::npos) << e.message;
 }
 
+TEST(Config, SamplerIsReadFromItsPageOrThroughItsProbes) {
+  for (const auto& [v, on, probes] : {std::tuple{"true", true, false}, {"false", false, false}, {"probes", true, true}}) {
+    auto c = parse_config(std::string("targets:\n  - name: a\n    self: true\n    sampler: ") + v + "\n", "t.yaml");
+    ASSERT_TRUE(c) << v;
+    EXPECT_EQ(c->targets[0].sampler, on) << v;
+    EXPECT_EQ(c->targets[0].sampler_probes, probes) << v;
+  }
+}
+
 TEST(Config, WrongTypes) {
   EXPECT_NE(bad("targets:\n  - name: a\n    pid: twelve\n").message.find("targets[0].pid: expected an integer"),
             std::string::npos);
   EXPECT_NE(bad("global:\n  tick_interval: fast\ntargets: [{name: a, self: true}]\n").message.find("invalid duration"),
             std::string::npos);
   EXPECT_NE(bad("targets:\n  - name: a\n    self: maybe\n").message.find("expected true or false"), std::string::npos);
+  EXPECT_NE(bad("targets:\n  - name: a\n    self: true\n    sampler: probs\n")
+                .message.find("targets[0].sampler: expected true, false or probes, got 'probs'"),
+            std::string::npos);
   EXPECT_NE(bad("targets:\n  - name: a\n    top_rss: [1]\n").message.find("expected an integer"), std::string::npos);
   EXPECT_NE(bad("targets: {name: a}\n").message.find("targets"), std::string::npos);
   EXPECT_NE(bad("targets:\n  - name: a\n    self: true\n    alloc: {mode: sometimes}\n").message.find("off, full, duty, on-leak"),
