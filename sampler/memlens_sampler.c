@@ -112,6 +112,7 @@ static void release_slot(void* unused) {
   (void)unused;
   if (ts.slot && !ts.shared) __atomic_store_n(&slot_owned[ts.slot_index], 0, __ATOMIC_RELEASE);
   ts.slot = NULL;
+  ts.until_sample = 0; /* an allocation after this takes the slow path, which takes a slot again */
 }
 
 static void take_slot(void) {
@@ -163,6 +164,16 @@ struct block_meta {
 };
 static uintptr_t table[TABLE_SIZE];
 static struct block_meta table_meta[TABLE_SIZE];
+/* In front of the table, for the free's look: a count of the table's
+ * entries per 1/4096 of the hash space, 8 KiB that stay in the cache where
+ * the table's 512 KiB would not (a free reads one random slot of it). A
+ * count is raised before its entry goes in and lowered after it went out,
+ * so a pointer in the table never finds its count at zero. */
+#define FILTER_BITS 12
+static uint16_t filter[1u << FILTER_BITS];
+static uint32_t filter_of(uintptr_t p) {
+  return (uint32_t)(((uint64_t)p * 0x9E3779B97F4A7C15ULL) >> (64 - FILTER_BITS));
+}
 static uint32_t table_count;
 static int table_lock;
 
@@ -179,6 +190,7 @@ static int table_insert(uintptr_t p, const struct block_meta* m) {
   if (table_count >= TABLE_SIZE / 4 * 3) return 0;
   uint32_t i = home_of(p);
   while (table[i]) i = (i + 1) & (TABLE_SIZE - 1);
+  __atomic_store_n(&filter[filter_of(p)], (uint16_t)(filter[filter_of(p)] + 1), __ATOMIC_RELEASE);
   table_meta[i] = *m;
   __atomic_store_n(&table[i], p, __ATOMIC_RELEASE);
   ++table_count;
@@ -204,6 +216,7 @@ static int table_remove(uintptr_t p, struct block_meta* out) {
     gap = j;
   }
   __atomic_store_n(&table[gap], 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&filter[filter_of(p)], (uint16_t)(filter[filter_of(p)] - 1), __ATOMIC_RELEASE);
   --table_count;
   return 1;
 }
@@ -367,8 +380,9 @@ __attribute__((noinline)) static void free_slow(void* p) {
 /* One allocation of `size` bytes returned `p` (NULL: failed, not counted). */
 static inline void on_alloc(void* p, size_t size) {
   if (UNLIKELY(!p)) return;
+  /* A thread's first allocation takes the slow path too: its gap starts at 0. */
   ts.until_sample -= (int64_t)size;
-  if (UNLIKELY(ts.until_sample <= 0 || !ts.slot)) sample_slow(p, size);
+  if (UNLIKELY(ts.until_sample <= 0)) sample_slow(p, size);
   ADD(allocs, 1);
   ADD(alloc_bytes, size);
 }
@@ -377,7 +391,7 @@ static inline void on_alloc(void* p, size_t size) {
 static inline void on_free(void* p) {
   if (UNLIKELY(!ts.slot)) init_thread();
   ADD(frees, 1);
-  if (UNLIKELY(__atomic_load_n(&table_count, __ATOMIC_RELAXED) != 0) &&
+  if (UNLIKELY(__atomic_load_n(&filter[filter_of((uintptr_t)p)], __ATOMIC_ACQUIRE) != 0) &&
       __atomic_load_n(&table[home_of((uintptr_t)p)], __ATOMIC_ACQUIRE))
     free_slow(p);
 }
@@ -471,6 +485,7 @@ static void reset_after_fork(void) {
   memset(page->slot, 0, sizeof(page->slot));
   memset(slot_owned, 0, sizeof(slot_owned));
   memset(table, 0, sizeof(table));
+  memset(filter, 0, sizeof(filter));
   /* The sites' stacks stay valid in the child (the same code at the same
    * addresses), but their figures were the parent's: only the used ones and
    * the index are cleared, untouched pages stay untouched. */
