@@ -365,6 +365,11 @@ __attribute__((noinline)) static void sample_slow(void* p, size_t size) {
 }
 
 __attribute__((noinline)) static void free_slow(void* p) {
+  /* A signal handler's free that interrupted this thread's own slow path
+   * would wait for the lock this thread holds: the block stays counted in
+   * use (and in the table, until its address is freed again) instead. */
+  if (ts.in_slow) return;
+  ts.in_slow = 1;
   struct block_meta m;
   lock_table();
   const int found = table_remove((uintptr_t)p, &m);
@@ -374,6 +379,7 @@ __attribute__((noinline)) static void free_slow(void* p) {
     s->inuse_objects -= (int64_t)m.objects;
   }
   unlock_table();
+  ts.in_slow = 0;
   if (found && m.fired) STAP_PROBE1(otel_memory, free, p);
 }
 

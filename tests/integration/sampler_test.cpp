@@ -45,6 +45,21 @@ int source_line_of(const std::string& path, const std::string& after, const std:
   return 0;
 }
 
+// The flat bytes `go tool pprof -top -unit=B` gives the function `name`
+// (-1 when it is not listed).
+double flat_bytes(const std::string& top, const std::string& name) {
+  std::istringstream in(top);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(name) == std::string::npos) continue;
+    std::istringstream cols(line);
+    std::string flat;
+    cols >> flat;
+    if (!flat.empty() && flat.back() == 'B') flat.pop_back();
+    return std::atof(flat.c_str());
+  }
+  return -1;
+}
+
 double sample_or(const Daemon& d, const std::string& name, const std::map<std::string, std::string>& sel,
                  double dflt = -1) {
   return find_sample(d.scrape(), name, sel).value_or(dflt);
@@ -64,7 +79,7 @@ TEST_P(SamplerRead, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
   const std::string truth = dir + "/truth.jsonl";
   // A 16 KiB mean gap: ~2,500 samples of the 40 MiB kept, so the estimate's
   // own spread (~3 %) stays well inside the 10 % asked of it.
-  Child w = spawn({workload_path("sampleload"), "--truth", truth, "--wait", "4"}, dir + "/w.log",
+  Child w = spawn({workload_path("sampleload"), "--truth", truth, "--wait", "4", "--odd-stacks", "1"}, dir + "/w.log",
                   {"LD_PRELOAD=" + sampler_lib(), "MEMLENS_SAMPLER_INTERVAL=16384"});
   ASSERT_TRUE(wait_until([&] { return !latest_truth(truth).empty(); }, 10s));
   auto d = start_daemon("global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
@@ -134,6 +149,12 @@ TEST_P(SamplerRead, ExactCountsSampledInuseAndTheLeakingSiteOnTop) {
   EXPECT_NEAR(p.alloc_space, allocated, 0.10 * allocated);
   EXPECT_EQ(top_function(pprof(dir, "-top -sample_index=inuse_space " + path)), "leak_site");
   EXPECT_EQ(top_function(pprof(dir, "-top -sample_index=alloc_space " + path)), "churn_site");
+  if (!probes) {
+    // The two blocks kept on a signal stack and a coroutine's: sampled and
+    // counted, with no frames read from a stack not the thread's own.
+    const std::string top = pprof(dir, "-top -unit=B -sample_index=inuse_space " + path);
+    EXPECT_EQ(flat_bytes(top, "[unknown stack]"), 8 << 20) << top;
+  }
   // By line (the workload is built with -g): the malloc call in leak_site.
   const auto [fn, where] = top_entry(pprof(dir, "-lines -top -sample_index=inuse_space " + path));
   std::printf("top by line: %s %s\n", fn.c_str(), where.c_str());

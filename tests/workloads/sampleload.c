@@ -9,7 +9,11 @@
  *   --churn BYTES  total allocated and freed by churn_site (default 60 MiB)
  *   --threads N    the work split over N threads (default 1)
  *   --forks N      then N children that allocate and exit (0 = none)
- *   --exec 1       those children exec /bin/true instead */
+ *   --exec 1       those children exec /bin/true instead
+ *   --odd-stacks 1 then keep 4 MiB allocated in a signal handler running on
+ *                  an alternate signal stack, and 4 MiB allocated on a
+ *                  coroutine's stack (makecontext), both mmapped: stacks a
+ *                  sampler walking its own frames must not follow */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
@@ -19,7 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t stop;
@@ -61,6 +67,46 @@ __attribute__((noinline)) static void* churn_site(size_t n, int kind, struct cou
   c->allocs++;
   c->alloc_bytes += n;
   return p;
+}
+
+/* ---- --odd-stacks -------------------------------------------------------- */
+enum { kOddBytes = 4 << 20, kOddStack = 256 << 10 };
+static struct counts odd;
+static void odd_keep(void) {
+  void* p = malloc(kOddBytes);
+  if (!p) abort();
+  memset(p, 5, kOddBytes);
+  odd.allocs++;
+  odd.alloc_bytes += kOddBytes;
+  odd.live_bytes += kOddBytes;
+  odd.leaked_bytes += kOddBytes;
+}
+static void on_usr1(int s) {
+  (void)s;
+  odd_keep(); /* raised by main itself, outside any malloc */
+}
+static ucontext_t main_ctx, fiber_ctx;
+static void fiber(void) { odd_keep(); }
+static void* odd_stack(void) {
+  void* st = mmap(NULL, kOddStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (st == MAP_FAILED) abort();
+  return st;
+}
+static void odd_stacks(void) {
+  stack_t alt = {.ss_sp = odd_stack(), .ss_size = kOddStack, .ss_flags = 0};
+  if (sigaltstack(&alt, NULL) != 0) abort();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_usr1;
+  sa.sa_flags = SA_ONSTACK;
+  if (sigaction(SIGUSR1, &sa, NULL) != 0) abort();
+  raise(SIGUSR1);
+  if (getcontext(&fiber_ctx) != 0) abort();
+  fiber_ctx.uc_stack.ss_sp = odd_stack();
+  fiber_ctx.uc_stack.ss_size = kOddStack;
+  fiber_ctx.uc_link = &main_ctx;
+  makecontext(&fiber_ctx, fiber, 0);
+  if (swapcontext(&main_ctx, &fiber_ctx) != 0) abort();
 }
 
 struct work {
@@ -128,7 +174,7 @@ static void write_truth(const char* path, const char* phase, const struct counts
 
 int main(int argc, char** argv) {
   uint64_t leak = 40u << 20, churn = 60u << 20;
-  int threads = 1, forks = 0, do_exec = 0;
+  int threads = 1, forks = 0, do_exec = 0, odd_on = 0;
   double wait_s = 3;
   const char* truth = "/dev/stdout";
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -137,6 +183,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--forks")) forks = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--exec")) do_exec = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--odd-stacks")) odd_on = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--wait")) wait_s = atof(argv[i + 1]);
     else if (!strcmp(argv[i], "--truth")) truth = argv[i + 1];
     else return 2;
@@ -171,6 +218,13 @@ int main(int argc, char** argv) {
     total.alloc_bytes += ws[t].c.alloc_bytes;
     total.live_bytes += ws[t].c.live_bytes;
     total.leaked_bytes += ws[t].c.leaked_bytes;
+  }
+  if (odd_on) {
+    odd_stacks();
+    total.allocs += odd.allocs;
+    total.alloc_bytes += odd.alloc_bytes;
+    total.live_bytes += odd.live_bytes;
+    total.leaked_bytes += odd.leaked_bytes;
   }
   /* Children: allocate a little and leave (or exec a program that never
    * heard of the sampler). Their allocations are theirs, not ours. */
