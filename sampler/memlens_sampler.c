@@ -27,8 +27,10 @@
 #define _GNU_SOURCE
 #define _SDT_HAS_SEMAPHORES 1
 #include "sampler/memlens_sampler.h"
+#include "sampler/memlens_sampler_hooks.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -77,8 +79,8 @@ struct thread_state {
   uint16_t slot_index;
   uint8_t shared;   /* on slot 0 with the overflow threads: atomic adds */
   uint8_t in_slow;  /* inside the slow path (a signal handler's malloc must not re-enter) */
-  uint8_t stack_asked; /* the thread's stack bounds were asked for (stack_hi 0: unknown) */
-  uintptr_t stack_lo, stack_hi;
+  uint8_t map_reads; /* reads of /proc/self/maps for a stack other than the known one */
+  uintptr_t stack_lo, stack_hi; /* the mapping the last walk started in */
 };
 /* initial-exec: a fixed offset from the thread pointer, no __tls_get_addr,
  * which could allocate; a preloaded library gets static TLS. */
@@ -260,42 +262,73 @@ static int32_t site_of(const uint64_t* pc, uint32_t depth) {
   return (int32_t)n;
 }
 
-/* The thread's stack, [lo, hi): every address between the current frame and
- * hi is mapped, so a walk that stays inside it cannot fault. Asked once per
- * thread, at its first sample (pthread_getattr_np allocates: that is why the
- * slow path asks, with in_slow set). */
-static void ask_stack_bounds(void) {
-  ts.stack_asked = 1;
-  /* What glibc allocates and frees for the answer is the sampler's doing,
-   * not the process's: it is counted in a slot of no page. */
-  struct memlens_sampler_slot scratch = {0, 0, 0, 0};
-  struct memlens_sampler_slot* const slot = ts.slot;
-  const uint8_t shared = ts.shared;
-  ts.slot = &scratch;
-  ts.shared = 0;
-  pthread_attr_t a;
-  if (pthread_getattr_np(pthread_self(), &a) == 0) {
-    void* addr = NULL;
-    size_t size = 0;
-    if (pthread_attr_getstack(&a, &addr, &size) == 0 && addr && size) {
-      ts.stack_lo = (uintptr_t)addr;
-      ts.stack_hi = (uintptr_t)addr + size;
+/* The mapping that holds address `a`, [lo, hi), from /proc/self/maps read
+ * with plain system calls: no allocation and no lock of glibc's, as this
+ * runs inside malloc (glibc's pthread_getattr_np would do both: it reads the
+ * same file with stdio while holding the thread's lock, and a sample taken
+ * inside its own malloc would wait for that lock forever). Any line length
+ * is read with a small buffer: signal stacks can be small. 1: found. */
+static int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+static int mapping_of(uintptr_t a, uintptr_t* lo, uintptr_t* hi) {
+  const int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[256];
+  uintptr_t v[2] = {0, 0};
+  int field = 0, skip = 0, found = 0;
+  ssize_t n;
+  while (!found && (n = read(fd, buf, sizeof buf)) > 0) {
+    for (ssize_t i = 0; i < n && !found; ++i) {
+      const char c = buf[i];
+      if (c == '\n') {
+        v[0] = v[1] = 0;
+        field = skip = 0;
+        continue;
+      }
+      if (skip) continue;
+      const int d = hex_digit(c);
+      if (d >= 0) {
+        v[field] = v[field] * 16 + (uintptr_t)d;
+      } else if (c == '-' && field == 0) {
+        field = 1;
+      } else {
+        /* The range ended: the rest of the line is of no interest. */
+        if (field == 1 && v[0] <= a && a < v[1]) {
+          *lo = v[0];
+          *hi = v[1];
+          found = 1;
+        }
+        skip = 1;
+      }
     }
-    pthread_attr_destroy(&a);
   }
-  ts.slot = slot;
-  ts.shared = shared;
+  close(fd);
+  return found;
 }
 
 /* Return addresses, leaf first, by the frame-pointer chain (what the
- * kernel's user stack walk follows too). Stops at a frame outside the
- * thread's stack, one that does not go up, or at max. A thread on another
- * stack (a signal stack, a coroutine's) gets no frames: nothing is read
- * that is not known to be mapped. */
+ * kernel's user stack walk follows too), never reading outside the mapping
+ * the walk starts in: every address from the current frame to that
+ * mapping's end is mapped, so a frame pointer that is really data cannot
+ * make the walk fault. The mapping is looked up once per thread, again when
+ * the walk starts outside it (a main stack that grew, a signal stack, a
+ * coroutine's), at most 8 times for stacks that are not the known one. */
 __attribute__((noinline)) static uint32_t walk_stack(uint64_t* pc, uint32_t max) {
   uintptr_t fp = (uintptr_t)__builtin_frame_address(0);
+  if (fp < ts.stack_lo || fp >= ts.stack_hi) {
+    uintptr_t lo = 0, hi = 0;
+    if (ts.map_reads >= 8 || !mapping_of(fp, &lo, &hi)) {
+      if (ts.map_reads < 8) ++ts.map_reads;
+      return 0;
+    }
+    if (ts.stack_hi && hi != ts.stack_hi) ++ts.map_reads; /* not the known stack grown */
+    ts.stack_lo = lo;
+    ts.stack_hi = hi;
+  }
   const uintptr_t lo = fp, hi = ts.stack_hi;
-  if (fp < ts.stack_lo || fp >= hi) return 0;
   uint32_t n = 0;
   while (n < max) {
     if (fp < lo || fp > hi - 2 * sizeof(uintptr_t) || (fp & (sizeof(uintptr_t) - 1))) break;
@@ -327,7 +360,6 @@ __attribute__((noinline)) static void sample_slow(void* p, size_t size) {
    * estimator of Poisson sampling by bytes. */
   ts.until_sample = draw_interval();
   if (p && size) {
-    if (!ts.stack_asked) ask_stack_bounds();
     uint64_t pc[MEMLENS_SAMPLER_DEPTH];
     const uint32_t depth = walk_stack(pc, MEMLENS_SAMPLER_DEPTH);
     const double prob = 1.0 - exp(-(double)size / mean_interval);
@@ -482,6 +514,17 @@ EXPORT void* pvalloc(size_t n) {
 }
 
 /* malloc_usable_size is glibc's own: blocks carry no header of ours. */
+
+/* ---- an allocator the preload cannot reach ---------------------------
+ * One linked in statically (Rust's tikv-jemallocator links jemalloc under
+ * the _rjem_ prefix) never calls a dynamic malloc. Its wrapper links this
+ * library and tells it of each block itself (memlens_sampler_hooks.h). */
+
+EXPORT void memlens_sampler_alloc(void* p, size_t size) { on_alloc(p, size); }
+
+EXPORT void memlens_sampler_free(void* p) {
+  if (p) on_free(p);
+}
 
 /* ---- process life ---------------------------------------------------- */
 

@@ -1,7 +1,9 @@
 // A Rust program for the allocation tests, built by the test with Debian's
 // rustc: on the system allocator, or (--cfg rjem) with a #[global_allocator]
 // that calls jemalloc's mallocx/sdallocx/rallocx under the _rjem_ prefix, as
-// tikv-jemallocator links it (the test renames Debian's static jemalloc).
+// tikv-jemallocator links it (the test renames Debian's static jemalloc);
+// with --cfg sampler as well, that allocator also tells libmemlens-sampler
+// of each block (memlens_sampler_hooks.h), which the preload cannot reach.
 // Phases: the baseline truth, --wait s idle, then KEEP blocks kept and CHURN
 // blocks allocated and dropped (each one Vec::with_capacity: one allocation
 // of exactly that many bytes, one free), then the final truth, idle.
@@ -21,13 +23,34 @@ mod rjem {
     fn flags(l: &Layout) -> i32 {
         if l.align() > 16 { l.align().trailing_zeros() as i32 } else { 0 }
     }
+    #[cfg(sampler)]
+    #[link(name = "memlens-sampler")]
+    extern "C" {
+        fn memlens_sampler_alloc(p: *mut u8, size: usize);
+        fn memlens_sampler_free(p: *mut u8);
+    }
+    #[cfg(not(sampler))]
+    unsafe fn memlens_sampler_alloc(_p: *mut u8, _size: usize) {}
+    #[cfg(not(sampler))]
+    unsafe fn memlens_sampler_free(_p: *mut u8) {}
     pub struct Je;
     unsafe impl GlobalAlloc for Je {
-        unsafe fn alloc(&self, l: Layout) -> *mut u8 { _rjem_mallocx(l.size(), flags(&l)) }
-        unsafe fn dealloc(&self, p: *mut u8, l: Layout) { _rjem_sdallocx(p, l.size(), flags(&l)) }
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let p = _rjem_mallocx(l.size(), flags(&l));
+            memlens_sampler_alloc(p, l.size());
+            p
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            memlens_sampler_free(p);
+            _rjem_sdallocx(p, l.size(), flags(&l))
+        }
         unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
             let nl = Layout::from_size_align_unchecked(n, l.align());
-            _rjem_rallocx(p, n, flags(&nl))
+            memlens_sampler_free(p);
+            let q = _rjem_rallocx(p, n, flags(&nl));
+            // A failed reallocation leaves the old block live.
+            memlens_sampler_alloc(if q.is_null() { p } else { q }, if q.is_null() { l.size() } else { n });
+            q
         }
     }
     #[global_allocator]

@@ -13,7 +13,7 @@
  *   --odd-stacks 1 then keep 4 MiB allocated in a signal handler running on
  *                  an alternate signal stack, and 4 MiB allocated on a
  *                  coroutine's stack (makecontext), both mmapped: stacks a
- *                  sampler walking its own frames must not follow */
+ *                  sampler walking its own frames must walk within them */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <malloc.h>
@@ -72,7 +72,7 @@ __attribute__((noinline)) static void* churn_site(size_t n, int kind, struct cou
 /* ---- --odd-stacks -------------------------------------------------------- */
 enum { kOddBytes = 4 << 20, kOddStack = 256 << 10 };
 static struct counts odd;
-static void odd_keep(void) {
+__attribute__((noinline)) static void odd_keep(void) {
   void* p = malloc(kOddBytes);
   if (!p) abort();
   memset(p, 5, kOddBytes);
