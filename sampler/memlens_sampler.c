@@ -166,15 +166,22 @@ struct block_meta {
 };
 static uintptr_t table[TABLE_SIZE];
 static struct block_meta table_meta[TABLE_SIZE];
-/* In front of the table, for the free's look: a count of the table's
- * entries per 1/4096 of the hash space, 8 KiB that stay in the cache where
- * the table's 512 KiB would not (a free reads one random slot of it). A
- * count is raised before its entry goes in and lowered after it went out,
- * so a pointer in the table never finds its count at zero. */
+/* In front of the table, for the free's look: one bit per 1/4096 of the
+ * hash space, set while the table holds an entry there: 512 bytes, eight
+ * cache lines that stay in the nearest cache where the table's 512 KiB (a
+ * free reads one random slot of it) would not, nor 8 KiB of counts. The
+ * counts behind the bits are kept under the lock. A bit is set before its
+ * entry goes in and cleared after the last one went out, so a pointer in
+ * the table never finds its bit clear. */
 #define FILTER_BITS 12
-static uint16_t filter[1u << FILTER_BITS];
+static uint64_t filter[(1u << FILTER_BITS) / 64];
+static uint16_t filter_count[1u << FILTER_BITS];
 static uint32_t filter_of(uintptr_t p) {
   return (uint32_t)(((uint64_t)p * 0x9E3779B97F4A7C15ULL) >> (64 - FILTER_BITS));
+}
+static int filter_maybe(uintptr_t p) {
+  const uint32_t b = filter_of(p);
+  return (__atomic_load_n(&filter[b / 64], __ATOMIC_ACQUIRE) >> (b % 64)) & 1;
 }
 static uint32_t table_count;
 static int table_lock;
@@ -192,7 +199,8 @@ static int table_insert(uintptr_t p, const struct block_meta* m) {
   if (table_count >= TABLE_SIZE / 4 * 3) return 0;
   uint32_t i = home_of(p);
   while (table[i]) i = (i + 1) & (TABLE_SIZE - 1);
-  __atomic_store_n(&filter[filter_of(p)], (uint16_t)(filter[filter_of(p)] + 1), __ATOMIC_RELEASE);
+  const uint32_t b = filter_of(p);
+  if (filter_count[b]++ == 0) __atomic_fetch_or(&filter[b / 64], 1ULL << (b % 64), __ATOMIC_RELEASE);
   table_meta[i] = *m;
   __atomic_store_n(&table[i], p, __ATOMIC_RELEASE);
   ++table_count;
@@ -218,7 +226,8 @@ static int table_remove(uintptr_t p, struct block_meta* out) {
     gap = j;
   }
   __atomic_store_n(&table[gap], 0, __ATOMIC_RELEASE);
-  __atomic_store_n(&filter[filter_of(p)], (uint16_t)(filter[filter_of(p)] - 1), __ATOMIC_RELEASE);
+  const uint32_t b = filter_of(p);
+  if (--filter_count[b] == 0) __atomic_fetch_and(&filter[b / 64], ~(1ULL << (b % 64)), __ATOMIC_RELEASE);
   --table_count;
   return 1;
 }
@@ -429,7 +438,7 @@ static inline void on_alloc(void* p, size_t size) {
 static inline void on_free(void* p) {
   if (UNLIKELY(!ts.slot)) init_thread();
   ADD(frees, 1);
-  if (UNLIKELY(__atomic_load_n(&filter[filter_of((uintptr_t)p)], __ATOMIC_ACQUIRE) != 0) &&
+  if (UNLIKELY(filter_maybe((uintptr_t)p)) &&
       __atomic_load_n(&table[home_of((uintptr_t)p)], __ATOMIC_ACQUIRE))
     free_slow(p);
 }
@@ -535,6 +544,7 @@ static void reset_after_fork(void) {
   memset(slot_owned, 0, sizeof(slot_owned));
   memset(table, 0, sizeof(table));
   memset(filter, 0, sizeof(filter));
+  memset(filter_count, 0, sizeof(filter_count));
   /* The sites' stacks stay valid in the child (the same code at the same
    * addresses), but their figures were the parent's: only the used ones and
    * the index are cleared, untouched pages stay untouched. */
