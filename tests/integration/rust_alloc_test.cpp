@@ -46,6 +46,25 @@ std::string build_rust(const std::string& dir, bool rjem, std::string* why, bool
   return out;
 }
 
+// The program waits at its baseline until memlensd reads `sel`: its work
+// must then move memlensd's allocation and free counters by its own counts.
+// The final truth in *t, the move of the bytes counter in *bytes.
+void expect_work_counted(const Daemon& d, const std::string& truth, const std::map<std::string, std::string>& sel,
+                         nlohmann::json* t, double* bytes) {
+  ASSERT_EQ(latest_truth(truth)["phase"], "baseline") << "the program started its work before memlensd read it";
+  auto value = [&](const char* name) { return find_sample(d.scrape(), name, sel).value_or(-1); };
+  const double a0 = value("memlens_allocs_total"), f0 = value("memlens_frees_total"),
+               b0 = value("memlens_alloc_bytes_total");
+  ASSERT_TRUE(wait_until([&] { return latest_truth(truth)["phase"] == "done"; }, 20s));
+  *t = latest_truth(truth);
+  double allocs = 0;
+  ASSERT_TRUE(wait_until([&] { return (allocs = value("memlens_allocs_total") - a0) == (*t)["allocs"].get<double>(); },
+                         5s))
+      << "allocations: memlens " << allocs << ", program " << (*t)["allocs"] << "\n" << d.log();
+  EXPECT_EQ(value("memlens_frees_total") - f0, (*t)["frees"].get<double>());
+  *bytes = value("memlens_alloc_bytes_total") - b0;
+}
+
 void counts_match(const std::string& program, bool rjem) {
   const std::string dir = make_temp_dir();
   std::string why;
@@ -70,23 +89,15 @@ void counts_match(const std::string& program, bool rjem) {
   ASSERT_TRUE(wait_until([&] {
     return find_sample(d->scrape(), "memlens_alloc_tracing", sel).value_or(0) == 1;
   }, 10s)) << d->log();
-  ASSERT_EQ(latest_truth(truth)["phase"], "baseline") << "the program started its work before the probes were in";
-  auto value = [&](const char* name) { return find_sample(d->scrape(), name, sel).value_or(-1); };
-  const double a0 = value("memlens_allocs_total"), f0 = value("memlens_frees_total"),
-               b0 = value("memlens_alloc_bytes_total");
-  ASSERT_TRUE(wait_until([&] { return latest_truth(truth)["phase"] == "done"; }, 20s));
-  const auto t = latest_truth(truth);
-  double allocs = 0;
-  ASSERT_TRUE(wait_until([&] { return (allocs = value("memlens_allocs_total") - a0) == t["allocs"].get<double>(); },
-                         5s))
-      << program << ": allocations memlens " << allocs << ", program " << t["allocs"] << "\n" << d->log();
-  EXPECT_EQ(value("memlens_frees_total") - f0, t["frees"].get<double>());
+  nlohmann::json t;
+  double bytes = 0;
+  expect_work_counted(*d, truth, sel, &t, &bytes);
+  if (::testing::Test::HasFatalFailure()) return;
   if (rjem) {
     // jemalloc is traced by address: requested bytes, exactly.
-    EXPECT_EQ(value("memlens_alloc_bytes_total") - b0, t["bytes"].get<double>());
+    EXPECT_EQ(bytes, t["bytes"].get<double>());
   } else {
     // glibc in header mode counts chunks: a little above what was asked.
-    const double bytes = value("memlens_alloc_bytes_total") - b0;
     EXPECT_GE(bytes, t["bytes"].get<double>());
     EXPECT_LE(bytes, t["bytes"].get<double>() + 16.0 * t["allocs"].get<double>());
   }
@@ -126,19 +137,13 @@ TEST(RustAlloc, WithPrefixedJemallocTheLinkedInSamplerCountsAndProfiles) {
   ASSERT_TRUE(d);
   REQUIRE_COLLECTOR(d, "sampler");
   const std::map<std::string, std::string> src{{"pid", std::to_string(w.pid())}, {"source", "sampler"}};
-  auto value = [&](const char* name) { return find_sample(d->scrape(), name, src).value_or(-1); };
-  ASSERT_TRUE(wait_until([&] { return value("memlens_allocs_total") >= 0; }, 10s)) << d->log();
-  ASSERT_EQ(latest_truth(truth)["phase"], "baseline") << "the program started its work before memlensd read it";
-  const double a0 = value("memlens_allocs_total"), f0 = value("memlens_frees_total"),
-               b0 = value("memlens_alloc_bytes_total");
-  ASSERT_TRUE(wait_until([&] { return latest_truth(truth)["phase"] == "done"; }, 20s));
-  const auto t = latest_truth(truth);
-  double allocs = 0;
-  ASSERT_TRUE(wait_until([&] { return (allocs = value("memlens_allocs_total") - a0) == t["allocs"].get<double>(); },
-                         5s))
-      << "allocations: memlens " << allocs << ", program " << t["allocs"];
-  EXPECT_EQ(value("memlens_frees_total") - f0, t["frees"].get<double>());
-  EXPECT_EQ(value("memlens_alloc_bytes_total") - b0, t["bytes"].get<double>());
+  ASSERT_TRUE(wait_until([&] { return find_sample(d->scrape(), "memlens_allocs_total", src).has_value(); }, 10s))
+      << d->log();
+  nlohmann::json t;
+  double bytes = 0;
+  expect_work_counted(*d, truth, src, &t, &bytes);
+  if (::testing::Test::HasFatalFailure()) return;
+  EXPECT_EQ(bytes, t["bytes"].get<double>());
   // The profile, rebuilt after the work.
   std::this_thread::sleep_for(2500ms);
   auto r = http_get(d->url("/debug/pprof/heap?target=rust-sampled"));
