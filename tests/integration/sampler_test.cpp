@@ -314,3 +314,53 @@ TEST(Sampler, ChildrenCanRunWithoutIt) {
             0);
   EXPECT_GT(std::atoi(out.c_str()), 0) << out;
 }
+
+// A reload between the page (`sampler: true`) and the probes (`sampler:
+// probes`) starts the target's sampler state over: a profile is read one way
+// or the other, never both added up, whichever way the reload goes.
+TEST(Sampler, AReloadBetweenPageAndProbesCountsNothingTwice) {
+  if (!is_root()) GTEST_SKIP() << "needs root (eBPF USDT)";
+  const std::string dir = make_temp_dir();
+  const std::string truth = dir + "/truth.jsonl";
+  // 16 MiB held, 2000 of its ~3300 blocks replaced a second.
+  Child w = spawn({workload_path("heapload"), "--hold", std::to_string(16 << 20), "--churn", "2000", "--truth", truth},
+                  dir + "/w.log", {"LD_PRELOAD=" + sampler_lib(), "MEMLENS_SAMPLER_INTERVAL=16384"});
+  ASSERT_TRUE(wait_until([&] { return !latest_truth(truth).empty(); }, 10s));
+  const std::string entry = "global: {tick_interval: 250ms, rescan_interval: 500ms}\n"
+                            "targets:\n"
+                            "  - name: sampled\n"
+                            "    pid: " + std::to_string(w.pid()) + "\n";
+  auto d = start_daemon(entry);
+  ASSERT_TRUE(d);
+  REQUIRE_COLLECTOR(d, "sampler");
+  const std::map<std::string, std::string> sel{{"pid", std::to_string(w.pid())}};
+  const double held = latest_truth(truth)["live_bytes"].get<double>();
+  double inuse = -1;
+  auto profile_inuse = [&] {
+    const std::string path = fetch_profile(*d, "target=sampled", dir, "heap");
+    return inuse = path.empty() ? -1 : raw_totals(pprof(dir, "-raw " + path)).inuse_space;
+  };
+  auto attached = [&] { return find_sample(d->scrape(), "memlens_sampler_usdt_attached", sel).value_or(0); };
+  auto reload = [&](const std::string& yaml) {
+    write_text(d->config_path, yaml);
+    return ::kill(d->child.pid(), SIGHUP) == 0;
+  };
+  // From the page: what it holds.
+  ASSERT_TRUE(wait_until([&] { return std::abs(profile_inuse() - held) < 0.1 * held; }, 10s))
+      << "in use " << inuse << " for " << held << " held\n" << d->log();
+  // Through the probes: attached, and never the page's sites on top of what
+  // they report (which grows toward what it holds as its blocks are replaced).
+  ASSERT_TRUE(reload(entry + "    sampler: probes\n"));
+  ASSERT_TRUE(wait_until([&] { return attached() >= 1; }, 10s)) << d->log();
+  for (int i = 0; i < 4; ++i) {
+    std::this_thread::sleep_for(1s);
+    EXPECT_LT(profile_inuse(), 1.1 * held) << "the page's sites and the probes' added up";
+  }
+  EXPECT_GT(inuse, 0) << "the probes report what was replaced since they were attached";
+  // Back to the page: the probes detached, the kernel's sites forgotten.
+  ASSERT_TRUE(reload(entry));
+  ASSERT_TRUE(wait_until([&] { return attached() == 0; }, 10s)) << d->log();
+  std::this_thread::sleep_for(2500ms);  // a profile rebuilt since
+  EXPECT_NEAR(profile_inuse(), held, 0.1 * held);
+  w.stop(SIGTERM, 5s);
+}
