@@ -3,7 +3,6 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <spdlog/spdlog.h>
-#include <sys/uio.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +10,7 @@
 
 #include "bpf/sampler.h"
 #include "collectors/elf_symbols.h"
+#include "collectors/glibc_heap.h"
 #include "collectors/profile_stacks.h"
 #include "daemon/clock.h"
 #include "daemon/config.h"
@@ -72,6 +72,16 @@ const SamplerMetrics& m() {
 }
 
 const Labels kFromSampler = {{"source", "sampler"}};
+
+// `len` bytes at `addr` in process `pid`, whole or not at all (the process
+// gone: not_found).
+Result<void> read_remote(pid_t pid, uint64_t addr, void* out, std::size_t len) {
+  glibc::RemoteMemory::Read r{addr, len, out};
+  glibc::ProcessMemory mem(pid);
+  if (auto e = mem.read({&r, 1}); !e) return e;
+  if (!r.ok) return make_error(Errc::malformed, "unmapped");
+  return {};
+}
 
 }  // namespace
 
@@ -154,7 +164,9 @@ std::size_t SamplerCollector::look(const Target& t, Watch& w) {
     auto f = elf::open_cached(root + mp.path, elf::Keep::none);
     if (!f) continue;
     const bool contract = (*f)->has_usdt("otel_memory", "alloc");
-    if (!w.page_addr && (contract || mp.path.find("memlens-sampler") != std::string::npos)) {
+    // A binary whose probes are attached or refused was searched at that look.
+    const bool known = w.probed.count(mp.path) || w.refused.count(mp.path);
+    if (!w.page_addr && !known && (contract || mp.path.find("memlens-sampler") != std::string::npos)) {
       // The sampler preloaded, or linked into a binary of its own.
       auto objs = elf::find_objects(root + mp.path, {"memlens_sampler_page"});
       if (objs && objs->count("memlens_sampler_page")) {
@@ -167,7 +179,7 @@ std::size_t SamplerCollector::look(const Target& t, Watch& w) {
         }
       }
     }
-    if (!skel_ || !contract || w.probed.count(mp.path) || w.refused.count(mp.path)) continue;
+    if (!skel_ || !contract || known) continue;
     // The sampler's own probes: its sites are read from its page, with no
     // trap, unless the entry asks for them through the probes.
     if (mp.path == w.page_path && !(t.policy && t.policy->sampler_probes)) continue;
@@ -192,11 +204,7 @@ std::size_t SamplerCollector::look(const Target& t, Watch& w) {
 
 Result<void> SamplerCollector::read_page(Watch& w) {
   memlens_sampler_page page;
-  iovec local{&page, sizeof(page)};
-  iovec remote{reinterpret_cast<void*>(w.page_addr), sizeof(page)};
-  const ssize_t got = process_vm_readv(w.pid, &local, 1, &remote, 1, 0);
-  if (got != static_cast<ssize_t>(sizeof(page)))
-    return make_error(got < 0 ? errc_from_errno(errno) : Errc::malformed, "sampler page read");
+  if (auto r = read_remote(w.pid, w.page_addr, &page, sizeof(page)); !r) return r;
   // A page not yet filled (the library's constructor has not run) or not
   // ours: try again next tick.
   if (page.magic != MEMLENS_SAMPLER_MAGIC || page.version != MEMLENS_SAMPLER_VERSION ||
@@ -314,10 +322,7 @@ std::vector<SamplerCollector::ProfileRow> SamplerCollector::read_sites(const Wat
   std::vector<ProfileRow> rows;
   if (!w.sites_addr || !w.sites_count) return rows;
   std::vector<memlens_sampler_site> sites(w.sites_count);
-  const std::size_t bytes = sites.size() * sizeof(memlens_sampler_site);
-  iovec local{sites.data(), bytes};
-  iovec remote{reinterpret_cast<void*>(w.sites_addr), bytes};
-  if (process_vm_readv(w.pid, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(bytes)) {
+  if (!read_remote(w.pid, w.sites_addr, sites.data(), sites.size() * sizeof(memlens_sampler_site))) {
     ++page_read_failures_;
     return rows;
   }

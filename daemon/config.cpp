@@ -224,12 +224,15 @@ class Parser {
     return *b;
   }
 
-  Result<bool> boolean(const YAML::Node& n, const std::string& field) const {
-    if (!n.IsScalar()) return err(n, field, "expected true or false");
+  // `expected` names what the field takes, for a field that takes a word
+  // besides the booleans (the caller checks for it first).
+  Result<bool> boolean(const YAML::Node& n, const std::string& field,
+                       std::string_view expected = "true or false") const {
+    if (!n.IsScalar()) return err(n, field, "expected " + std::string(expected));
     const std::string& s = n.Scalar();
     if (s == "true" || s == "yes" || s == "on") return true;
     if (s == "false" || s == "no" || s == "off") return false;
-    return err(n, field, "expected true or false, got '" + s + "'");
+    return err(n, field, "expected " + std::string(expected) + ", got '" + s + "'");
   }
 
   Result<std::shared_ptr<const re2::RE2>> regex(const YAML::Node& n, const std::string& field) const {
@@ -468,13 +471,8 @@ class Parser {
       if (t["sampler"].IsScalar() && t["sampler"].Scalar() == "probes") {
         p.sampler = p.sampler_probes = true;
       } else {
-        auto v = boolean(t["sampler"], where + ".sampler");
-        if (!v) {
-          std::string msg = v.error().message;
-          if (auto at = msg.find("true or false"); at != std::string::npos)
-            msg.replace(at, 13, "true, false or probes");
-          return make_error(v.error().code, msg);
-        }
+        auto v = boolean(t["sampler"], where + ".sampler", "true, false or probes");
+        if (!v) return v.error();
         p.sampler = *v;
       }
     }
